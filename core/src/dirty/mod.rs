@@ -1,0 +1,1 @@
+//! Dirty-page tracking (issue 6).

@@ -1,0 +1,1 @@
+//! C ABI for dirty-page tracking (issue 6).

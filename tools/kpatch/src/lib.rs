@@ -1,0 +1,1 @@
+//! msh kpatch (placeholder; see the issue tracker).

@@ -1,0 +1,1 @@
+//! msh profile (placeholder; see the issue tracker).

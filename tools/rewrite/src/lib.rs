@@ -1,0 +1,1 @@
+//! msh rewrite (placeholder; see the issue tracker).
