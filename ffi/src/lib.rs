@@ -1,2 +1,9 @@
-//! The msh C ABI. Every exported function catches panics at the boundary.
+//! The msh C ABI (`libmsh.a`, `libmsh.so`). Every exported function goes through the
+//! panic boundary in [`error`]; the header `include/msh.h` is generated from this crate
+//! by cbindgen (see `tests/header.rs`).
+#![allow(non_camel_case_types)]
+
+pub mod error;
 mod dirty;
+
+pub use error::msh_status;
