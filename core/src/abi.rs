@@ -74,7 +74,11 @@ pub struct Coro {
 
 impl Coro {
     pub const fn empty() -> Self {
-        Coro { sp: 0, ip: 0, next: ptr::null_mut() }
+        Coro {
+            sp: 0,
+            ip: 0,
+            next: ptr::null_mut(),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! by cbindgen (see `tests/header.rs`).
 #![allow(non_camel_case_types)]
 
-pub mod error;
 mod dirty;
+pub mod error;
 
 pub use error::msh_status;
