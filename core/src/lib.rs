@@ -11,6 +11,8 @@ extern crate std;
 
 pub mod abi;
 pub mod arch;
+#[cfg(not(loom))]
+pub mod budget;
 pub mod dirty;
 // Under `--cfg loom` only the pool is built: loom replaces its lock.
 #[cfg(not(loom))]

@@ -8,6 +8,7 @@
 
 use crate::abi::{Coro, ThreadCtx};
 use crate::arch;
+use crate::budget;
 use crate::pool::{Pool, PoolError};
 use crate::stack::{Stack, StackError, DEFAULT_STACK_SIZE};
 use crate::tsc;
@@ -38,8 +39,6 @@ pub struct Config {
     pub slots_per_thread: usize,
     /// How long a scavenger may run per switch.
     pub budget_ns: u64,
-    /// Scavenger yields between TSC reads (1 = every yield).
-    pub quota: u64,
     /// At shutdown, drop unfinished scavengers instead of running them to completion.
     pub abandon_at_exit: bool,
 }
@@ -50,7 +49,6 @@ impl Default for Config {
             stack_size: DEFAULT_STACK_SIZE,
             slots_per_thread: DEFAULT_SLOTS,
             budget_ns: DEFAULT_BUDGET_NS,
-            quota: 1,
             abandon_at_exit: false,
         }
     }
@@ -192,7 +190,7 @@ static REGISTERED: AtomicUsize = AtomicUsize::new(0);
 struct GlobalStats {
     switches: AtomicU64,
     scav_yields: AtomicU64,
-    scav_ticks: AtomicU64,
+    scav_ns: AtomicU64,
     started: AtomicU64,
     completed: AtomicU64,
     threads: AtomicU64,
@@ -201,7 +199,7 @@ struct GlobalStats {
 static GLOBAL: GlobalStats = GlobalStats {
     switches: AtomicU64::new(0),
     scav_yields: AtomicU64::new(0),
-    scav_ticks: AtomicU64::new(0),
+    scav_ns: AtomicU64::new(0),
     started: AtomicU64::new(0),
     completed: AtomicU64::new(0),
     threads: AtomicU64::new(0),
@@ -213,7 +211,7 @@ fn config() -> Result<Config, Error> {
 
 /// Starts the runtime. Calibrates the TSC and installs the stack-overflow reporter.
 pub fn init(config: Config) -> Result<(), Error> {
-    if config.slots_per_thread == 0 || config.slots_per_thread > 1024 || config.quota == 0 {
+    if config.slots_per_thread == 0 || config.slots_per_thread > 1024 {
         return Err(Error::Invalid);
     }
     let mut slot = CONFIG.write();
@@ -275,8 +273,8 @@ pub fn register() -> Result<(), Error> {
     }
     let mut slots = Vec::with_capacity(config.slots_per_thread);
     slots.resize_with(config.slots_per_thread, || None);
-    let mut ctx = ThreadCtx::new(tsc::ns_to_ticks(config.budget_ns));
-    ctx.quota_refill = config.quota;
+    let mut ctx = ThreadCtx::new(0);
+    budget::init(&mut ctx, tsc::ns_to_ticks(config.budget_ns));
     let primary = Box::into_raw(Box::new(Primary {
         ctx,
         slots,
@@ -320,9 +318,10 @@ pub fn unregister() -> Result<(), Error> {
         GLOBAL
             .scav_yields
             .fetch_add(ctx.scav_yields, Ordering::Relaxed);
-        GLOBAL
-            .scav_ticks
-            .fetch_add(ctx.scav_ticks, Ordering::Relaxed);
+        GLOBAL.scav_ns.fetch_add(
+            tsc::ticks_to_ns(budget::scavenger_ticks(ctx)),
+            Ordering::Relaxed,
+        );
         GLOBAL.started.fetch_add(primary.started, Ordering::Relaxed);
         GLOBAL
             .completed
@@ -389,7 +388,7 @@ pub fn thread_stats() -> Option<Stats> {
     Some(Stats {
         switches: ctx.switches,
         scav_yields: ctx.scav_yields,
-        scav_ns: tsc::ticks_to_ns(ctx.scav_ticks),
+        scav_ns: tsc::ticks_to_ns(budget::scavenger_ticks(ctx)),
         started,
         completed,
         threads: 1,
@@ -402,7 +401,7 @@ pub fn global_stats() -> Stats {
     Stats {
         switches: GLOBAL.switches.load(Ordering::Relaxed) + mine.switches,
         scav_yields: GLOBAL.scav_yields.load(Ordering::Relaxed) + mine.scav_yields,
-        scav_ns: tsc::ticks_to_ns(GLOBAL.scav_ticks.load(Ordering::Relaxed)) + mine.scav_ns,
+        scav_ns: GLOBAL.scav_ns.load(Ordering::Relaxed) + mine.scav_ns,
         started: GLOBAL.started.load(Ordering::Relaxed) + mine.started,
         completed: GLOBAL.completed.load(Ordering::Relaxed) + mine.completed,
         threads: GLOBAL.threads.load(Ordering::Relaxed) + mine.threads,
@@ -467,7 +466,7 @@ pub(crate) unsafe extern "C" fn coro_main(scav: *mut Scavenger) -> ! {
     // live scavenger in its ring. After the job returns we may be on another thread.
     unsafe {
         let me = current();
-        arch::start_budget(&mut (*me).ctx);
+        budget::start_run(&mut (*me).ctx);
         if !(*scav).started {
             (*scav).started = true;
             (*me).started += 1;
@@ -503,8 +502,7 @@ unsafe fn retire(me: *mut Primary, scav: *mut Scavenger) -> ! {
         };
         let next = relink(primary, after);
         let ctx = &mut primary.ctx;
-        let now = arch::rdtsc();
-        ctx.scav_ticks += now.saturating_sub(ctx.deadline.wrapping_sub(ctx.budget_ticks));
+        budget::cancel_sample(ctx);
         ctx.running = ptr::null_mut();
         arch::set_next_coro(next);
         arch::resume_primary(ctx)

@@ -5,5 +5,6 @@
 
 mod dirty;
 pub mod error;
+pub mod runtime;
 
 pub use error::msh_status;

@@ -124,13 +124,15 @@ pub fn prefetch_yield<T>(addr: *const T) {
     primary_yield();
 }
 
-/// A yield from any code: in a scavenger, switches back to the primary once the
-/// budget is spent; in a primary, behaves as [`primary_yield`]; elsewhere, nothing.
+/// A yield from any code: in a scavenger, switches back to the primary once its
+/// quota of yields is spent; in a primary, behaves as [`primary_yield`]; elsewhere,
+/// nothing.
 #[inline(always)]
 pub fn yield_now() {
     // SAFETY: as for `primary_yield`. In a scavenger, %fs:0x40 is the thread's
     // ThreadCtx and `running` the scavenger's own Coro; the primary's resume point
-    // was stored by its last switch.
+    // was stored by its last switch; `calibrate` is set in every live ThreadCtx and
+    // is called on a 16-byte-aligned stack below the red zone.
     unsafe {
         asm!(
             "mov %fs:0x40, %rsi",
@@ -139,22 +141,23 @@ pub fn yield_now() {
             "mov 0(%rsi), %rcx",
             "test %rcx, %rcx",
             "jz 5f",
-            // Scavenger: spend quota, then read the TSC.
+            // Scavenger: spend one unit of quota.
             "incq 64(%rsi)",
             "decq 40(%rsi)",
             "jnz 9f",
-            "mov 48(%rsi), %rax",
-            "mov %rax, 40(%rsi)",
-            "rdtsc",
-            "shl $32, %rdx",
-            "or %rdx, %rax",
-            "cmp 24(%rsi), %rax",
-            "jb 9f",
-            // Budget spent: account the run, then switch back to the primary.
-            "mov 24(%rsi), %rdx",
-            "sub 32(%rsi), %rdx",
-            "sub %rdx, %rax",
-            "add %rax, 72(%rsi)",
+            // Quota spent. End a sample run if one is under way.
+            "cmpq $0, 24(%rsi)",
+            "je 4f",
+            "mov %rsp, %r12",
+            "lea -128(%rsp), %rsp",
+            "and $-16, %rsp",
+            "mov %rsi, %rdi",
+            "call *88(%rsi)",
+            "mov %r12, %rsp",
+            "mov %fs:0x40, %rsi",
+            "mov 0(%rsi), %rcx",
+            // Back to the primary.
+            "4:",
             "lea -128(%rsp), %rsp",
             "push %rbp",
             "push %rbx",
@@ -167,16 +170,22 @@ pub fn yield_now() {
             "mov 8(%rsi), %rsp",
             "jmp *16(%rsi)",
             "3:",
-            // Resumed, perhaps on another thread: start a new budget.
+            // Resumed, perhaps on another thread: a new quota, and now and then a
+            // sample run.
             "pop %rbx",
             "pop %rbp",
             "lea 128(%rsp), %rsp",
             "mov %fs:0x40, %rsi",
-            "rdtsc",
-            "shl $32, %rdx",
-            "or %rdx, %rax",
-            "add 32(%rsi), %rax",
-            "mov %rax, 24(%rsi)",
+            "mov 48(%rsi), %rax",
+            "mov %rax, 40(%rsi)",
+            "decq 80(%rsi)",
+            "jnz 9f",
+            "mov %rsp, %r12",
+            "lea -128(%rsp), %rsp",
+            "and $-16, %rsp",
+            "mov %rsi, %rdi",
+            "call *88(%rsi)",
+            "mov %r12, %rsp",
             "jmp 9f",
             // Primary: switch to the next scavenger, if any.
             "5:",
@@ -202,19 +211,6 @@ pub fn yield_now() {
             clobber_abi("C"),
             options(att_syntax)
         );
-    }
-}
-
-/// Starts a new budget for the scavenger that is starting to run on this thread.
-///
-/// # Safety
-/// `ctx` must be the calling thread's context block.
-#[inline]
-pub unsafe fn start_budget(ctx: *mut ThreadCtx) {
-    // SAFETY: the caller guarantees `ctx`.
-    unsafe {
-        (*ctx).deadline = rdtsc().wrapping_add((*ctx).budget_ticks);
-        (*ctx).quota = (*ctx).quota_refill;
     }
 }
 
