@@ -141,7 +141,7 @@ impl Scavenger {
         }
         let arg = &mut *scav as *mut Scavenger as *mut ();
         // SAFETY: the stack is fresh, aligned and deep enough.
-        scav.coro.sp = unsafe { arch::init_stack(scav.stack.top(), arg) };
+        scav.coro.sp = unsafe { arch::init_stack(scav.stack.top(), coro_main, arg) };
         scav.coro.ip = arch::coro_entry_ip();
         Ok(scav)
     }
@@ -457,11 +457,12 @@ fn relink(primary: &mut Primary, prefer: *mut Coro) -> *mut Coro {
     }
 }
 
-/// Where every scavenger begins, on its own stack (called by `arch::coro_entry`).
+/// Where every scavenger begins, on its own stack.
 ///
 /// # Safety
 /// Only reached through a switch to a fresh scavenger.
-pub(crate) unsafe extern "C" fn coro_main(scav: *mut Scavenger) -> ! {
+unsafe extern "C" fn coro_main(scav: *mut ()) -> ! {
+    let scav = scav.cast::<Scavenger>();
     // SAFETY: the primary switched to us, so %fs:0x40 is its Primary and `scav` is a
     // live scavenger in its ring. After the job returns we may be on another thread.
     unsafe {

@@ -13,10 +13,10 @@
 //!                 [ 128-byte red zone of the interrupted frame, untouched ]
 //!                 [ the primary's frames ... ]
 //! ```
-//! A fresh scavenger's stack (see [`init_stack`]):
+//! A fresh coroutine's stack (see [`init_stack`]):
 //! ```text
-//!   sp -> [ *mut Scavenger ]  16-byte aligned; `coro_entry` pops it into %rdi
-//!         [ 0 ]               end of stack
+//!   sp -> [ arg  ]   16-byte aligned; `coro_entry` loads it into %rdi
+//!         [ main ]   and calls main(arg), which never returns
 //! ```
 
 use crate::abi::{Coro, ThreadCtx, TCB_NEXT, TCB_THREAD};
@@ -233,37 +233,37 @@ pub unsafe fn resume_primary(ctx: *mut ThreadCtx) -> ! {
     }
 }
 
+/// A coroutine's first function: it gets the argument given to [`init_stack`] and
+/// must never return (there is nothing to return to).
+pub type CoroMain = unsafe extern "C" fn(arg: *mut ()) -> !;
+
 /// Lays out a fresh stack so that switching to the returned `sp` with
-/// `ip = coro_entry as u64` calls `main(arg)`.
+/// `ip = coro_entry_ip()` calls `main(arg)`.
 ///
 /// # Safety
 /// `top` must be the 16-byte-aligned, writable end of a stack at least 32 bytes deep.
-pub unsafe fn init_stack(top: *mut u8, arg: *mut ()) -> u64 {
+pub unsafe fn init_stack(top: *mut u8, main: CoroMain, arg: *mut ()) -> u64 {
     // SAFETY: the caller guarantees the two words below `top` are writable.
     unsafe {
         let sp = top.sub(16).cast::<u64>();
         sp.write(arg as u64);
-        sp.add(1).write(0);
+        sp.add(1).write(main as usize as u64);
         sp as u64
     }
 }
 
-#[cfg(not(loom))]
-/// Address a fresh coroutine starts at: it calls `crate::sched::coro_main(arg)`,
-/// which never returns.
+/// Where every fresh coroutine starts (see [`init_stack`]).
 pub fn coro_entry_ip() -> u64 {
     coro_entry as *const () as u64
 }
 
-#[cfg(not(loom))]
 #[unsafe(naked)]
 unsafe extern "C" fn coro_entry() -> ! {
     core::arch::naked_asm!(
         "mov (%rsp), %rdi",
         "xor %ebp, %ebp",
-        "call {main}",
+        "call *8(%rsp)",
         "ud2",
-        main = sym crate::sched::coro_main,
         options(att_syntax)
     )
 }

@@ -1,0 +1,3 @@
+//! `msh bench …`: measurements as ratios against a baseline taken in the same run.
+pub mod harvest;
+pub mod switch;
