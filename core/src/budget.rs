@@ -72,6 +72,13 @@ pub unsafe extern "C" fn calibrate(ctx: *mut ThreadCtx) {
         (ctx.budget_ticks.saturating_mul(16) / ctx.ticks_per_yield_x16).clamp(1, MAX_QUOTA);
     ctx.sample_start = 0;
     ctx.sample_countdown = SAMPLE_EVERY;
+    // The thread is in Rust anyway: take scavengers lent by blocked primaries.
+    // SAFETY: a ThreadCtx in use by the runtime is the head of its thread's Primary,
+    // and a sample run ends in one of its scavengers.
+    #[cfg(not(test))]
+    unsafe {
+        crate::sched::pick_up_lent(ctx as *mut ThreadCtx as *mut crate::sched::Primary)
+    };
 }
 
 /// Estimated time spent in scavengers: their yields times the calibrated interval.

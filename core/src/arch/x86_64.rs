@@ -233,6 +233,50 @@ pub unsafe fn resume_primary(ctx: *mut ThreadCtx) -> ! {
     }
 }
 
+/// Suspends the running coroutine `own` and resumes the primary, which will switch
+/// to `next` at its next yield. Returns when the primary switches back to `own`.
+///
+/// # Safety
+/// Must run on `own`'s stack, with `ctx` the calling thread's context block whose
+/// `running` is `own`.
+#[inline(always)]
+pub unsafe fn suspend_to_primary(own: *mut Coro, ctx: *mut ThreadCtx, next: *mut Coro) {
+    // SAFETY: the primary's resume point was stored by its switch to `own`; all
+    // registers the primary may change are declared clobbered.
+    unsafe {
+        asm!(
+            "lea -128(%rsp), %rsp",
+            "push %rbp",
+            "push %rbx",
+            "mov %rsp, 0(%rdi)",
+            "lea 2f(%rip), %rax",
+            "mov %rax, 8(%rdi)",
+            "mov %rdx, %fs:0x38",
+            "movq $0, 0(%rsi)",
+            "mov 8(%rsi), %rsp",
+            "jmp *16(%rsi)",
+            "2:",
+            "pop %rbx",
+            "pop %rbp",
+            "lea 128(%rsp), %rsp",
+            in("rdi") own, in("rsi") ctx, in("rdx") next,
+            out("r12") _, out("r13") _, out("r14") _, out("r15") _,
+            clobber_abi("C"),
+            options(att_syntax)
+        );
+    }
+}
+
+/// Address of this thread's next-coroutine TCB word, for other threads to poke.
+pub fn next_coro_slot() -> *mut *mut Coro {
+    let tcb: usize;
+    // SAFETY: glibc's tcbhead_t starts with a pointer to itself (`%fs:0`).
+    unsafe {
+        asm!("mov {}, qword ptr fs:[0]", out(reg) tcb, options(nostack, readonly, preserves_flags));
+    }
+    (tcb + TCB_NEXT) as *mut *mut Coro
+}
+
 /// A coroutine's first function: it gets the argument given to [`init_stack`] and
 /// must never return (there is nothing to return to).
 pub type CoroMain = unsafe extern "C" fn(arg: *mut ()) -> !;

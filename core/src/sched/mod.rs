@@ -6,6 +6,10 @@
 //! touched by code running on that thread (the primary or one of its scavengers,
 //! never both at once), so it needs no lock.
 
+mod lending;
+pub(crate) use lending::pick_up_lent;
+pub use lending::{lend, reclaim};
+
 use crate::abi::{Coro, ThreadCtx};
 use crate::arch;
 use crate::budget;
@@ -123,6 +127,17 @@ impl Scavenger {
         name: Option<&[u8]>,
         stack_size: usize,
     ) -> Result<Box<Self>, Error> {
+        Self::with_main(coro_main, func, arg, name, stack_size)
+    }
+
+    /// A coroutine that starts in `main(self)` rather than in `func(arg)`'s runner.
+    fn with_main(
+        main: arch::CoroMain,
+        func: JobFn,
+        arg: *mut c_void,
+        name: Option<&[u8]>,
+        stack_size: usize,
+    ) -> Result<Box<Self>, Error> {
         let stack = Stack::new(stack_size)?;
         let mut scav = Box::new(Scavenger {
             coro: Coro::empty(),
@@ -141,7 +156,7 @@ impl Scavenger {
         }
         let arg = &mut *scav as *mut Scavenger as *mut ();
         // SAFETY: the stack is fresh, aligned and deep enough.
-        scav.coro.sp = unsafe { arch::init_stack(scav.stack.top(), coro_main, arg) };
+        scav.coro.sp = unsafe { arch::init_stack(scav.stack.top(), main, arg) };
         scav.coro.ip = arch::coro_entry_ip();
         Ok(scav)
     }
@@ -180,6 +195,8 @@ pub struct Primary {
     started: u64,
     completed: u64,
     altstack: Option<crate::overflow::AltStack>,
+    /// Runs when another primary has lent scavengers (see `lending`).
+    refill_coro: Box<Scavenger>,
 }
 
 static CONFIG: spin::RwLock<Option<Config>> = spin::RwLock::new(None);
@@ -275,6 +292,13 @@ pub fn register() -> Result<(), Error> {
     slots.resize_with(config.slots_per_thread, || None);
     let mut ctx = ThreadCtx::new(0);
     budget::init(&mut ctx, tsc::ns_to_ticks(config.budget_ns));
+    let refill_coro = Scavenger::with_main(
+        lending::refill_main,
+        no_job,
+        ptr::null_mut(),
+        Some(b"msh-refill"),
+        crate::stack::MIN_STACK_SIZE,
+    )?;
     let primary = Box::into_raw(Box::new(Primary {
         ctx,
         slots,
@@ -282,9 +306,12 @@ pub fn register() -> Result<(), Error> {
         started: 0,
         completed: 0,
         altstack: crate::overflow::AltStack::install_if_missing(),
+        refill_coro,
     }));
     // SAFETY: `primary` stays allocated until `unregister` clears the slots.
     unsafe { arch::set_tcb(primary.cast(), ptr::null_mut()) };
+    // SAFETY: just allocated; the refill coroutine lives as long as the Primary.
+    lending::join(primary, unsafe { &mut *(*primary).refill_coro });
     REGISTERED.fetch_add(1, Ordering::AcqRel);
     // SAFETY: just installed as this thread's Primary; no scavenger runs yet.
     unsafe { refill(primary) };
@@ -308,6 +335,7 @@ pub fn unregister() -> Result<(), Error> {
         if !(*me).ctx.running.is_null() {
             return Err(Error::InScavenger);
         }
+        lending::leave(me);
         arch::set_tcb(ptr::null_mut(), ptr::null_mut());
         let primary = Box::from_raw(me);
         for scav in primary.slots.into_iter().flatten().rev() {
@@ -425,17 +453,25 @@ pub(crate) fn running_scavenger() -> *const Scavenger {
 unsafe fn refill(me: *mut Primary) {
     // SAFETY: guaranteed by the caller.
     let primary = unsafe { &mut *me };
+    fill_slots(primary);
+    let keep = arch::next_coro();
+    let next = relink(primary, keep);
+    // SAFETY: `next` is null or a scavenger in this thread's ring.
+    unsafe { arch::set_next_coro(next) };
+}
+
+/// Moves scavengers from the pool into empty slots.
+fn fill_slots(primary: &mut Primary) {
     for slot in primary.slots.iter_mut().filter(|slot| slot.is_none()) {
         match POOL.pop() {
             Some(scav) => *slot = Some(scav),
             None => break,
         }
     }
-    let keep = arch::next_coro();
-    let next = relink(primary, keep);
-    // SAFETY: `next` is null or a scavenger in this thread's ring.
-    unsafe { arch::set_next_coro(next) };
 }
+
+/// The refill coroutine's job: it never runs one.
+unsafe extern "C" fn no_job(_: *mut c_void) {}
 
 /// Links the occupied slots into a ring and returns who runs next: `prefer` if it is
 /// still in the ring, else the first.
@@ -450,6 +486,7 @@ fn relink(primary: &mut Primary, prefer: *mut Coro) -> *mut Coro {
         // SAFETY: every pointer is a live scavenger in our slots.
         unsafe { (*coro).next = ring[(i + 1) % ring.len()] };
     }
+    // A refill coroutine poked in by a lender is replaced by the ring.
     if ring.contains(&prefer) {
         prefer
     } else {
@@ -685,6 +722,59 @@ pub(crate) mod tests {
         assert!(SAW_OTHER_SCAVENGER.load(Ordering::Relaxed));
         assert_eq!(thread_stats().unwrap().completed, 2);
         shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_blocked_primary_lends_its_scavenger_to_an_idle_one() {
+        use std::sync::mpsc;
+        let _rt = fresh_runtime(Config {
+            budget_ns: 0,
+            ..Config::default()
+        });
+        let counter = Box::leak(Box::new(Counter {
+            count: AtomicU64::new(0),
+            limit: 2000,
+        }));
+        let counter_addr = counter as *const Counter as usize;
+        let (lent_tx, lent_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        // B: a primary with nothing to run, yielding in its loop.
+        let idle = std::thread::spawn(move || {
+            register().unwrap();
+            ready_tx.send(()).unwrap();
+            let counter = unsafe { &*(counter_addr as *const Counter) };
+            let mut spins = 0u64;
+            while counter.count.load(Ordering::Relaxed) < counter.limit {
+                arch::primary_yield();
+                spins += 1;
+                assert!(spins < 50_000_000, "the lent scavenger never arrived");
+            }
+            run_pending().unwrap();
+            let stats = thread_stats().unwrap();
+            unregister().unwrap();
+            stats
+        });
+        ready_rx.recv().unwrap();
+        // A: starts the scavenger, then blocks after lending it.
+        let busy = std::thread::spawn(move || {
+            register().unwrap();
+            spawn(count_and_yield, counter_addr as *mut c_void, Some(b"lent")).unwrap();
+            for _ in 0..10 {
+                arch::primary_yield();
+            }
+            lent_tx.send(lend()).unwrap();
+            done_rx.recv().unwrap(); // "blocked"
+            reclaim();
+            unregister().unwrap();
+        });
+        assert!(lent_rx.recv().unwrap(), "A had a scavenger to lend");
+        let stats = idle.join().unwrap();
+        done_tx.send(()).unwrap();
+        busy.join().unwrap();
+        assert_eq!(counter.count.load(Ordering::Relaxed), 2000);
+        assert_eq!(stats.completed, 1, "B finished A's scavenger: {stats:?}");
+        assert_eq!(stats.started, 0, "it had been started on A");
     }
 
     #[test]
