@@ -63,6 +63,32 @@ double compute_units_per_second(double seconds) {
   return units / elapsed;
 }
 
+#ifdef COMPUTE_SCAVENGER_SO
+/* As a pool scavenger (`msh run --pool`): `compute_scav.so [UNITS]` does UNITS units
+ * (default: until the process exits), yielding after each. */
+static uint64_t parse_units(int argc, char **argv) {
+  return argc > 1 ? strtoull(argv[1], NULL, 10) : 0;
+}
+
+#ifdef MSH_PROTOTYPE_STYLE
+/* The MSH prototype's convention: the loader fills these in and calls entry(). */
+int argc = 0;
+char **argv = 0;
+int crt_pos = 0;
+int entry(void) {
+  struct compute_job job = { .seed = 7, .max_units = parse_units(argc, argv) };
+  compute_scavenger(&job);
+  return 0;
+}
+#else
+int msh_scavenger_main(int argc, char **argv) {
+  struct compute_job job = { .seed = 7, .max_units = parse_units(argc, argv) };
+  compute_scavenger(&job);
+  return 0;
+}
+#endif
+#endif
+
 #ifdef COMPUTE_MAIN
 int main(int argc, char **argv) {
   double seconds = 1.0;

@@ -3,6 +3,7 @@
 //! by cbindgen (see `tests/header.rs`).
 #![allow(non_camel_case_types)]
 
+pub mod attach;
 mod dirty;
 pub mod error;
 pub mod runtime;

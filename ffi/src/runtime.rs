@@ -168,6 +168,7 @@ thread_local! {
 struct Unregister;
 impl Drop for Unregister {
     fn drop(&mut self) {
+        crate::attach::thread_exiting();
         let _ = sched::unregister();
     }
 }

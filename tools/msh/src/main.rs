@@ -2,9 +2,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-mod bench;
-mod demo;
-mod examples;
+use msh_cli::{bench, demo, examples, run};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +23,8 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Run a program with scavengers: libmsh.so preloaded, every thread a primary.
+    Run(run::RunArgs),
     /// Benchmarks, as ratios against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -79,6 +79,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo { runs } => demo::run(runs),
+        Command::Run(args) => run::run(&args),
         Command::Bench { bench } => match bench {
             BenchCommand::Switch {
                 json,
