@@ -94,8 +94,6 @@ typedef enum {
   MSH_ERR_INTERNAL = 14,
 } msh_status;
 
-typedef void *(*StartRoutine)(void*);
-
 // Runtime configuration. Fill it with `msh_config_init`, then change what you need.
 typedef struct {
   // Usable bytes of each scavenger stack (at least 16 KiB; default 64 KiB).
@@ -131,30 +129,6 @@ typedef struct {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
-
-// # Safety
-// As pthread_create(3).
-int pthread_create(pthread_t *thread, const pthread_attr_t *attr, StartRoutine routine, void *arg);
-
-// # Safety
-// As pthread_mutex_lock(3).
-int pthread_mutex_lock(pthread_mutex_t *mutex);
-
-// # Safety
-// As pthread_cond_wait(3).
-int pthread_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mutex);
-
-// # Safety
-// As pthread_cond_timedwait(3).
-int pthread_cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *mutex, const timespec *abstime);
-
-// # Safety
-// As pthread_barrier_wait(3).
-int pthread_barrier_wait(pthread_barrier_t *barrier);
-
-// # Safety
-// As pthread_join(3).
-int pthread_join(pthread_t thread, void **retval);
 
 // A static, NUL-terminated English description of `status`.
 const char *msh_strerror(msh_status status);

@@ -46,6 +46,24 @@ enum BenchCommand {
         #[arg(long, default_value_t = 7)]
         runs: usize,
     },
+    /// What preloading libmsh costs (ptrchase, memcached), and harvest when preloaded.
+    Attach {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Runs (figures are medians).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Hops per ptrchase run.
+        #[arg(long, default_value_t = 2_000_000)]
+        hops: u64,
+        /// Set+get pairs per memcached client (4 clients).
+        #[arg(long, default_value_t = 5_000)]
+        memcached_pairs: u32,
+        /// Skip memcached.
+        #[arg(long)]
+        no_memcached: bool,
+    },
     /// Pointer chase (primary) + compute scavenger: alone, with msh, as OS threads.
     Harvest {
         /// Print JSON.
@@ -94,6 +112,31 @@ fn run(cli: Cli) -> Result<()> {
                         "one-way switch: msh {:.2} ns, corosensei {:.2} ns, ratio {:.2} (median of {} runs)",
                         report.msh_ns, report.corosensei_ns, report.ratio, report.runs
                     );
+                }
+                Ok(())
+            }
+            BenchCommand::Attach {
+                json,
+                runs,
+                hops,
+                memcached_pairs,
+                no_memcached,
+            } => {
+                use bench::attach::{self, AttachOptions};
+                examples::build()?;
+                let opts = AttachOptions {
+                    runs,
+                    hops,
+                    memcached_pairs,
+                    memcached: !no_memcached,
+                };
+                let bar = bench::harvest::progress_bar(3 * runs as u64, "measuring");
+                let report = attach::run(&opts, &bar)?;
+                bar.finish_and_clear();
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
                 }
                 Ok(())
             }

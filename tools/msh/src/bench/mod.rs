@@ -1,3 +1,4 @@
 //! `msh bench …`: measurements as ratios against a baseline taken in the same run.
+pub mod attach;
 pub mod harvest;
 pub mod switch;
