@@ -17,8 +17,13 @@ pub const MAX_QUOTA: u64 = 1 << 20;
 /// Guess of one yield interval before the first sample: 16 ns.
 const INITIAL_NS_PER_YIELD: u64 = 16;
 
-/// Sets up a fresh context block's budget for `budget_ticks` per switch.
-pub fn init(ctx: &mut ThreadCtx, budget_ticks: u64) {
+/// Sets up a fresh context block's budget for `budget_ticks` per switch. `calibrate`
+/// is what the yield sequences call on sample runs; it must call [`on_sample`].
+pub fn init(
+    ctx: &mut ThreadCtx,
+    budget_ticks: u64,
+    calibrate: unsafe extern "C" fn(*mut ThreadCtx),
+) {
     ctx.budget_ticks = budget_ticks;
     let guess = crate::tsc::ns_to_ticks(INITIAL_NS_PER_YIELD).max(1);
     ctx.quota_refill = (budget_ticks / guess).clamp(1, MAX_QUOTA);
@@ -34,8 +39,7 @@ pub fn start_run(ctx: &mut ThreadCtx) {
     ctx.quota = ctx.quota_refill;
     ctx.sample_countdown -= 1;
     if ctx.sample_countdown == 0 {
-        // SAFETY: `ctx` is a valid, exclusively borrowed context block.
-        unsafe { calibrate(ctx) };
+        on_sample(ctx);
     }
 }
 
@@ -45,20 +49,16 @@ pub fn cancel_sample(ctx: &mut ThreadCtx) {
     ctx.sample_countdown = 1;
 }
 
-/// Starts a sample run, or ends one and recomputes the quota.
-///
-/// # Safety
-/// `ctx` must be the calling thread's context block.
-pub unsafe extern "C" fn calibrate(ctx: *mut ThreadCtx) {
-    // SAFETY: guaranteed by the caller; only this thread touches its ThreadCtx.
-    let ctx = unsafe { &mut *ctx };
+/// Starts a sample run, or ends one and recomputes the quota. Returns whether a
+/// sample run ended.
+pub fn on_sample(ctx: &mut ThreadCtx) -> bool {
     let now = rdtsc();
     if ctx.sample_start == 0 {
         let yields = ctx.quota_refill.saturating_mul(2).min(MAX_QUOTA);
         ctx.quota = yields;
         ctx.sample_yields = yields;
         ctx.sample_start = now.max(1);
-        return;
+        return false;
     }
     let elapsed = now.saturating_sub(ctx.sample_start);
     let sample = (elapsed.saturating_mul(16) / ctx.sample_yields.max(1)).max(1);
@@ -72,13 +72,7 @@ pub unsafe extern "C" fn calibrate(ctx: *mut ThreadCtx) {
         (ctx.budget_ticks.saturating_mul(16) / ctx.ticks_per_yield_x16).clamp(1, MAX_QUOTA);
     ctx.sample_start = 0;
     ctx.sample_countdown = SAMPLE_EVERY;
-    // The thread is in Rust anyway: take scavengers lent by blocked primaries.
-    // SAFETY: a ThreadCtx in use by the runtime is the head of its thread's Primary,
-    // and a sample run ends in one of its scavengers.
-    #[cfg(not(test))]
-    unsafe {
-        crate::sched::pick_up_lent(ctx as *mut ThreadCtx as *mut crate::sched::Primary)
-    };
+    true
 }
 
 /// Estimated time spent in scavengers: their yields times the calibrated interval.
@@ -90,17 +84,19 @@ pub fn scavenger_ticks(ctx: &ThreadCtx) -> u64 {
 mod tests {
     use super::*;
 
+    unsafe extern "C" fn no_hook(_: *mut ThreadCtx) {}
+
     fn sample(ctx: &mut ThreadCtx, elapsed_ticks: u64) {
-        unsafe { calibrate(ctx) };
+        assert!(!on_sample(ctx));
         assert_ne!(ctx.sample_start, 0);
         ctx.sample_start -= elapsed_ticks.min(ctx.sample_start - 1);
-        unsafe { calibrate(ctx) };
+        assert!(on_sample(ctx));
     }
 
     #[test]
     fn the_quota_follows_the_measured_yield_interval() {
         let mut ctx = ThreadCtx::new(0);
-        init(&mut ctx, 3000);
+        init(&mut ctx, 3000, no_hook);
         ctx.sample_start = 0;
         // 2 x quota yields took 10 ticks each (plus the time the test takes).
         let yields = ctx.quota_refill * 2;
@@ -116,7 +112,7 @@ mod tests {
     #[test]
     fn a_held_up_sample_cannot_pull_the_estimate_up_at_once() {
         let mut ctx = ThreadCtx::new(0);
-        init(&mut ctx, 1000);
+        init(&mut ctx, 1000, no_hook);
         let yields = ctx.quota_refill * 2;
         sample(&mut ctx, yields * 10);
         let before = ctx.ticks_per_yield_x16;
@@ -129,7 +125,7 @@ mod tests {
     #[test]
     fn a_zero_budget_means_one_yield_per_switch() {
         let mut ctx = ThreadCtx::new(0);
-        init(&mut ctx, 0);
+        init(&mut ctx, 0, no_hook);
         assert_eq!(ctx.quota_refill, 1);
         sample(&mut ctx, 50);
         assert_eq!(ctx.quota_refill, 1);

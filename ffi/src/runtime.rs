@@ -174,8 +174,11 @@ impl Drop for Unregister {
 }
 
 /// Fills `config` with the defaults.
+///
+/// # Safety
+/// `config` is NULL or points to writable memory for an `msh_config`.
 #[no_mangle]
-pub extern "C" fn msh_config_init(config: *mut msh_config) -> msh_status {
+pub unsafe extern "C" fn msh_config_init(config: *mut msh_config) -> msh_status {
     guard(|| {
         non_null(config)?;
         // SAFETY: non-null, and the caller provides a writable msh_config.
@@ -186,8 +189,11 @@ pub extern "C" fn msh_config_init(config: *mut msh_config) -> msh_status {
 
 /// Starts msh. `config` may be NULL for the defaults.
 /// Errors: MSH_ERR_ALREADY_INITIALIZED, MSH_ERR_INVALID.
+///
+/// # Safety
+/// `config` is NULL or points to a valid `msh_config`.
 #[no_mangle]
-pub extern "C" fn msh_init(config: *const msh_config) -> msh_status {
+pub unsafe extern "C" fn msh_init(config: *const msh_config) -> msh_status {
     guard(|| {
         let config = if config.is_null() {
             Config::default()
@@ -238,15 +244,21 @@ pub extern "C" fn msh_thread_unregister() -> msh_status {
 /// `msh_yield()` every few tens of ns of work. When it returns, the next one in the
 /// pool takes its slot. Errors: MSH_ERR_NULL, MSH_ERR_NOT_INITIALIZED,
 /// MSH_ERR_NO_SLOT (pool full), MSH_ERR_NO_MEMORY.
+// `arg` is opaque to msh: it is handed to the scavenger, never dereferenced here.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 #[no_mangle]
 pub extern "C" fn msh_spawn(func: msh_scavenger_fn, arg: *mut c_void) -> msh_status {
-    msh_spawn_named(core::ptr::null(), func, arg)
+    // SAFETY: a NULL name is allowed.
+    unsafe { msh_spawn_named(core::ptr::null(), func, arg) }
 }
 
 /// As `msh_spawn`, with a name used in diagnostics (e.g. a stack overflow report).
 /// `name` may be NULL.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
 #[no_mangle]
-pub extern "C" fn msh_spawn_named(
+pub unsafe extern "C" fn msh_spawn_named(
     name: *const c_char,
     func: msh_scavenger_fn,
     arg: *mut c_void,
@@ -273,8 +285,11 @@ pub extern "C" fn msh_pending() -> usize {
 }
 
 /// The calling thread's counters. Errors: MSH_ERR_NULL, MSH_ERR_NOT_REGISTERED.
+///
+/// # Safety
+/// `out` is NULL or points to writable memory for an `msh_stats`.
 #[no_mangle]
-pub extern "C" fn msh_thread_stats(out: *mut msh_stats) -> msh_status {
+pub unsafe extern "C" fn msh_thread_stats(out: *mut msh_stats) -> msh_status {
     guard(|| {
         non_null(out)?;
         let stats = sched::thread_stats().ok_or(msh_status::MSH_ERR_NOT_REGISTERED)?;
@@ -286,8 +301,11 @@ pub extern "C" fn msh_thread_stats(out: *mut msh_stats) -> msh_status {
 
 /// Counters summed over threads that have unregistered (or exited), plus the caller.
 /// Errors: MSH_ERR_NULL.
+///
+/// # Safety
+/// `out` is NULL or points to writable memory for an `msh_stats`.
 #[no_mangle]
-pub extern "C" fn msh_global_stats(out: *mut msh_stats) -> msh_status {
+pub unsafe extern "C" fn msh_global_stats(out: *mut msh_stats) -> msh_status {
     guard(|| {
         non_null(out)?;
         // SAFETY: non-null; the caller provides a writable msh_stats.

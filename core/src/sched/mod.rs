@@ -7,7 +7,6 @@
 //! never both at once), so it needs no lock.
 
 mod lending;
-pub(crate) use lending::pick_up_lent;
 pub use lending::{lend, reclaim};
 
 use crate::abi::{Coro, ThreadCtx};
@@ -291,7 +290,7 @@ pub fn register() -> Result<(), Error> {
     let mut slots = Vec::with_capacity(config.slots_per_thread);
     slots.resize_with(config.slots_per_thread, || None);
     let mut ctx = ThreadCtx::new(0);
-    budget::init(&mut ctx, tsc::ns_to_ticks(config.budget_ns));
+    budget::init(&mut ctx, tsc::ns_to_ticks(config.budget_ns), calibrate);
     let refill_coro = Scavenger::with_main(
         lending::refill_main,
         no_job,
@@ -491,6 +490,22 @@ fn relink(primary: &mut Primary, prefer: *mut Coro) -> *mut Coro {
         prefer
     } else {
         ring.first().copied().unwrap_or(ptr::null_mut())
+    }
+}
+
+/// Called by the yield sequences on sample runs (see `budget`). When a sample run
+/// ends the thread is in Rust anyway, so it also takes scavengers lent by blocked
+/// primaries.
+///
+/// # Safety
+/// `ctx` is the calling thread's context block, which heads its Primary.
+unsafe extern "C" fn calibrate(ctx: *mut ThreadCtx) {
+    // SAFETY: guaranteed by the caller; only this thread touches its Primary, and a
+    // sample run ends inside one of its scavengers.
+    unsafe {
+        if budget::on_sample(&mut *ctx) {
+            lending::pick_up_lent(ctx.cast::<Primary>());
+        }
     }
 }
 
