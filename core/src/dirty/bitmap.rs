@@ -1,6 +1,7 @@
 //! A page bitmap that fault handlers set (lock-free, async-signal-safe) and the
 //! collector takes from, for the backends that learn of writes one fault at a time.
 
+use super::Limit;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -41,72 +42,56 @@ impl PageBitmap {
         }
     }
 
-    /// Reports set bits from page `from` on, in runs `(first_page, count)`, at most
-    /// `max_pages` pages, clearing exactly the reported bits when `take`. Returns the
-    /// number of pages reported and the page to resume from when `max_pages` cut it short.
+    /// Reports set bits from page `from` on, in runs `(first_page, count)`, within
+    /// `limit`, clearing exactly the reported bits when `take`. Returns the next set page
+    /// when `limit` cut the report short.
     pub fn collect(
         &self,
         from: usize,
-        max_pages: usize,
+        limit: Limit,
         take: bool,
         emit: &mut dyn FnMut(usize, usize),
-    ) -> (usize, Option<usize>) {
-        let mut reported = 0;
+    ) -> Option<usize> {
+        let (mut pages, mut runs) = (0usize, 0usize);
         let mut run: Option<(usize, usize)> = None;
-        let flush = |run: &mut Option<(usize, usize)>, emit: &mut dyn FnMut(usize, usize)| {
-            if let Some((first, count)) = run.take() {
-                emit(first, count);
-            }
-        };
         let mut index = from;
-        while index < self.pages {
+        let mut stopped = None;
+        while index < self.pages && stopped.is_none() {
             let word_index = index / 64;
-            let low_bit = index % 64;
-            let mut bits = self.words[word_index].load(Ordering::SeqCst) & (!0u64 << low_bit);
-            if bits == 0 {
-                index = (word_index + 1) * 64;
-                continue;
-            }
-            // Keep only as many bits as the caller has room for.
-            let room = max_pages - reported;
+            let word = &self.words[word_index];
+            let mut rest = word.load(Ordering::SeqCst) & (!0u64 << (index % 64));
             let mut kept = 0u64;
-            while bits != 0 && (kept.count_ones() as usize) < room {
-                let lowest = bits & bits.wrapping_neg();
-                kept |= lowest;
-                bits &= !lowest;
-            }
-            if take {
-                self.words[word_index].fetch_and(!kept, Ordering::SeqCst);
-            }
-            let mut rest = kept;
             while rest != 0 {
                 let bit = rest.trailing_zeros() as usize;
-                rest &= rest - 1;
                 let page = word_index * 64 + bit;
+                let extends = matches!(run, Some((first, count)) if first + count == page);
+                if pages == limit.pages || (!extends && runs == limit.runs) {
+                    stopped = Some(page);
+                    break;
+                }
+                kept |= 1 << bit;
+                rest &= rest - 1;
+                pages += 1;
                 match &mut run {
-                    Some((first, count)) if *first + *count == page => *count += 1,
+                    Some((_, count)) if extends => *count += 1,
                     _ => {
-                        flush(&mut run, emit);
+                        if let Some((first, count)) = run.take() {
+                            emit(first, count);
+                        }
                         run = Some((page, 1));
+                        runs += 1;
                     }
                 }
             }
-            reported += kept.count_ones() as usize;
-            if reported == max_pages {
-                flush(&mut run, emit);
-                // Resume after the last reported page if anything is left.
-                let next = match kept {
-                    0 => index,
-                    _ => word_index * 64 + 63 - kept.leading_zeros() as usize + 1,
-                };
-                let more = (next..self.pages)
-                    .any(|i| self.words[i / 64].load(Ordering::SeqCst) & (1 << (i % 64)) != 0);
-                return (reported, more.then_some(next));
+            if take && kept != 0 {
+                word.fetch_and(!kept, Ordering::SeqCst);
             }
             index = (word_index + 1) * 64;
         }
-        flush(&mut run, emit);
-        (reported, None)
+        if let Some((first, count)) = run {
+            emit(first, count);
+        }
+        stopped
     }
 }
 
@@ -122,9 +107,28 @@ mod tests {
         take: bool,
     ) -> (Vec<(usize, usize)>, Option<usize>) {
         let mut runs = Vec::new();
-        let (n, next) = map.collect(from, max, take, &mut |f, c| runs.push((f, c)));
-        assert_eq!(n, runs.iter().map(|r| r.1).sum::<usize>());
+        let limit = Limit {
+            pages: max,
+            runs: usize::MAX,
+        };
+        let next = map.collect(from, limit, take, &mut |f, c| runs.push((f, c)));
         (runs, next)
+    }
+
+    #[test]
+    fn max_runs_cuts_between_runs() {
+        let map = PageBitmap::new(128);
+        map.set_range(0, 3);
+        map.set_range(10, 70);
+        map.set(100);
+        let mut runs = Vec::new();
+        let limit = Limit {
+            pages: usize::MAX,
+            runs: 2,
+        };
+        let next = map.collect(0, limit, true, &mut |f, c| runs.push((f, c)));
+        assert_eq!((runs, next), (vec![(0, 3), (10, 70)], Some(100)));
+        assert_eq!(collect_all(&map, 0, usize::MAX, false).0, vec![(100, 1)]);
     }
 
     #[test]
@@ -172,5 +176,7 @@ mod tests {
         let map = PageBitmap::new(64);
         map.set_range(0, 4);
         assert_eq!(collect_all(&map, 0, 4, false), (vec![(0, 4)], None));
+        map.set(9);
+        assert_eq!(collect_all(&map, 0, 4, false), (vec![(0, 4)], Some(9)));
     }
 }

@@ -195,6 +195,22 @@ pub struct Run {
     pub pages: usize,
 }
 
+/// How much one [`Tracker::collect`] call may report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// At most this many pages.
+    pub pages: usize,
+    /// At most this many runs.
+    pub runs: usize,
+}
+
+impl Limit {
+    pub const NONE: Limit = Limit {
+        pages: usize::MAX,
+        runs: usize::MAX,
+    };
+}
+
 /// The page size trackers work in.
 pub fn page_size() -> usize {
     sys::page_size()
@@ -375,83 +391,78 @@ impl Tracker {
     }
 
     /// Reports written pages in address order, starting at `cursor` (0 = the first
-    /// tracked page), at most `max_pages` of them, to `emit` as runs. With `rearm`,
-    /// exactly the reported pages are armed again, atomically with respect to
-    /// concurrent writers: a write that races with the collection is reported now or
-    /// at the next collection, never lost.
+    /// tracked page), within `limit`, to `emit` as runs. With `rearm`, exactly the
+    /// reported pages are armed again, atomically with respect to concurrent writers: a
+    /// write that races with the collection is reported now or at the next collection,
+    /// never lost.
     ///
-    /// Returns `Some(cursor)` to continue from when `max_pages` cut the report short
-    /// and more pages may follow, `None` when the scan reached the end.
+    /// Returns `Some(cursor)` to continue from when `limit` cut the report short and
+    /// more pages may follow, `None` when the scan reached the end.
     pub fn collect(
         &mut self,
         cursor: usize,
-        max_pages: usize,
+        limit: Limit,
         rearm: bool,
         emit: &mut dyn FnMut(Run),
     ) -> Result<Option<usize>, Error> {
         self.check_owner()?;
-        if max_pages == 0 {
-            return Err(Error::Invalid("max_pages must be at least 1"));
+        if limit.pages == 0 || limit.runs == 0 {
+            return Err(Error::Invalid(
+                "the limit must allow at least one page and one run",
+            ));
         }
         if cursor % self.page != 0 {
             return Err(Error::Invalid("cursor must be page-aligned"));
         }
         let page = self.page;
-        let mut reported = 0usize;
-        // Merge runs that continue across internal chunks before handing them out.
+        let (mut pages, mut runs) = (0usize, 0usize);
+        // Runs that continue across internal chunks or adjacent ranges are merged.
         let mut pending: Option<Run> = None;
-        let push = |run: Run, pending: &mut Option<Run>, emit: &mut dyn FnMut(Run)| match pending {
-            Some(p) if p.start + p.pages * page == run.start => p.pages += run.pages,
-            _ => {
-                if let Some(p) = pending.take() {
-                    emit(p);
-                }
-                *pending = Some(run);
-            }
-        };
         let ranges = self.ranges.clone();
         for (index, &(start, end)) in ranges.iter().enumerate() {
             if end <= cursor {
                 continue;
             }
+            if pages == limit.pages || runs == limit.runs {
+                flush(&mut pending, emit);
+                return Ok(Some(start.max(cursor)));
+            }
             let from = start.max(cursor);
             self.check_mapped(start, end)?;
-            let room = max_pages - reported;
-            let mut count = 0usize;
+            let room = Limit {
+                pages: limit.pages - pages,
+                runs: limit.runs - runs,
+            };
             let mut sink = |run: Run| {
-                count += run.pages;
-                push(run, &mut pending, emit);
+                pages += run.pages;
+                runs += 1;
+                match &mut pending {
+                    Some(p) if p.start + p.pages * page == run.start => p.pages += run.pages,
+                    _ => {
+                        flush(&mut pending, emit);
+                        pending = Some(run);
+                    }
+                }
             };
             let stopped = match &mut self.mechanism {
                 Mechanism::UffdAsync(m) => m.collect(from, end, room, rearm, &mut sink),
-                Mechanism::SoftDirty(m) => m.collect(index, from, end, room, rearm, &mut sink),
-                Mechanism::UffdSync(m) => m.collect(index, from, end, room, rearm, &mut sink),
-                Mechanism::Mprotect(m) => m.collect(index, from, end, room, rearm, &mut sink),
+                Mechanism::SoftDirty(m) => m.collect(index, from, room, rearm, &mut sink),
+                Mechanism::UffdSync(m) => m.collect(index, from, room, rearm, &mut sink),
+                Mechanism::Mprotect(m) => m.collect(index, from, room, rearm, &mut sink),
             }?;
-            reported += count;
             if let Some(next) = stopped {
-                if let Some(p) = pending.take() {
-                    emit(p);
-                }
+                flush(&mut pending, emit);
                 return Ok(Some(next));
             }
-            if reported == max_pages && index + 1 < ranges.len() {
-                if let Some(p) = pending.take() {
-                    emit(p);
-                }
-                return Ok(Some(ranges[index + 1].0));
-            }
         }
-        if let Some(p) = pending.take() {
-            emit(p);
-        }
+        flush(&mut pending, emit);
         Ok(None)
     }
 
     /// Every written page, as runs; re-arms them when `rearm`.
     pub fn collect_runs(&mut self, rearm: bool) -> Result<Vec<Run>, Error> {
         let mut runs = Vec::new();
-        self.collect(0, usize::MAX, rearm, &mut |run| runs.push(run))?;
+        self.collect(0, Limit::NONE, rearm, &mut |run| runs.push(run))?;
         Ok(runs)
     }
 
@@ -459,10 +470,16 @@ impl Tracker {
     pub fn collect_pages(&mut self, rearm: bool) -> Result<Vec<usize>, Error> {
         let page = self.page;
         let mut pages = Vec::new();
-        self.collect(0, usize::MAX, rearm, &mut |run| {
+        self.collect(0, Limit::NONE, rearm, &mut |run| {
             pages.extend((0..run.pages).map(|i| run.start + i * page))
         })?;
         Ok(pages)
+    }
+}
+
+fn flush(pending: &mut Option<Run>, emit: &mut dyn FnMut(Run)) {
+    if let Some(run) = pending.take() {
+        emit(run);
     }
 }
 

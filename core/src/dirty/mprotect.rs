@@ -17,7 +17,7 @@
 
 use super::bitmap::PageBitmap;
 use super::sys::{self, errno, set_errno};
-use super::{Error, Run, Unavailable};
+use super::{Error, Limit, Run, Unavailable};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
@@ -246,8 +246,7 @@ impl Mprotect {
         &mut self,
         index: usize,
         from: usize,
-        end: usize,
-        max_pages: usize,
+        limit: Limit,
         rearm: bool,
         emit: &mut dyn FnMut(Run),
     ) -> Result<Option<usize>, Error> {
@@ -259,10 +258,9 @@ impl Mprotect {
         }
         let mut runs = Vec::new();
         let first = (from - range.start) / page;
-        let (_, next) = range
+        let next = range
             .bitmap
-            .collect(first, max_pages, rearm, &mut |f, c| runs.push((f, c)));
-        let _ = end;
+            .collect(first, limit, rearm, &mut |f, c| runs.push((f, c)));
         for &(first, count) in &runs {
             // Take the bits, then protect: a write in between lands before the caller
             // reads the page; one after faults and is marked for the next collection.
@@ -312,14 +310,7 @@ pub fn probe() -> Result<(), Unavailable> {
         .map_err(|e| fail("cannot install the SIGSEGV handler or mprotect", e))?;
     sys::poke(scratch.ptr(page), 1);
     let mut runs = Vec::new();
-    let result = tracker.collect(
-        0,
-        scratch.addr,
-        scratch.addr + 2 * page,
-        usize::MAX,
-        true,
-        &mut |r| runs.push(r),
-    );
+    let result = tracker.collect(0, scratch.addr, Limit::NONE, true, &mut |r| runs.push(r));
     tracker.teardown(true);
     result.map_err(|e| fail("mprotect failed", e))?;
     if runs

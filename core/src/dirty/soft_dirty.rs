@@ -13,7 +13,7 @@
 
 use super::bitmap::PageBitmap;
 use super::sys::{self, Fd};
-use super::{Error, Run, Unavailable};
+use super::{Error, Limit, Run, Unavailable};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -25,7 +25,7 @@ const ENTRIES_PER_READ: usize = 4096;
 pub struct SoftDirty {
     pagemap: Fd,
     ranges: Vec<(usize, usize)>,
-    /// Pages seen dirty in pagemap but not yet reported (a pass cut short by max_pages).
+    /// Pages seen dirty in pagemap but not yet reported (a pass cut short by the limit).
     pending: Vec<PageBitmap>,
     page: usize,
     owns_flag: bool,
@@ -114,8 +114,7 @@ impl SoftDirty {
         &mut self,
         index: usize,
         from: usize,
-        _end: usize,
-        max_pages: usize,
+        limit: Limit,
         rearm: bool,
         emit: &mut dyn FnMut(Run),
     ) -> Result<Option<usize>, Error> {
@@ -128,17 +127,13 @@ impl SoftDirty {
             }
         }
         let page = self.page;
-        let (_, next) = self.pending[index].collect(
-            (from - start) / page,
-            max_pages,
-            true,
-            &mut |first, count| {
+        let next =
+            self.pending[index].collect((from - start) / page, limit, true, &mut |first, count| {
                 emit(Run {
                     start: start + first * page,
                     pages: count,
                 })
-            },
-        );
+            });
         if !rearm {
             // Not re-arming: what we reported is still dirty in pagemap, nothing to keep.
             self.pending[index].clear();

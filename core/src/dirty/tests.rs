@@ -62,10 +62,6 @@ impl Mapping {
         // SAFETY: inside our mapping.
         unsafe { core::ptr::read_volatile((self.page(index) + 17) as *const u8) }
     }
-
-    fn pages(&self) -> usize {
-        self.len / page_size()
-    }
 }
 
 impl Drop for Mapping {
@@ -154,8 +150,18 @@ fn exact_on_populated_and_never_touched_pages() {
 }
 
 #[test]
-fn cursor_and_max_pages_page_through_several_ranges() {
-    for backend in backends() {
+fn cursor_and_limits_page_through_several_ranges() {
+    let limits = [
+        Limit {
+            pages: 13,
+            runs: usize::MAX,
+        },
+        Limit {
+            pages: usize::MAX,
+            runs: 4,
+        },
+    ];
+    for (backend, limit) in backends().into_iter().flat_map(|b| limits.map(|l| (b, l))) {
         let (a, b) = (Mapping::new(300), Mapping::new(100));
         let mut t =
             Tracker::new(&[(b.addr, b.len), (a.addr, a.len)], Choice::Only(backend)).unwrap();
@@ -168,14 +174,18 @@ fn cursor_and_max_pages_page_through_several_ranges() {
         let mut cursor = 0;
         let mut calls = 0;
         loop {
-            let mut got = 0;
+            let (mut pages, mut runs) = (0, 0);
             let next = t
-                .collect(cursor, 13, true, &mut |run| {
-                    got += run.pages;
+                .collect(cursor, limit, true, &mut |run| {
+                    pages += run.pages;
+                    runs += 1;
                     seen.extend((0..run.pages).map(|i| run.start + i * page_size()));
                 })
                 .unwrap();
-            assert!(got <= 13, "{backend}: max_pages exceeded");
+            assert!(
+                pages <= limit.pages && runs <= limit.runs,
+                "{backend}: {limit:?} exceeded"
+            );
             calls += 1;
             match next {
                 Some(c) => cursor = c,
@@ -472,11 +482,11 @@ fn bad_input_is_a_clear_error() {
     drop(first);
     let mut again = Tracker::new(&[(m.addr + 4 * p, 8 * p)], Choice::Auto).unwrap();
     assert!(matches!(
-        again.collect(1, 1, true, &mut |_| {}),
+        again.collect(1, Limit::NONE, true, &mut |_| {}),
         Err(Error::Invalid(_))
     ));
     assert!(matches!(
-        again.collect(0, 0, true, &mut |_| {}),
+        again.collect(0, Limit { pages: 0, runs: 1 }, true, &mut |_| {}),
         Err(Error::Invalid(_))
     ));
 }

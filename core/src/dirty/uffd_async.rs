@@ -17,7 +17,7 @@
 //! the parent keeps tracking).
 
 use super::sys::{self, Fd, PageRegion, PmScanArg};
-use super::{Error, Run, Unavailable};
+use super::{Error, Limit, Run, Unavailable};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -64,7 +64,7 @@ impl UffdAsync {
         &mut self,
         start: usize,
         end: usize,
-        max_pages: usize,
+        limit: Limit,
         rearm: bool,
         output: bool,
     ) -> Result<(usize, usize), Error> {
@@ -77,11 +77,12 @@ impl UffdAsync {
         };
         if output {
             arg.vec = self.regions.as_mut_ptr() as u64;
-            arg.vec_len = self.regions.len() as u64;
-            arg.max_pages = if max_pages == usize::MAX {
+            arg.vec_len = self.regions.len().min(limit.runs) as u64;
+            // 0 means "no limit" to the kernel.
+            arg.max_pages = if limit.pages == usize::MAX {
                 0
             } else {
-                max_pages as u64
+                limit.pages as u64
             };
             arg.category_mask = sys::PAGE_IS_WRITTEN;
             arg.return_mask = sys::PAGE_IS_WRITTEN;
@@ -103,7 +104,7 @@ impl UffdAsync {
         for (start, end) in self.ranges.clone() {
             let mut from = start;
             while from < end {
-                let (_, walk_end) = self.scan(from, end, usize::MAX, true, false)?;
+                let (_, walk_end) = self.scan(from, end, Limit::NONE, true, false)?;
                 if walk_end <= from {
                     return Err(Error::Os {
                         op: "PAGEMAP_SCAN (no progress)",
@@ -120,16 +121,20 @@ impl UffdAsync {
         &mut self,
         from: usize,
         end: usize,
-        max_pages: usize,
+        limit: Limit,
         rearm: bool,
         emit: &mut dyn FnMut(Run),
     ) -> Result<Option<usize>, Error> {
         let page = sys::page_size();
         let mut cursor = from;
-        let mut reported = 0usize;
+        let (mut reported, mut runs) = (0usize, 0usize);
         while cursor < end {
-            let room = max_pages - reported;
+            let room = Limit {
+                pages: limit.pages - reported,
+                runs: limit.runs - runs,
+            };
             let (count, walk_end) = self.scan(cursor, end, room, rearm, true)?;
+            runs += count;
             for region in &self.regions[..count] {
                 let pages = (region.end - region.start) as usize / page;
                 reported += pages;
@@ -145,7 +150,7 @@ impl UffdAsync {
                 });
             }
             cursor = walk_end;
-            if reported >= max_pages && cursor < end {
+            if (reported >= limit.pages || runs >= limit.runs) && cursor < end {
                 return Ok(Some(cursor));
             }
         }
@@ -193,7 +198,7 @@ pub fn probe() -> Result<(), Unavailable> {
     sys::poke(scratch.ptr(page), 1);
     let mut runs = Vec::new();
     tracker
-        .collect(ranges[0].0, ranges[0].1, usize::MAX, true, &mut |r| {
+        .collect(ranges[0].0, ranges[0].1, Limit::NONE, true, &mut |r| {
             runs.push(r)
         })
         .map_err(|e| fail("PAGEMAP_SCAN failed", e))?;

@@ -15,7 +15,7 @@
 
 use super::bitmap::PageBitmap;
 use super::sys::{self, Fd, UffdMsg};
-use super::{Error, Run, Unavailable};
+use super::{Error, Limit, Run, Unavailable};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ffi::c_void;
@@ -227,8 +227,7 @@ impl UffdSync {
         &mut self,
         index: usize,
         from: usize,
-        _end: usize,
-        max_pages: usize,
+        limit: Limit,
         rearm: bool,
         emit: &mut dyn FnMut(Run),
     ) -> Result<Option<usize>, Error> {
@@ -236,12 +235,10 @@ impl UffdSync {
         let (start, _) = self.shared.ranges[index];
         let page = self.shared.page;
         let mut runs = Vec::new();
-        let (_, next) = self.shared.bitmaps[index].collect(
-            (from - start) / page,
-            max_pages,
-            rearm,
-            &mut |f, c| runs.push((f, c)),
-        );
+        let next =
+            self.shared.bitmaps[index].collect((from - start) / page, limit, rearm, &mut |f, c| {
+                runs.push((f, c))
+            });
         for &(first, count) in &runs {
             // Bits taken, then protected: see the module `mprotect` for why this order.
             if rearm {
@@ -302,9 +299,7 @@ pub fn probe() -> Result<(), Unavailable> {
         UffdSync::new(&spans, page).map_err(|e| fail("write-protect registration failed", e))?;
     sys::poke(scratch.ptr(page), 1);
     let mut runs = Vec::new();
-    let result = tracker.collect(0, scratch.addr, spans[0].1, usize::MAX, true, &mut |r| {
-        runs.push(r)
-    });
+    let result = tracker.collect(0, scratch.addr, Limit::NONE, true, &mut |r| runs.push(r));
     tracker.teardown(true);
     result.map_err(|e| fail("UFFDIO_WRITEPROTECT failed", e))?;
     if runs
