@@ -3,6 +3,7 @@
 
 use super::Limit;
 use alloc::boxed::Box;
+use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -95,6 +96,20 @@ impl PageBitmap {
     }
 }
 
+/// Runs to re-protect after a collection reported `runs` (sorted `(first, count)`):
+/// the runs themselves, or one span covering them all when there are many (one
+/// syscall instead of thousands; re-protecting clean pages in between is harmless, and
+/// for mprotect it merges the VMAs the writes split).
+pub fn rearm_plan(runs: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    const MANY: usize = 16;
+    match (runs.first(), runs.last()) {
+        (Some(&(first, _)), Some(&(last, count))) if runs.len() > MANY => {
+            vec![(first, last + count - first)]
+        }
+        _ => runs.to_vec(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +128,14 @@ mod tests {
         };
         let next = map.collect(from, limit, take, &mut |f, c| runs.push((f, c)));
         (runs, next)
+    }
+
+    #[test]
+    fn rearm_plan_coalesces_many_runs() {
+        assert_eq!(rearm_plan(&[(1, 2), (5, 1)]), vec![(1, 2), (5, 1)]);
+        let many: Vec<(usize, usize)> = (0..20).map(|i| (i * 10, 2)).collect();
+        assert_eq!(rearm_plan(&many), vec![(0, 192)]);
+        assert_eq!(rearm_plan(&[]), vec![]);
     }
 
     #[test]

@@ -188,6 +188,8 @@ impl fmt::Display for Error {
     }
 }
 
+impl core::error::Error for Error {}
+
 /// A run of written pages: `[start, start + pages * page_size)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Run {

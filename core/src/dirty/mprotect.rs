@@ -15,7 +15,7 @@
 //! The handler is installed once and stays; a fault outside every tracked range goes
 //! to the handler that was installed before it (or the default action).
 
-use super::bitmap::PageBitmap;
+use super::bitmap::{rearm_plan, PageBitmap};
 use super::sys::{self, errno, set_errno};
 use super::{Error, Limit, Run, Unavailable};
 use alloc::boxed::Box;
@@ -261,12 +261,14 @@ impl Mprotect {
         let next = range
             .bitmap
             .collect(first, limit, rearm, &mut |f, c| runs.push((f, c)));
-        for &(first, count) in &runs {
-            // Take the bits, then protect: a write in between lands before the caller
-            // reads the page; one after faults and is marked for the next collection.
-            if rearm {
+        // Take the bits, then protect: a write in between lands before the caller reads
+        // the page; one after faults and is marked for the next collection.
+        if rearm {
+            for (first, count) in rearm_plan(&runs) {
                 protect(range.start + first * page, count * page, false)?;
             }
+        }
+        for &(first, count) in &runs {
             emit(Run {
                 start: range.start + first * page,
                 pages: count,
