@@ -26,6 +26,9 @@ const FEATURES: u64 = sys::UFFD_FEATURE_WP_UNPOPULATED
     | sys::UFFD_FEATURE_EVENT_UNMAP
     | sys::UFFD_FEATURE_EVENT_REMAP;
 
+/// The handler thread's stack: it only polls, reads and issues ioctls.
+const HANDLER_STACK: usize = 256 * 1024;
+
 /// What the tracker and its handler thread share.
 struct Shared {
     uffd: Fd,
@@ -140,6 +143,8 @@ extern "C" fn handler_main(arg: *mut c_void) -> *mut c_void {
 pub struct UffdSync {
     shared: Arc<Shared>,
     thread: libc::pthread_t,
+    /// The handler thread's stack; unmapped on drop, after the thread is joined.
+    _stack: sys::Scratch,
     owner_pid: i32,
     torn_down: bool,
 }
@@ -166,12 +171,24 @@ impl UffdSync {
             handling: AtomicUsize::new(0),
             page,
         });
-        // SAFETY: a zeroed pthread_t is only a placeholder the call overwrites.
+        // The handler runs on a stack mapped now, so it can never lie in a tracked range:
+        // glibc reuses the stacks of exited threads, and a handler whose own stack is
+        // write-protected by its tracker would wait for itself forever.
+        let stack = sys::Scratch::new(HANDLER_STACK)?;
+        // SAFETY: a zeroed pthread_t/attr are placeholders the calls initialize.
         let mut thread: libc::pthread_t = unsafe { core::mem::zeroed() };
+        let mut attr: libc::pthread_attr_t = unsafe { core::mem::zeroed() };
         let arg = Arc::into_raw(shared.clone()) as *mut c_void;
-        // SAFETY: `handler_main` takes ownership of `arg` (one Arc reference).
-        let ret =
-            unsafe { libc::pthread_create(&mut thread, core::ptr::null(), handler_main, arg) };
+        // SAFETY: `attr` is initialized before use and destroyed after; the stack
+        // outlives the thread (joined in teardown before `stack` is dropped);
+        // `handler_main` takes ownership of `arg` (one Arc reference).
+        let ret = unsafe {
+            libc::pthread_attr_init(&mut attr);
+            libc::pthread_attr_setstack(&mut attr, stack.ptr(0).cast(), HANDLER_STACK);
+            let ret = libc::pthread_create(&mut thread, &attr, handler_main, arg);
+            libc::pthread_attr_destroy(&mut attr);
+            ret
+        };
         if ret != 0 {
             // SAFETY: the thread did not start, so the reference is still ours.
             drop(unsafe { Arc::from_raw(arg as *const Shared) });
@@ -185,6 +202,7 @@ impl UffdSync {
         let mut tracker = UffdSync {
             shared,
             thread,
+            _stack: stack,
             owner_pid,
             torn_down: false,
         };
