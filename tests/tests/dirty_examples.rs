@@ -175,3 +175,104 @@ fn mark_sweep_without_cards_is_caught_freeing_live_objects() {
     assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
     assert_ne!(field(&stdout(&out), "live_objects_freed"), "0");
 }
+
+#[test]
+fn checkpoint_falls_back_when_the_kernel_has_no_userfaultfd() {
+    use std::os::unix::process::CommandExt;
+    // A seccomp filter makes userfaultfd(2) fail with ENOSYS, as on a kernel without it.
+    let filter = [
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_userfaultfd as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+    ];
+    let image = temp_path("nouffd.img");
+    let mut command = Command::new(examples().join("checkpoint"));
+    command.args([image.to_str().unwrap(), "--heap-mib", "16", "--epochs", "2"]);
+    // SAFETY: only prctl (async-signal-safe) between fork and exec; `filter` outlives it.
+    unsafe {
+        command.pre_exec(move || {
+            let program = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut _,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &program as *const _,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = command.output().expect("run checkpoint under seccomp");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let live = stdout(&out);
+    assert_eq!(field(&live, "backend"), "mprotect", "{live}");
+    let restored = run("checkpoint_restore", &[image.to_str().unwrap()]);
+    assert_eq!(
+        field(&stdout(&restored), "checksum"),
+        field(&live, "checksum")
+    );
+    // Asking for userfaultfd explicitly is a clear error naming the cause.
+    let mut strict = Command::new(examples().join("checkpoint"));
+    strict.args([
+        image.to_str().unwrap(),
+        "--heap-mib",
+        "16",
+        "--backend",
+        "uffd-async",
+    ]);
+    // SAFETY: as above.
+    unsafe {
+        strict.pre_exec(move || {
+            let program = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut _,
+            };
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &program as *const _,
+            );
+            Ok(())
+        });
+    }
+    let out = strict.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(
+        message.contains("uffd-async is unavailable") && message.contains("userfaultfd"),
+        "{message}"
+    );
+    let _ = std::fs::remove_file(&image);
+}
