@@ -202,6 +202,7 @@ pub unsafe extern "C" fn msh_dirty_reset(tracker: *mut msh_dirty_tracker) -> msh
 ///
 /// # Safety
 /// As for `msh_dirty_collect`.
+#[allow(clippy::too_many_arguments)] // the C signature's six, plus how to limit and store
 unsafe fn collect_into<T>(
     tracker: *mut msh_dirty_tracker,
     flags: u32,

@@ -18,6 +18,9 @@
 //! Support is probed at run time ([`Backend::probe`]), with the reason when a backend is
 //! unavailable. See each backend's module for what it can and cannot see.
 
+// `x % n != 0` rather than `is_multiple_of`: the workspace's MSRV is 1.85.
+#![allow(clippy::manual_is_multiple_of)]
+
 mod bitmap;
 pub mod maps;
 mod mprotect;

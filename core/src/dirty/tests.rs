@@ -259,6 +259,12 @@ fn transparent_huge_pages() {
         for off in (0..len).step_by(page_size()) {
             sys::poke((start + off) as *mut u8, 1);
         }
+        if thp_enabled() {
+            assert!(
+                anon_huge_kib(start) > 0,
+                "{backend}: the test region got no huge pages"
+            );
+        }
         let mut t = Tracker::new(&[(start, len)], Choice::Only(backend)).unwrap();
         let written: BTreeSet<usize> = [0usize, 1, 511, 512, 513, 2047, 4095]
             .iter()
@@ -274,6 +280,73 @@ fn transparent_huge_pages() {
             "{backend}"
         );
     }
+}
+
+/// Whether THP can back a MADV_HUGEPAGE region here (`always` or `madvise`).
+fn thp_enabled() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .map(|s| !s.contains("[never]"))
+        .unwrap_or(false)
+}
+
+/// `AnonHugePages` of the mapping containing `addr`, in KiB.
+fn anon_huge_kib(addr: usize) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some(mapping) = maps::parse_line(line.as_bytes()) {
+            inside = mapping.start <= addr && addr < mapping.end;
+        } else if inside {
+            if let Some(rest) = line.strip_prefix("AnonHugePages:") {
+                return rest
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+            }
+        }
+    }
+    0
+}
+
+#[test]
+fn mprotect_out_of_mappings_reports_everything_rather_than_crash() {
+    // Alternate written pages until the process runs out of VMAs (vm.max_map_count):
+    // the handler must degrade to "the whole range is dirty", never lose a write. In a
+    // child process: exhausting the mappings would break concurrent tests.
+    let limit: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if limit > 300_000 {
+        return; // would need gigabytes here; the default is 65,530
+    }
+    let pages = 2 * (limit / 2 + 2000);
+    // SAFETY: the child runs the scenario and _exits; the parent only waits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let m = Mapping::new(pages);
+        let mut t = track(&m, Backend::Mprotect);
+        (0..pages).step_by(2).for_each(|i| m.write(i, 1));
+        let got = t.collect_pages(true).unwrap_or_default();
+        let all_reported = got.len() == pages;
+        m.write(5, 2);
+        let exact_again = t
+            .collect_pages(true)
+            .map(|p| p == vec![m.page(5)])
+            .unwrap_or(false);
+        // SAFETY: ending the child.
+        unsafe { libc::_exit(if all_reported && exact_again { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status:#x}"
+    );
 }
 
 #[test]
