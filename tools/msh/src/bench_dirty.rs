@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use msh_core::dirty::{page_size, Backend, Choice, Tracker};
 use serde::Serialize;
+use std::io::Write;
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -47,6 +48,8 @@ struct Row {
     arm_ms: Option<f64>,
     first_write_ns: Option<f64>,
     baseline_write_ns: Option<f64>,
+    /// `first_write_ns` over uffd-async's at the same fraction, same run.
+    first_write_vs_uffd_async: Option<f64>,
     collect_ms: Option<f64>,
     exact: Option<bool>,
 }
@@ -196,6 +199,7 @@ fn measure(
         arm_ms: Some(median(&mut arm)),
         first_write_ns: Some(median(&mut write)),
         baseline_write_ns: Some(median(&mut baseline)),
+        first_write_vs_uffd_async: None,
         collect_ms: Some(median(&mut collect)),
         exact: Some(exact),
     })
@@ -236,37 +240,60 @@ pub fn run(args: &DirtyArgs) -> Result<()> {
                     arm_ms: None,
                     first_write_ns: None,
                     baseline_write_ns: None,
+                    first_write_vs_uffd_async: None,
                     collect_ms: None,
                     exact: None,
                 },
                 Ok(()) => measure(&heap, backend, fraction, args.reps, args.size_mib)?,
             };
-            if !args.json {
-                print_row(&row);
-            }
             results.push(row);
         }
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&Report { results })?);
+    // Ratios against uffd-async measured in this same run.
+    for i in 0..results.len() {
+        let reference = results
+            .iter()
+            .find(|r| {
+                r.backend == Backend::UffdAsync.name()
+                    && r.dirty_fraction == results[i].dirty_fraction
+            })
+            .and_then(|r| r.first_write_ns);
+        if let (Some(reference), Some(own)) = (reference, results[i].first_write_ns) {
+            results[i].first_write_vs_uffd_async = Some(own / reference);
+        }
     }
-    Ok(())
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        serde_json::to_writer_pretty(&mut out, &Report { results })
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        results.iter().try_for_each(|row| print_row(&mut out, row))
+    };
+    match written {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing the report"),
+    }
 }
 
-fn print_row(row: &Row) {
+fn print_row(out: &mut impl Write, row: &Row) -> std::io::Result<()> {
     match (row.available, row.first_write_ns) {
-        (true, Some(write)) => println!(
-            "{:<10} {:>5} MiB {:>5.1}%  arm {:>8.2} ms  first write {:>8.0} ns (untracked {:>4.0} ns)  collect {:>8.2} ms  exact {}",
+        (true, Some(write)) => writeln!(
+            out,
+            "{:<10} {:>5} MiB {:>5.1}%  arm {:>8.2} ms  first write {:>8.0} ns (untracked {:>4.0} ns, {} uffd-async)  collect {:>8.2} ms  exact {}",
             row.backend,
             row.size_mib,
             row.dirty_fraction * 100.0,
             row.arm_ms.unwrap_or(f64::NAN),
             write,
             row.baseline_write_ns.unwrap_or(f64::NAN),
+            row.first_write_vs_uffd_async.map_or("-".to_string(), |r| format!("{r:.1}x")),
             row.collect_ms.unwrap_or(f64::NAN),
             row.exact.unwrap_or(false)
         ),
-        _ => println!(
+        _ => writeln!(
+            out,
             "{:<10} {:>5} MiB {:>5.1}%  unavailable: {}",
             row.backend,
             row.size_mib,
