@@ -73,6 +73,9 @@ typedef struct {
 extern "C" {
 #endif // __cplusplus
 
+// A static, NUL-terminated English description of `status`.
+const char *msh_strerror(msh_status status);
+
 // The one-line message of the last `msh_dirty_*` failure on this thread (an empty
 // string if none). Valid until the next `msh_dirty_*` call on the thread.
 const char *msh_dirty_last_error(void);
@@ -150,9 +153,6 @@ const char *msh_dirty_backend_name(uint32_t backend);
 // process); MSH_ERR_UNSUPPORTED otherwise, with the reason in `msh_dirty_last_error`.
 // For MSH_DIRTY_AUTO: MSH_OK when any backend works.
 msh_status msh_dirty_probe(uint32_t backend);
-
-// A static, NUL-terminated English description of `status`.
-const char *msh_strerror(msh_status status);
 
 #ifdef __cplusplus
 }  // extern "C"
