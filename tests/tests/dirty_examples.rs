@@ -276,3 +276,59 @@ fn checkpoint_falls_back_when_the_kernel_has_no_userfaultfd() {
     );
     let _ = std::fs::remove_file(&image);
 }
+
+#[test]
+fn checkpoint_restore_survives_corrupted_images() {
+    // A cheap fuzz of the image parser: truncations and byte flips anywhere must give a
+    // restored heap or a one-line error, never a crash.
+    let image = temp_path("fuzz.img");
+    let out = run(
+        "checkpoint",
+        &[
+            image.to_str().unwrap(),
+            "--heap-mib",
+            "1",
+            "--epochs",
+            "3",
+            "--fraction",
+            "0.2",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&image).unwrap();
+    let corrupt = temp_path("fuzz.corrupt");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as usize
+    };
+    for case in 0..40 {
+        let mut copy = bytes.clone();
+        match case % 3 {
+            0 => copy.truncate(next() % bytes.len()),
+            1 => {
+                // Flip a byte in the header or the epoch records, where parsing happens.
+                let structural = [0..24, (1 << 20) + 24..bytes.len()];
+                let span = &structural[next() % 2];
+                copy[span.start + next() % (span.end - span.start)] ^= 1 << (next() % 8);
+            }
+            _ => copy[next() % bytes.len()] = 0xff,
+        }
+        std::fs::write(&corrupt, &copy).unwrap();
+        let out = run("checkpoint_restore", &[corrupt.to_str().unwrap()]);
+        let message = String::from_utf8_lossy(&out.stderr);
+        match out.status.code() {
+            Some(0) => assert!(message.is_empty(), "case {case}: {message}"),
+            Some(1) => assert_eq!(message.lines().count(), 1, "case {case}: {message}"),
+            other => panic!("case {case}: restore ended with {other:?} (a crash?): {message}"),
+        }
+    }
+    let _ = std::fs::remove_file(&image);
+    let _ = std::fs::remove_file(&corrupt);
+}
