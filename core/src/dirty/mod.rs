@@ -22,7 +22,7 @@
 #![allow(clippy::manual_is_multiple_of)]
 
 mod bitmap;
-pub mod maps;
+mod maps;
 mod mprotect;
 mod soft_dirty;
 mod sys;
