@@ -81,8 +81,8 @@ const char *msh_strerror(msh_status status);
 const char *msh_dirty_last_error(void);
 
 // Starts tracking `count` ranges with `backend` (an `msh_dirty_backend`); `*out`
-// receives the tracker. Every page
-// is armed: the first collection reports exactly the pages written from now on.
+// receives the tracker. Every page is armed: the first collection reports exactly the
+// pages written from now on, including pages never touched before.
 // Fails with MSH_ERR_INVALID (unaligned or empty ranges), MSH_ERR_UNMAPPED (not
 // private writable memory, or file-backed for a backend that cannot track it),
 // MSH_ERR_OVERLAP, MSH_ERR_UNSUPPORTED (backend unavailable); see
@@ -149,9 +149,10 @@ msh_status msh_dirty_get_backend(const msh_dirty_tracker *tracker, msh_dirty_bac
 // "uffd-sync", "mprotect", or "unknown"; a static string.
 const char *msh_dirty_backend_name(uint32_t backend);
 
-// MSH_OK when `backend` (an `msh_dirty_backend`) works on this kernel (checked by a self-test, once per
-// process); MSH_ERR_UNSUPPORTED otherwise, with the reason in `msh_dirty_last_error`.
-// For MSH_DIRTY_AUTO: MSH_OK when any backend works.
+// MSH_OK when `backend` (an `msh_dirty_backend`) works on this kernel, checked by a
+// self-test once per process; MSH_ERR_UNSUPPORTED otherwise, with the reason in
+// `msh_dirty_last_error`. For MSH_DIRTY_AUTO: MSH_OK when any backend works. Probing
+// mprotect installs its (chaining) SIGSEGV handler.
 msh_status msh_dirty_probe(uint32_t backend);
 
 #ifdef __cplusplus

@@ -133,8 +133,8 @@ pub extern "C" fn msh_dirty_last_error() -> *const c_char {
 }
 
 /// Starts tracking `count` ranges with `backend` (an `msh_dirty_backend`); `*out`
-/// receives the tracker. Every page
-/// is armed: the first collection reports exactly the pages written from now on.
+/// receives the tracker. Every page is armed: the first collection reports exactly the
+/// pages written from now on, including pages never touched before.
 /// Fails with MSH_ERR_INVALID (unaligned or empty ranges), MSH_ERR_UNMAPPED (not
 /// private writable memory, or file-backed for a backend that cannot track it),
 /// MSH_ERR_OVERLAP, MSH_ERR_UNSUPPORTED (backend unavailable); see
@@ -365,9 +365,10 @@ pub extern "C" fn msh_dirty_backend_name(backend: u32) -> *const c_char {
     }
 }
 
-/// MSH_OK when `backend` (an `msh_dirty_backend`) works on this kernel (checked by a self-test, once per
-/// process); MSH_ERR_UNSUPPORTED otherwise, with the reason in `msh_dirty_last_error`.
-/// For MSH_DIRTY_AUTO: MSH_OK when any backend works.
+/// MSH_OK when `backend` (an `msh_dirty_backend`) works on this kernel, checked by a
+/// self-test once per process; MSH_ERR_UNSUPPORTED otherwise, with the reason in
+/// `msh_dirty_last_error`. For MSH_DIRTY_AUTO: MSH_OK when any backend works. Probing
+/// mprotect installs its (chaining) SIGSEGV handler.
 #[no_mangle]
 pub extern "C" fn msh_dirty_probe(backend: u32) -> msh_status {
     guard(|| {
