@@ -12,8 +12,10 @@
 //! - A mapping placed over the range (`mmap(MAP_FIXED)`) is not detected; an unmapped
 //!   range is.
 //!
-//! The handler is installed once and stays; a fault outside every tracked range goes
-//! to the handler that was installed before it (or the default action).
+//! The handler is installed with the first tracker and stays; a fault outside every
+//! tracked range goes to the disposition it replaced (or the default action). If the
+//! program installs its own `SIGSEGV` handler later without chaining, the next tracker
+//! creation puts ours back on top, chaining to the program's.
 
 use super::bitmap::{rearm_plan, PageBitmap};
 use super::sys::{self, errno, set_errno};
