@@ -15,8 +15,9 @@ fn msh() -> PathBuf {
         .status()
         .expect("run cargo");
     assert!(status.success());
+    // Relative to the workspace, as cargo reads it (tests run in the package directory).
     let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
+        .map(|dir| workspace.join(dir))
         .unwrap_or(workspace.join("target"));
     target.join("release/msh")
 }

@@ -12,8 +12,9 @@ fn workspace() -> PathBuf {
 }
 
 fn target_dir() -> PathBuf {
+    // Relative to the workspace, as cargo reads it (tests run in the package directory).
     std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
+        .map(|dir| workspace().join(dir))
         .unwrap_or_else(|| workspace().join("target"))
 }
 
