@@ -17,6 +17,18 @@
 //!
 //! Support is probed at run time ([`Backend::probe`]), with the reason when a backend is
 //! unavailable. See each backend's module for what it can and cannot see.
+//!
+//! ```no_run
+//! use msh_core::dirty::{Choice, Tracker};
+//! # fn save(_page: usize) {}
+//! # let (heap, len) = (0x7f00_0000_0000usize, 1usize << 30);
+//! let mut tracker = Tracker::new(&[(heap, len)], Choice::Auto)?;
+//! // ... the program writes ...
+//! for page in tracker.collect_pages(true)? {
+//!     save(page); // written since the tracker was created; re-armed
+//! }
+//! # Ok::<(), msh_core::dirty::Error>(())
+//! ```
 
 // `x % n != 0` rather than `is_multiple_of`: the workspace's MSRV is 1.85.
 #![allow(clippy::manual_is_multiple_of)]
