@@ -9,6 +9,9 @@
 #include <stdint.h>
 #include <stdbool.h>
 
+// Flag for `msh_dirty_collect*`: re-arm exactly the pages reported.
+#define MSH_DIRTY_REARM 1
+
 // `%fs` offset of the next-scavenger pointer (0 when there is nothing to run).
 #define MSH_TCB_NEXT 56
 
@@ -94,6 +97,30 @@ typedef enum {
   MSH_ERR_INTERNAL = 14,
 } msh_status;
 
+// A dirty-tracking mechanism (`MSH_DIRTY_AUTO` picks the best available one).
+// Functions take it as a `uint32_t` so that any value C passes is checked.
+typedef enum {
+  // The first available of the others, in this order.
+  MSH_DIRTY_AUTO = 0,
+  // userfaultfd async write-protect + PAGEMAP_SCAN (Linux 6.7+).
+  MSH_DIRTY_UFFD_ASYNC = 1,
+  // /proc/self/clear_refs + pagemap bit 55 (needs CONFIG_MEM_SOFT_DIRTY).
+  MSH_DIRTY_SOFT_DIRTY = 2,
+  // userfaultfd write-protect with a handler thread.
+  MSH_DIRTY_UFFD_SYNC = 3,
+  // PROT_READ + a SIGSEGV handler that chains to the previous one.
+  MSH_DIRTY_MPROTECT = 4,
+} msh_dirty_backend;
+
+// An opaque dirty-page tracker.
+typedef struct msh_dirty_tracker msh_dirty_tracker;
+
+// A byte range `[start, start + len)`; page-aligned where the tracker needs it.
+typedef struct {
+  uintptr_t start;
+  uintptr_t len;
+} msh_dirty_range;
+
 // Runtime configuration. Fill it with `msh_config_init`, then change what you need.
 typedef struct {
   // Usable bytes of each scavenger stack (at least 16 KiB; default 64 KiB).
@@ -130,14 +157,99 @@ typedef struct {
 extern "C" {
 #endif // __cplusplus
 
+// The one-line message of the last `msh_dirty_*` failure on this thread (an empty
+// string if none). Valid until the next `msh_dirty_*` call on the thread.
+const char *msh_dirty_last_error(void);
+
+// Starts tracking `count` ranges with `backend` (an `msh_dirty_backend`); `*out`
+// receives the tracker. Every page is armed: the first collection reports exactly the
+// pages written from now on, including pages never touched before.
+// Fails with MSH_ERR_INVALID (unaligned or empty ranges), MSH_ERR_UNMAPPED (not
+// private writable memory, or file-backed for a backend that cannot track it),
+// MSH_ERR_OVERLAP, MSH_ERR_UNSUPPORTED (backend unavailable); see
+// `msh_dirty_last_error` for the reason.
+//
+// # Safety
+// `ranges` points to `count` ranges; `out` is writable.
+msh_status msh_dirty_create(const msh_dirty_range *ranges,
+                            uintptr_t count,
+                            uint32_t backend,
+                            msh_dirty_tracker **out);
+
+// Stops tracking and frees the tracker (NULL is a no-op). The memory stays as it is,
+// writable. In a child after fork, frees the child's copy without touching the parent.
+//
+// # Safety
+// `tracker` comes from `msh_dirty_create` and is not used afterwards.
+void msh_dirty_destroy(msh_dirty_tracker *tracker);
+
+// Forgets every write so far and arms every page again.
+//
+// # Safety
+// `tracker` comes from `msh_dirty_create`; no other call uses it concurrently.
+msh_status msh_dirty_reset(msh_dirty_tracker *tracker);
+
+// Reports written pages as page addresses, in address order, starting at `*cursor`
+// (0 = the first tracked page): at most `capacity` of them into `pages`, their number
+// in `*count`. With `MSH_DIRTY_REARM` in `flags`, exactly the reported pages are armed
+// again, atomically with respect to concurrent writers (a racing write is reported now
+// or next time, never lost). `*cursor` becomes where to continue, or 0 when the scan
+// reached the end: call again while it is not 0.
+// MSH_ERR_UNMAPPED: a range was unmapped or remapped under the tracker.
+// MSH_ERR_BUSY: the tracker was inherited across fork (it tracks the parent).
+//
+// # Safety
+// `tracker` comes from `msh_dirty_create` and is not used concurrently; `pages` has
+// room for `capacity` addresses; `count` and `cursor` are writable.
+msh_status msh_dirty_collect(msh_dirty_tracker *tracker,
+                             uint32_t flags,
+                             uintptr_t *pages,
+                             uintptr_t capacity,
+                             uintptr_t *count,
+                             uintptr_t *cursor);
+
+// Like `msh_dirty_collect`, reporting runs of written pages as byte ranges: at most
+// `capacity` ranges into `ranges`.
+//
+// # Safety
+// As for `msh_dirty_collect`, with `ranges` having room for `capacity` ranges.
+msh_status msh_dirty_collect_ranges(msh_dirty_tracker *tracker,
+                                    uint32_t flags,
+                                    msh_dirty_range *ranges,
+                                    uintptr_t capacity,
+                                    uintptr_t *count,
+                                    uintptr_t *cursor);
+
+// The backend `tracker` uses, in `*out`.
+//
+// # Safety
+// `tracker` comes from `msh_dirty_create`; `out` is writable.
+msh_status msh_dirty_get_backend(const msh_dirty_tracker *tracker, msh_dirty_backend *out);
+
+// The name of `backend` (an `msh_dirty_backend`): "auto", "uffd-async", "soft-dirty",
+// "uffd-sync", "mprotect", or "unknown"; a static string.
+const char *msh_dirty_backend_name(uint32_t backend);
+
+// MSH_OK when `backend` (an `msh_dirty_backend`) works on this kernel, checked by a
+// self-test once per process; MSH_ERR_UNSUPPORTED otherwise, with the reason in
+// `msh_dirty_last_error`. For MSH_DIRTY_AUTO: MSH_OK when any backend works. Probing
+// mprotect installs its (chaining) SIGSEGV handler.
+msh_status msh_dirty_probe(uint32_t backend);
+
 // A static, NUL-terminated English description of `status`.
 const char *msh_strerror(msh_status status);
 
 // Fills `config` with the defaults.
+//
+// # Safety
+// `config` is NULL or points to writable memory for an `msh_config`.
 msh_status msh_config_init(msh_config *config);
 
 // Starts msh. `config` may be NULL for the defaults.
 // Errors: MSH_ERR_ALREADY_INITIALIZED, MSH_ERR_INVALID.
+//
+// # Safety
+// `config` is NULL or points to a valid `msh_config`.
 msh_status msh_init(const msh_config *config);
 
 // Stops msh. If the caller is a primary, its scavengers and the pool first run to
@@ -162,6 +274,9 @@ msh_status msh_spawn(msh_scavenger_fn func, void *arg);
 
 // As `msh_spawn`, with a name used in diagnostics (e.g. a stack overflow report).
 // `name` may be NULL.
+//
+// # Safety
+// `name` is NULL or a NUL-terminated string.
 msh_status msh_spawn_named(const char *name, msh_scavenger_fn func, void *arg);
 
 // Runs the caller's scavengers and the pool until all have finished.
@@ -172,10 +287,16 @@ msh_status msh_run_pending(void);
 uintptr_t msh_pending(void);
 
 // The calling thread's counters. Errors: MSH_ERR_NULL, MSH_ERR_NOT_REGISTERED.
+//
+// # Safety
+// `out` is NULL or points to writable memory for an `msh_stats`.
 msh_status msh_thread_stats(msh_stats *out);
 
 // Counters summed over threads that have unregistered (or exited), plus the caller.
 // Errors: MSH_ERR_NULL.
+//
+// # Safety
+// `out` is NULL or points to writable memory for an `msh_stats`.
 msh_status msh_global_stats(msh_stats *out);
 
 #ifdef __cplusplus

@@ -46,6 +46,8 @@ enum BenchCommand {
         #[arg(long, default_value_t = 7)]
         runs: usize,
     },
+    /// Dirty-page tracking: every backend on a large mapping (arm, first write, collect, exactness).
+    Dirty(bench::dirty::DirtyArgs),
     /// What preloading libmsh costs (ptrchase, memcached), and harvest when preloaded.
     Attach {
         /// Print JSON.
@@ -115,6 +117,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Ok(())
             }
+            BenchCommand::Dirty(args) => bench::dirty::run(&args),
             BenchCommand::Attach {
                 json,
                 runs,
