@@ -279,6 +279,10 @@ fn current() -> *mut Primary {
 
 /// Makes the calling thread a primary: it gets a context block and scavenger slots,
 /// filled from the pool.
+///
+/// The thread must call [`unregister`] before it exits: glibc hands a dead thread's
+/// TCB to the next thread it creates without clearing the words msh uses. (The C ABI
+/// does this by itself with a thread-local destructor.)
 pub fn register() -> Result<(), Error> {
     let config = config()?;
     if !current().is_null() {
