@@ -1,0 +1,366 @@
+//! Starting (or attaching to) the profiled program and collecting perf records until
+//! it exits, the duration runs out, or the user presses Ctrl-C.
+use crate::maps::{AddressSpace, Mapping, ProcessTree};
+use crate::perf::{online_cpus, EventSpec, Record, RingEvent};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// What to profile.
+pub enum Target {
+    /// A command to start; `display` names it in messages.
+    Command { command: Command, display: String },
+    /// A running process.
+    Pid(i32),
+}
+
+/// Everything the kernel told us during a run.
+#[derive(Debug, Default)]
+pub struct Collection {
+    /// The started (or attached) process.
+    pub root_pid: u32,
+    /// Sample counts by (pid, user-space instruction address).
+    pub samples: HashMap<(u32, u64), u64>,
+    /// All samples, user or kernel, attributed or not.
+    pub total_samples: u64,
+    pub lost_records: u64,
+    pub threads: std::collections::HashSet<u32>,
+    pub processes: ProcessTree,
+    pub wall: Duration,
+    pub exit: Option<ExitStatus>,
+}
+
+/// A side-band record kept for replay in time order (records of different CPUs
+/// arrive in different buffers).
+enum SideBand {
+    Mmap(u32, Mapping),
+    Fork(u32, u32),
+    Exec(u32),
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Finds `program` the way a shell would, so a missing command is reported before
+/// anything starts.
+pub fn resolve_program(program: &str) -> Result<PathBuf> {
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![PathBuf::from(program)]
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| {
+                std::env::split_paths(&p)
+                    .map(|dir| dir.join(program))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for candidate in &candidates {
+        if let Ok(meta) = std::fs::metadata(candidate) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate.clone());
+            }
+            if program.contains('/') {
+                bail!("cannot run {program}: not an executable file");
+            }
+        }
+    }
+    bail!("command not found: {program}")
+}
+
+/// Builds a `Command` for argv, checking that the program exists.
+pub fn command_for(argv: &[String]) -> Result<Command> {
+    let Some((program, args)) = argv.split_first() else {
+        bail!("no command given (usage: msh profile -o P.json -- CMD ARGS…)")
+    };
+    let mut command = Command::new(resolve_program(program)?);
+    command.arg0(program).args(args);
+    Ok(command)
+}
+
+/// Runs `target` under the events `spec` until it exits, `duration` passes or Ctrl-C.
+pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> Result<Collection> {
+    let cpus = online_cpus();
+    let mut collection = Collection::default();
+    let started = Instant::now();
+    let (mut child, pid, display) = match target {
+        Target::Command {
+            mut command,
+            display,
+        } => {
+            // SAFETY: the closure runs in the forked child before exec and only makes
+            // the async-signal-safe ptrace system call.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = command
+                .spawn()
+                .with_context(|| format!("cannot run {display}"))?;
+            drop(command); // closes descriptors the pre_exec closures own (sim's pipe)
+            let pid = child.id() as i32;
+            wait_for_exec_stop(pid).with_context(|| format!("cannot start {display}"))?;
+            (Some(child), pid, display)
+        }
+        Target::Pid(pid) => {
+            check_pid(pid)?;
+            (None, pid, format!("PID {pid}"))
+        }
+    };
+    let initial = AddressSpace::read_proc(pid);
+    let opened = open_events(spec, pid, child.is_none(), &cpus);
+    if child.is_some() {
+        // SAFETY: pid is our stopped tracee; detaching lets it run (signal 0).
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+    }
+    let mut events = match opened {
+        Ok(events) => events,
+        Err(err) => {
+            if let Some(child) = child.as_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            return Err(err).with_context(|| format!("cannot trace {display}"));
+        }
+    };
+    collection.root_pid = pid as u32;
+    collection
+        .processes
+        .insert(pid as u32, initial.unwrap_or_default());
+
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    let previous =
+        unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let mut side_band: Vec<(u64, SideBand)> = Vec::new();
+    let deadline = duration.map(|d| started + d);
+    let mut poll_fds: Vec<libc::pollfd> = events
+        .iter()
+        .map(|e| libc::pollfd {
+            fd: e.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: poll_fds is a valid array of pollfd for the duration of the call.
+        unsafe { libc::poll(poll_fds.as_mut_ptr(), poll_fds.len() as libc::nfds_t, 50) };
+        for event in events.iter_mut() {
+            event.drain(|record| absorb(record, &mut collection, &mut side_band));
+        }
+        let finished = match child.as_mut() {
+            Some(child) => child
+                .try_wait()?
+                .map(|status| collection.exit = Some(status))
+                .is_some(),
+            None => !Path::new(&format!("/proc/{pid}")).exists(),
+        };
+        let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+        if finished || timed_out || INTERRUPTED.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    for event in &events {
+        event.disable();
+    }
+    for event in events.iter_mut() {
+        event.drain(|record| absorb(record, &mut collection, &mut side_band));
+    }
+    // SAFETY: restoring the handler we replaced.
+    unsafe { libc::signal(libc::SIGINT, previous) };
+    collection.wall = started.elapsed();
+    if let Some(child) = child.as_mut() {
+        if collection.exit.is_none() {
+            // The duration ran out (or Ctrl-C): stop the command we started.
+            // SAFETY: plain kill(2) of our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            collection.exit = Some(child.wait()?);
+        }
+    }
+    side_band.sort_by_key(|(time, _)| *time);
+    for (_, record) in side_band {
+        match record {
+            SideBand::Mmap(pid, mapping) => collection.processes.mmap(pid, mapping),
+            SideBand::Fork(parent, child) => collection.processes.fork(parent, child),
+            SideBand::Exec(pid) => collection.processes.exec(pid),
+        }
+    }
+    if let Some(status) = collection.exit {
+        if let Some(signal) = status.signal() {
+            if signal != libc::SIGTERM && signal != libc::SIGINT {
+                eprintln!("msh profile: note: {display} was killed by signal {signal}");
+            }
+        }
+    }
+    Ok(collection)
+}
+
+fn absorb(record: Record, collection: &mut Collection, side_band: &mut Vec<(u64, SideBand)>) {
+    match record {
+        Record::Sample {
+            pid, tid, ip, user, ..
+        } => {
+            collection.total_samples += 1;
+            collection.threads.insert(tid);
+            if user {
+                *collection.samples.entry((pid, ip)).or_default() += 1;
+            }
+        }
+        Record::Mmap {
+            pid,
+            start,
+            len,
+            pgoff,
+            path,
+            time,
+        } if path.starts_with('/') => {
+            side_band.push((
+                time,
+                SideBand::Mmap(
+                    pid,
+                    Mapping {
+                        start,
+                        end: start + len,
+                        pgoff,
+                        path: path.into(),
+                    },
+                ),
+            ));
+        }
+        Record::Fork { pid, ppid, time } => side_band.push((time, SideBand::Fork(ppid, pid))),
+        Record::Exec { pid, time } => side_band.push((time, SideBand::Exec(pid))),
+        Record::Lost { count } => collection.lost_records += count,
+        _ => {}
+    }
+}
+
+/// Waits for the ptrace stop that follows a successful exec under PTRACE_TRACEME.
+fn wait_for_exec_stop(pid: i32) -> Result<()> {
+    let mut status = 0;
+    // SAFETY: waiting for our own child; status is a valid out pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if r != pid {
+        bail!("waitpid: {}", std::io::Error::last_os_error());
+    }
+    if libc::WIFSTOPPED(status) {
+        return Ok(());
+    }
+    if libc::WIFEXITED(status) {
+        bail!(
+            "it exited at once with status {}",
+            libc::WEXITSTATUS(status)
+        );
+    }
+    bail!("it died before it started (wait status {status:#x})")
+}
+
+/// A clear reason when a PID cannot be profiled.
+fn check_pid(pid: i32) -> Result<()> {
+    if pid <= 0 {
+        bail!("cannot trace PID {pid}: not a process id");
+    }
+    let proc_dir = format!("/proc/{pid}");
+    if !Path::new(&proc_dir).exists() {
+        bail!("cannot trace PID {pid}: no such process");
+    }
+    if pid as u32 == std::process::id() {
+        bail!("cannot trace PID {pid}: that is msh itself");
+    }
+    let maps = std::fs::read_to_string(format!("{proc_dir}/maps"))
+        .with_context(|| format!("cannot trace PID {pid}: cannot read its memory map"))?;
+    if maps.trim().is_empty() {
+        bail!("cannot trace PID {pid}: it is a kernel thread (no user-space code to profile)");
+    }
+    Ok(())
+}
+
+/// Opens one event per CPU for the process, and, when attaching, for each of its
+/// existing threads (inherit only covers threads created later).
+fn open_events(spec: &EventSpec, pid: i32, attach: bool, cpus: &[i32]) -> Result<Vec<RingEvent>> {
+    let tids: Vec<i32> = if attach {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .with_context(|| format!("cannot list the threads of PID {pid}"))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    } else {
+        vec![pid]
+    };
+    let mut events = Vec::new();
+    for &tid in &tids {
+        for &cpu in cpus {
+            match RingEvent::open(spec, tid, cpu) {
+                Ok(event) => events.push(event),
+                Err(err) if err.raw_os_error() == Some(libc::ESRCH) && tid != pid => break, // thread exited
+                Err(err) => return Err(explain_open_error(err)),
+            }
+        }
+    }
+    Ok(events)
+}
+
+fn explain_open_error(err: std::io::Error) -> anyhow::Error {
+    let paranoid =
+        std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").unwrap_or_default();
+    match err.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => anyhow::anyhow!(
+            "perf_event_open: permission denied (kernel.perf_event_paranoid = {}; run as root or lower it)",
+            paranoid.trim()
+        ),
+        Some(libc::ESRCH) => anyhow::anyhow!("perf_event_open: no such process"),
+        _ => anyhow::anyhow!("perf_event_open: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_commands_like_a_shell() {
+        assert!(resolve_program("sh").unwrap().is_absolute());
+        let err = resolve_program("no-such-command-msh")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "command not found: no-such-command-msh");
+        assert!(resolve_program("/etc/hostname")
+            .unwrap_err()
+            .to_string()
+            .contains("not an executable"));
+    }
+
+    #[test]
+    fn refuses_untraceable_pids() {
+        assert!(check_pid(-5)
+            .unwrap_err()
+            .to_string()
+            .contains("not a process id"));
+        assert!(check_pid(i32::MAX)
+            .unwrap_err()
+            .to_string()
+            .contains("no such process"));
+        assert!(check_pid(std::process::id() as i32)
+            .unwrap_err()
+            .to_string()
+            .contains("msh itself"));
+        if Path::new("/proc/2/comm").exists()
+            && std::fs::read_to_string("/proc/2/comm").unwrap().trim() == "kthreadd"
+        {
+            assert!(check_pid(2)
+                .unwrap_err()
+                .to_string()
+                .contains("kernel thread"));
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Parsing lackey's `--trace-mem=yes` stream and replaying it through the cache model.
+//!
+//! The format is one event per line: `I  ADDR,SIZE` for an instruction, then ` L`,
+//! ` S` or ` M` (load, store, modify) `ADDR,SIZE` for each of its data accesses; hex
+//! without `0x`. Valgrind's own messages start with `==` and are skipped.
+use super::cache::Hierarchy;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+/// Per load instruction: how often it ran and how often it missed the LLC.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadStats {
+    pub executions: u64,
+    pub llc_misses: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct TraceStats {
+    pub instructions: u64,
+    /// Loads, stores and modifies.
+    pub accesses: u64,
+    pub load_accesses: u64,
+    pub llc_load_misses: u64,
+    /// By guest instruction address.
+    pub loads: HashMap<u64, LoadStats, BuildHasherDefault<AddressHasher>>,
+    /// Time spent in the cache model and the per-load bookkeeping only.
+    pub model_time: Duration,
+}
+
+/// Instruction addresses are already well spread: one multiply is enough.
+#[derive(Default)]
+pub struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100000001b3);
+        }
+    }
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value.wrapping_mul(0x9e3779b97f4a7c15).rotate_left(29);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Kind {
+    Load,
+    Store,
+    Modify,
+}
+
+/// One parsed data access.
+#[derive(Clone, Copy, Debug)]
+struct Access {
+    ip: u64,
+    address: u64,
+    size: u64,
+    kind: Kind,
+}
+
+const BATCH: usize = 1 << 16;
+
+/// Reads shorter than this make the reader pause before the next one.
+const SMALL_READ: usize = 64 << 10;
+
+/// Reads the whole trace from `input`, simulating as it goes.
+pub fn simulate(mut input: impl Read, hierarchy: &mut Hierarchy) -> std::io::Result<TraceStats> {
+    let mut stats = TraceStats::default();
+    let mut parser = Parser::default();
+    let mut batch: Vec<Access> = Vec::with_capacity(BATCH);
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let n = match input.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                if n < SMALL_READ {
+                    // Valgrind writes a few hundred bytes at a time; waking for each
+                    // write costs more than the simulation. Let the pipe fill a little.
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                n
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut chunk = &buffer[..n];
+        // Complete the line split across reads.
+        if !carry.is_empty() {
+            match chunk.iter().position(|&c| c == b'\n') {
+                Some(end) => {
+                    carry.extend_from_slice(&chunk[..end]);
+                    parser.line(&carry, &mut stats, &mut batch);
+                    carry.clear();
+                    chunk = &chunk[end + 1..];
+                }
+                None => {
+                    carry.extend_from_slice(chunk);
+                    continue;
+                }
+            }
+        }
+        let complete = match chunk.iter().rposition(|&c| c == b'\n') {
+            Some(end) => end + 1,
+            None => 0,
+        };
+        for line in chunk[..complete].split(|&c| c == b'\n') {
+            parser.line(line, &mut stats, &mut batch);
+            if batch.len() >= BATCH {
+                replay(&mut batch, hierarchy, &mut stats);
+            }
+        }
+        carry.extend_from_slice(&chunk[complete..]);
+    }
+    if !carry.is_empty() {
+        parser.line(&carry, &mut stats, &mut batch);
+    }
+    replay(&mut batch, hierarchy, &mut stats);
+    Ok(stats)
+}
+
+#[derive(Default)]
+struct Parser {
+    ip: u64,
+}
+
+impl Parser {
+    #[inline]
+    fn line(&mut self, line: &[u8], stats: &mut TraceStats, batch: &mut Vec<Access>) {
+        if line.len() < 4 {
+            return;
+        }
+        let kind = match (line[0], line[1]) {
+            (b'I', _) => {
+                if let Some((address, _)) = parse_pair(&line[1..]) {
+                    self.ip = address;
+                    stats.instructions += 1;
+                }
+                return;
+            }
+            (b' ', b'L') => Kind::Load,
+            (b' ', b'S') => Kind::Store,
+            (b' ', b'M') => Kind::Modify,
+            _ => return,
+        };
+        if let Some((address, size)) = parse_pair(&line[2..]) {
+            batch.push(Access {
+                ip: self.ip,
+                address,
+                size,
+                kind,
+            });
+        }
+    }
+}
+
+/// Parses `  ADDR,SIZE` (hex address, decimal size).
+#[inline]
+fn parse_pair(text: &[u8]) -> Option<(u64, u64)> {
+    let mut i = 0;
+    while i < text.len() && text[i] == b' ' {
+        i += 1;
+    }
+    let mut address: u64 = 0;
+    let start = i;
+    while i < text.len() && text[i] != b',' {
+        let digit = (text[i] as char).to_digit(16)? as u64;
+        address = address.checked_mul(16)? + digit;
+        i += 1;
+    }
+    if i == start || i >= text.len() {
+        return None;
+    }
+    let size: u64 = std::str::from_utf8(&text[i + 1..])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((address, size))
+}
+
+fn replay(batch: &mut Vec<Access>, hierarchy: &mut Hierarchy, stats: &mut TraceStats) {
+    let started = Instant::now();
+    let memory = hierarchy.memory_level();
+    for access in batch.iter() {
+        let served = hierarchy.access(access.address, access.size);
+        stats.accesses += 1;
+        if access.kind != Kind::Store {
+            stats.load_accesses += 1;
+            let load = stats.loads.entry(access.ip).or_default();
+            load.executions += 1;
+            if served == memory {
+                load.llc_misses += 1;
+                stats.llc_load_misses += 1;
+            }
+        }
+    }
+    stats.model_time += started.elapsed();
+    batch.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::cache::HierarchyConfig;
+    use super::*;
+
+    #[test]
+    fn parses_lackey_output_across_reads() {
+        let trace = "==123== Lackey, an example Valgrind tool\n\
+I  04012d0,3\n L 1ffefff8a8,8\n\
+I  04012d3,4\n S 1ffefff8b0,8\n\
+I  04012d7,3\n M 0aaa000,4\n L 0bbb000,8\n\
+I  04012da,2\n\
+==123== done\n";
+        // A reader that returns 5 bytes at a time exercises the line carry-over.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.len().min(5).min(buf.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut cache = Hierarchy::new(&HierarchyConfig::parse("L1=1K:2,L2=4K:4").unwrap());
+        let stats = simulate(Trickle(trace.as_bytes()), &mut cache).unwrap();
+        assert_eq!(stats.instructions, 4);
+        assert_eq!(stats.accesses, 4);
+        assert_eq!(stats.load_accesses, 3);
+        assert_eq!(
+            stats.loads[&0x4012d0],
+            LoadStats {
+                executions: 1,
+                llc_misses: 1
+            }
+        );
+        assert_eq!(
+            stats.loads[&0x4012d7],
+            LoadStats {
+                executions: 2,
+                llc_misses: 2
+            }
+        );
+        assert!(!stats.loads.contains_key(&0x4012d3), "stores are not loads");
+    }
+
+    #[test]
+    fn garbage_lines_are_ignored() {
+        let mut cache = Hierarchy::new(&HierarchyConfig::parse("L1=1K:2").unwrap());
+        let stats = simulate(
+            &b"I  zz,3\n L ,8\n L 10\n M 10,x\n\xff\xfe\n"[..],
+            &mut cache,
+        )
+        .unwrap();
+        assert_eq!((stats.instructions, stats.accesses), (0, 0));
+    }
+}
