@@ -162,44 +162,55 @@ fn format_size(bytes: u64) -> String {
 
 struct Level {
     sets: u64,
+    /// `sets - 1` when `sets` is a power of two (a mask instead of a division).
+    set_mask: Option<u64>,
     ways: usize,
-    /// Line number + 1 per way (0 = empty), `ways` entries per set.
+    /// Line number + 1 per way (0 = empty), `ways` entries per set, most recently used
+    /// first. One array, no timestamps: a 16-way set of the LLC is two host cache lines,
+    /// which matters because the model of a large LLC misses the host's caches itself.
     tags: Vec<u64>,
-    /// Last-use time per way, for LRU.
-    stamps: Vec<u64>,
 }
 
 impl Level {
     fn new(config: &LevelConfig) -> Level {
-        let entries = (config.sets() * config.ways) as usize;
+        let sets = config.sets();
+        let mut tags = vec![0u64; (sets * config.ways) as usize];
+        // Fault the (lazily zeroed) pages in now, so a large LLC's first touches are
+        // not charged to the simulation. Volatile: the compiler knows they hold zero.
+        for tag in tags.iter_mut().step_by(512) {
+            // SAFETY: `tag` is a valid, exclusive reference into the vector.
+            unsafe { std::ptr::write_volatile(tag, 0) };
+        }
         Level {
-            sets: config.sets(),
+            sets,
+            set_mask: sets.is_power_of_two().then_some(sets - 1),
             ways: config.ways as usize,
-            tags: vec![0; entries],
-            stamps: vec![0; entries],
+            tags,
         }
     }
 
-    /// Looks `line` up; on a miss installs it over the LRU way. Returns hit.
+    /// Looks `line` up; on a miss installs it, evicting the least recently used way.
+    /// Returns hit.
     #[inline]
-    fn access(&mut self, line: u64, now: u64) -> bool {
-        let base = (line % self.sets) as usize * self.ways;
+    fn access(&mut self, line: u64) -> bool {
+        let set = match self.set_mask {
+            Some(mask) => line & mask,
+            None => line % self.sets,
+        };
+        let base = set as usize * self.ways;
         let tags = &mut self.tags[base..base + self.ways];
-        let stamps = &mut self.stamps[base..base + self.ways];
         let tag = line + 1;
-        if let Some(way) = tags.iter().position(|&t| t == tag) {
-            stamps[way] = now;
+        if tags[0] == tag {
             return true;
         }
-        let mut victim = 0;
-        for way in 1..stamps.len() {
-            if stamps[way] < stamps[victim] {
-                victim = way;
-            }
-        }
-        tags[victim] = tag;
-        stamps[victim] = now;
-        false
+        let (hit, position) = match tags.iter().position(|&t| t == tag) {
+            Some(way) => (true, way),
+            None => (false, tags.len() - 1),
+        };
+        // Move to the front: ways 0..position shift down by one.
+        tags.copy_within(0..position, 1);
+        tags[0] = tag;
+        hit
     }
 }
 
@@ -207,7 +218,6 @@ impl Level {
 pub struct Hierarchy {
     levels: Vec<Level>,
     line_shift: u32,
-    now: u64,
 }
 
 impl Hierarchy {
@@ -215,7 +225,6 @@ impl Hierarchy {
         Hierarchy {
             levels: config.levels.iter().map(Level::new).collect(),
             line_shift: config.levels[0].line.trailing_zeros(),
-            now: 0,
         }
     }
 
@@ -239,10 +248,8 @@ impl Hierarchy {
 
     #[inline]
     fn access_line(&mut self, line: u64) -> usize {
-        self.now += 1;
-        let now = self.now;
         for (index, level) in self.levels.iter_mut().enumerate() {
-            if level.access(line, now) {
+            if level.access(line) {
                 return index;
             }
         }
