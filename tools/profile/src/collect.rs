@@ -334,7 +334,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(err, "command not found: no-such-command-msh");
-        assert!(resolve_program("/etc/hostname")
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "data").unwrap();
+        assert!(resolve_program(plain.to_str().unwrap())
             .unwrap_err()
             .to_string()
             .contains("not an executable"));
