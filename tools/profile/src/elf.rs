@@ -118,6 +118,15 @@ impl ObjectImage {
         }
     }
 
+    /// Whether the instruction at `vaddr` is a load in the sense of [`is_load`].
+    pub fn is_load_at(&self, vaddr: u64) -> bool {
+        let Some(bytes) = self.bytes_at(vaddr, 15) else {
+            return false;
+        };
+        let instruction = Decoder::with_ip(64, bytes, vaddr, DecoderOptions::NONE).decode();
+        !instruction.is_invalid() && is_load(&instruction, &mut InstructionInfoFactory::new())
+    }
+
     /// The instruction at `vaddr`, Intel syntax.
     pub fn disassemble(&self, vaddr: u64) -> Option<String> {
         let bytes = self.bytes_at(vaddr, 15)?;

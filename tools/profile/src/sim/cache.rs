@@ -1,8 +1,8 @@
 //! A set-associative, LRU, write-allocate cache hierarchy (L1d, L2, LLC) fed one data
 //! access at a time. A miss at a level fills every level above it (mostly-inclusive),
-//! as on the Intel cores msh targets. No prefetchers are modelled: a sequential scan
-//! misses once per line, which is why miss *ratios* (not counts) separate scans from
-//! delinquent loads.
+//! as on the Intel cores msh targets. The hardware prefetcher is modelled next to the
+//! per-load bookkeeping (an IP-stride prefetcher, see `trace.rs`), since it needs to
+//! know which instruction made each access.
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 

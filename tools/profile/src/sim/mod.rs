@@ -119,6 +119,12 @@ pub fn run(what: &What, options: &Options) -> Result<(Profile, RunReport)> {
         let Some(vaddr) = image.vaddr_of_file_offset(file_offset) else {
             continue;
         };
+        // Lackey also reports implicit stack reads (pop, ret) and indirect branches
+        // through memory: their misses count in the total, but they are not sites a
+        // prefetch could be placed at, and `sample` cannot see them either.
+        if !image.is_load_at(vaddr) {
+            continue;
+        }
         let site = counts.entry((path.clone(), vaddr)).or_default();
         site.events += load.llc_misses;
         *site.executions.get_or_insert(0) += load.executions;
