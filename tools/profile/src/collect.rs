@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// What to profile.
+#[allow(clippy::large_enum_variant)] // one per run: boxing would buy nothing
 pub enum Target {
     /// A command to start; `display` names it in messages.
     Command { command: Command, display: String },
