@@ -77,6 +77,22 @@ impl EventSpec {
     }
 }
 
+/// Can this event be opened at all? Opens it on the calling thread, without a ring
+/// buffer, and closes it again: lets a backend choose its event before starting the
+/// program.
+pub fn probe(spec: &EventSpec) -> io::Result<()> {
+    let mut attr = spec.attr(RING_PAGES * page_size());
+    attr.set_disabled(1);
+    // SAFETY: attr is a valid, fully initialised perf_event_attr that outlives the call.
+    let fd = unsafe { sys::perf_event_open(&mut attr, 0, -1, -1, b::PERF_FLAG_FD_CLOEXEC as u64) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by the kernel and is owned by nobody else.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(())
+}
+
 /// One record from the ring buffer, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -363,6 +379,12 @@ mod tests {
                 time: 1234
             }
         );
+    }
+
+    #[test]
+    fn cpu_clock_can_be_opened() {
+        // Software events exist on every Linux with perf_event_open, VMs included.
+        probe(&EventSpec::cpu_clock(1_000_000)).unwrap();
     }
 
     #[test]

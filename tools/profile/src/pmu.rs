@@ -9,7 +9,7 @@
 //! Not implemented: LBR branch records to count each load's executions, so `pmu`
 //! profiles carry `miss_ratio: null` like `sample` ones.
 use crate::collect::{collect, Target};
-use crate::perf::EventSpec;
+use crate::perf::{probe, EventSpec};
 use crate::sample::{finish, Skid};
 use crate::schema::Profile;
 use crate::sites::Thresholds;
@@ -65,23 +65,30 @@ pub fn run(
     thresholds: Thresholds,
 ) -> Result<(Profile, RunReport)> {
     detect()?;
-    // precise_ip 2 asks for zero skid (PEBS with the IP fix-up); the sampled IP is then
-    // the load itself.
-    let spec = llc_read_miss(2);
-    let collection = match collect(&spec, target, duration) {
-        Ok(c) => c,
-        Err(err)
-            if format!("{err:#}").contains("perf_event_open: No such file or directory")
-                || format!("{err:#}").contains("Operation not supported") =>
-        {
-            return Err(NoPmu(format!(
-                "the kernel refused the precise LLC-load-miss event: {err:#}"
-            ))
-            .into());
+    // precise_ip 2 asks for zero skid (PEBS with the IP fix-up: the sampled IP is the
+    // load itself); 1 and 0 leave the usual skid of one, charged like cpu-clock samples.
+    // Choose before starting the program, so a refusal costs nothing.
+    let mut refusals = Vec::new();
+    for precise_ip in [2u8, 1, 0] {
+        let spec = llc_read_miss(precise_ip);
+        match probe(&spec) {
+            Ok(()) => {
+                let skid = if precise_ip >= 2 {
+                    Skid::Precise
+                } else {
+                    Skid::One
+                };
+                let collection = collect(&spec, target, duration)?;
+                return finish("pmu", collection, skid, thresholds);
+            }
+            Err(err) => refusals.push(format!("precise_ip={precise_ip}: {err}")),
         }
-        Err(err) => return Err(err),
-    };
-    finish("pmu", collection, Skid::Precise, thresholds)
+    }
+    Err(NoPmu(format!(
+        "the kernel refused the LLC-load-miss event ({})",
+        refusals.join("; ")
+    ))
+    .into())
 }
 
 #[cfg(test)]
