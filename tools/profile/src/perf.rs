@@ -382,6 +382,34 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_records_never_panic_the_parser() {
+        let mut state = 0x2545f4914f6cdd1du64;
+        for len in 8..400usize {
+            for _ in 0..50 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state as u8
+                    })
+                    .collect();
+                for kind in [
+                    b::PERF_RECORD_SAMPLE,
+                    b::PERF_RECORD_MMAP2,
+                    b::PERF_RECORD_FORK,
+                    b::PERF_RECORD_COMM,
+                ] {
+                    let mut record = bytes.clone();
+                    record[..4].copy_from_slice(&kind.to_le_bytes());
+                    let _ = parse_record(&record, true);
+                    let _ = parse_record(&record, false);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn cpu_clock_can_be_opened() {
         // Software events exist on every Linux with perf_event_open, VMs included.
         probe(&EventSpec::cpu_clock(1_000_000)).unwrap();

@@ -201,3 +201,17 @@ fn sample_finds_the_chase_in_a_stripped_executable() {
     let unstripped = run(Backend::Sample, argv(&reference, &["64", "2000000"]));
     assert_eq!(top.offset, all_sites(&unstripped)[0].offset);
 }
+
+#[test]
+fn sample_follows_a_shell_into_the_program_it_forks() {
+    // sh forks, the child execs ptrchase: fork and exec records rebuild its mappings.
+    let program = build("ptrchase", "ptrchase-forked", &[]);
+    let script = format!("{} 64 3000000; true", program.display());
+    let profile = run(Backend::Sample, vec!["sh".into(), "-c".into(), script]);
+    let top = all_sites(&profile)[0];
+    assert!(
+        top.symbol.starts_with("chase+") && top.share >= 0.9,
+        "{top:?}"
+    );
+    assert!(profile.objects[0].path.ends_with("ptrchase-forked"));
+}

@@ -300,6 +300,26 @@ I  04012da,2\n\
     }
 
     #[test]
+    fn arbitrary_bytes_never_panic_the_trace_reader() {
+        let mut cache = Hierarchy::new(&HierarchyConfig::parse("L1=1K:2").unwrap());
+        let alphabet = b"IiLSM ,0123456789abcdefxyz\n=";
+        let mut state = 88172645463325252u64;
+        let bytes: Vec<u8> = (0..200_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                if state % 7 == 0 {
+                    state as u8
+                } else {
+                    alphabet[(state >> 8) as usize % alphabet.len()]
+                }
+            })
+            .collect();
+        simulate(&bytes[..], &mut cache).unwrap();
+    }
+
+    #[test]
     fn garbage_lines_are_ignored() {
         let mut cache = Hierarchy::new(&HierarchyConfig::parse("L1=1K:2").unwrap());
         let stats = simulate(
