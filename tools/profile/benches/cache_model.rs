@@ -25,9 +25,9 @@ fn synthetic_trace(accesses: usize, random: f64) -> Vec<u8> {
         state ^= state >> 7;
         state ^= state << 17;
         let address = if (state >> 32) < threshold {
-            0x1000_0000 + (state % (64 << 20)) & !7
+            (0x1000_0000 + state % (64 << 20)) & !7
         } else {
-            0x7fff_0000 + (state % (16 << 10)) & !7
+            (0x7fff_0000 + state % (16 << 10)) & !7
         };
         trace.extend(
             format!(

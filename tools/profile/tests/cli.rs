@@ -5,7 +5,7 @@ mod common;
 use clap::Parser;
 use common::{argv, build, scratch};
 use msh_profile::cli::{run, ProfileArgs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 struct Msh {
@@ -32,7 +32,7 @@ fn output(name: &str) -> PathBuf {
     path
 }
 
-fn expect_error(args: &[&str], needle: &str, out: &PathBuf) {
+fn expect_error(args: &[&str], needle: &str, out: &Path) {
     let err = msh_profile(args).expect_err("must fail");
     assert!(err.contains(needle), "{args:?}: {err}");
     assert!(!err.trim_end().contains('\n'), "one line: {err}");

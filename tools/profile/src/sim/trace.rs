@@ -309,7 +309,7 @@ I  04012da,2\n\
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
-                if state % 7 == 0 {
+                if state.is_multiple_of(7) {
                     state as u8
                 } else {
                     alphabet[(state >> 8) as usize % alphabet.len()]
