@@ -57,10 +57,7 @@ impl ObjectImage {
         if file.architecture() != object::Architecture::X86_64 {
             bail!("{} is not an x86-64 object", path.display());
         }
-        let build_id = match file.build_id().ok().flatten() {
-            Some(id) if !id.is_empty() => hex(id),
-            _ => format!("sha256:{}", hex(&Sha256::digest(&data))),
-        };
+        let build_id = identity(&file, &data);
         let segments = file
             .segments()
             .map(|s| {
@@ -271,6 +268,23 @@ fn eh_frame_functions(file: &object::File) -> Vec<(u64, u64)> {
     ranges
 }
 
+/// The identity a profile records for an object: its GNU build-id in hex or, when it
+/// has none, `sha256:` and the hex SHA-256 of the whole file.
+fn identity(file: &object::File, data: &[u8]) -> String {
+    match file.build_id().ok().flatten() {
+        Some(id) if !id.is_empty() => hex(id),
+        _ => format!("sha256:{}", hex(&Sha256::digest(data))),
+    }
+}
+
+/// The identity of the ELF file at `path`, as `build_id` in a profile records it.
+pub fn build_id(path: &Path) -> Result<String> {
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = object::File::parse(&*data)
+        .with_context(|| format!("{} is not an ELF object", path.display()))?;
+    Ok(identity(&file, &data))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -326,6 +340,27 @@ mod tests {
         assert!(!image.build_id.is_empty());
         assert!(!image.functions.is_empty());
         assert!(image.functions.windows(2).all(|w| w[0].end <= w[1].start));
+    }
+
+    #[test]
+    fn objects_without_a_build_id_get_a_content_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("x.c");
+        std::fs::write(&source, "int main(void) { return 0; }\n").unwrap();
+        let exe = dir.path().join("x");
+        let built = std::process::Command::new("cc")
+            .args(["-Wl,--build-id=none", "-o"])
+            .arg(&exe)
+            .arg(&source)
+            .status();
+        if !built.is_ok_and(|s| s.success()) {
+            return; // no C compiler: the end-to-end tests will say so
+        }
+        let id = build_id(&exe).unwrap();
+        assert!(id.starts_with("sha256:") && id.len() == 7 + 64, "{id}");
+        assert_eq!(ObjectImage::open(&exe).unwrap().build_id, id);
+        let with_id = std::env::current_exe().unwrap();
+        assert!(!build_id(&with_id).unwrap().starts_with("sha256:"));
     }
 
     #[test]

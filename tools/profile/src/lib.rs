@@ -20,6 +20,7 @@ pub mod show;
 pub mod sim;
 pub mod sites;
 
+pub use elf::build_id;
 pub use schema::{Profile, ProfiledObject, Site};
 pub use sites::Thresholds;
 

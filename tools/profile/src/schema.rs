@@ -135,6 +135,26 @@ impl Profile {
         Ok(())
     }
 
+    /// The entry for the object at `path`, after checking that the file is the one
+    /// that was profiled (same build-id or content hash): a profile must never be
+    /// applied to another binary.
+    pub fn object_for(&self, path: &Path) -> Result<&ProfiledObject> {
+        let actual = crate::elf::build_id(path)?;
+        let canonical = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+        let by_id = self.objects.iter().find(|o| o.build_id == actual);
+        match by_id {
+            Some(object) => Ok(object),
+            None => match self.objects.iter().find(|o| Path::new(&o.path) == canonical) {
+                Some(object) => bail!(
+                    "{} has build-id {actual}, but the profile was recorded for build-id {}: it is another binary",
+                    path.display(),
+                    object.build_id
+                ),
+                None => bail!("the profile has no sites for {} (build-id {actual})", path.display()),
+            },
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a profile always serializes")
     }
@@ -273,6 +293,23 @@ mod tests {
             let _ = Profile::from_json(&String::from_utf8_lossy(&bytes));
             let _ = Profile::from_json(&String::from_utf8_lossy(truncated));
         }
+    }
+
+    #[test]
+    fn objects_are_matched_by_build_id() {
+        let exe = std::env::current_exe().unwrap();
+        let mut profile = sample_profile();
+        profile.objects[0].path = exe.canonicalize().unwrap().to_string_lossy().into_owned();
+        let err = profile.object_for(&exe).unwrap_err().to_string();
+        assert!(err.contains("another binary"), "{err}");
+        profile.objects[0].build_id = crate::elf::build_id(&exe).unwrap();
+        assert_eq!(profile.object_for(&exe).unwrap().sites.len(), 2);
+        profile.objects.clear();
+        assert!(profile
+            .object_for(&exe)
+            .unwrap_err()
+            .to_string()
+            .contains("no sites"));
     }
 
     #[test]
