@@ -236,3 +236,28 @@ fn attaches_to_a_running_process_and_shows_the_profile() {
         "source lines shown:\n{table}"
     );
 }
+
+#[test]
+fn duration_bounds_a_long_command() {
+    // 100 M chase steps would take ~15 s; --duration stops profiling (and the command)
+    // after 1.5 s and still writes a profile.
+    let program = build("ptrchase", "ptrchase-duration", &[]);
+    let out = output("duration.json");
+    let started = std::time::Instant::now();
+    msh_profile(&[
+        "--backend",
+        "sample",
+        "--duration",
+        "1.5",
+        "-o",
+        out.to_str().unwrap(),
+        "--",
+        program.to_str().unwrap(),
+        "64",
+        "100000000",
+    ])
+    .unwrap();
+    assert!(started.elapsed().as_secs_f64() < 6.0, "took {:?}", started.elapsed());
+    let profile = msh_profile::Profile::load(&out).unwrap();
+    assert!(profile.objects[0].sites[0].symbol.starts_with("chase+"));
+}
