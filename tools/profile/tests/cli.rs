@@ -257,7 +257,11 @@ fn duration_bounds_a_long_command() {
         "100000000",
     ])
     .unwrap();
-    assert!(started.elapsed().as_secs_f64() < 6.0, "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed().as_secs_f64() < 6.0,
+        "took {:?}",
+        started.elapsed()
+    );
     let profile = msh_profile::Profile::load(&out).unwrap();
     assert!(profile.objects[0].sites[0].symbol.starts_with("chase+"));
 }

@@ -81,9 +81,19 @@ pub fn run(what: &What, options: &Options) -> Result<(Profile, RunReport)> {
         });
     }
     let mut hierarchy = cache::Hierarchy::new(&config);
+    // A spinner on stderr (hidden when it is not a terminal): sim runs are long.
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} sim: {bytes} of valgrind trace simulated ({bytes_per_sec}), {elapsed}",
+        )
+        .expect("a valid template"),
+    );
+    progress.enable_steady_tick(std::time::Duration::from_millis(200));
+    let reader_progress = progress.clone();
     let reader = std::thread::spawn(move || {
         let file = std::fs::File::from(read_end);
-        trace::simulate(file, &mut hierarchy)
+        trace::simulate(reader_progress.wrap_read(file), &mut hierarchy)
     });
     let collection = collect(
         &EventSpec::side_band_only(),
@@ -93,8 +103,9 @@ pub fn run(what: &What, options: &Options) -> Result<(Profile, RunReport)> {
         },
         options.duration,
     );
-    let stats = reader
-        .join()
+    let joined = reader.join();
+    progress.finish_and_clear();
+    let stats = joined
         .map_err(|_| anyhow::anyhow!("the trace reader panicked"))?
         .context("reading the valgrind trace")?;
     let collection = collection?;
