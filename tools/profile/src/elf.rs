@@ -132,8 +132,12 @@ impl ObjectImage {
         if instruction.is_invalid() {
             return None;
         }
+        let mut formatter = IntelFormatter::new();
+        formatter.options_mut().set_hex_prefix("0x");
+        formatter.options_mut().set_hex_suffix("");
+        formatter.options_mut().set_uppercase_hex(false);
         let mut text = String::new();
-        IntelFormatter::new().format(&instruction, &mut text);
+        formatter.format(&instruction, &mut text);
         Some(text)
     }
 
