@@ -149,6 +149,7 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
     let deadline = duration.map(|d| started + d);
     let mut poll_fds: Vec<libc::pollfd> = events
         .iter()
+        .filter(|e| e.has_buffer())
         .map(|e| libc::pollfd {
             fd: e.raw_fd(),
             events: libc::POLLIN,
@@ -290,7 +291,7 @@ fn check_pid(pid: i32) -> Result<()> {
 /// Opens one event per CPU for the process, and, when attaching, for each of its
 /// existing threads (inherit only covers threads created later).
 fn open_events(spec: &EventSpec, pid: i32, attach: bool, cpus: &[i32]) -> Result<Vec<RingEvent>> {
-    let tids: Vec<i32> = if attach {
+    let mut tids: Vec<i32> = if attach {
         std::fs::read_dir(format!("/proc/{pid}/task"))
             .with_context(|| format!("cannot list the threads of PID {pid}"))?
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -298,15 +299,23 @@ fn open_events(spec: &EventSpec, pid: i32, attach: bool, cpus: &[i32]) -> Result
     } else {
         vec![pid]
     };
-    let mut events = Vec::new();
-    for &tid in &tids {
-        for &cpu in cpus {
-            match RingEvent::open(spec, tid, cpu) {
-                Ok(event) => events.push(event),
-                Err(err) if err.raw_os_error() == Some(libc::ESRCH) && tid != pid => break, // thread exited
+    tids.sort_by_key(|&tid| (tid != pid, tid)); // the main thread first
+                                                // events[..cpus.len()] own one buffer per CPU; later threads' events write into them.
+    let mut events: Vec<RingEvent> = Vec::new();
+    'threads: for &tid in &tids {
+        let mut thread_events = Vec::with_capacity(cpus.len());
+        for (i, &cpu) in cpus.iter().enumerate() {
+            let output = events.get(i).filter(|_| events.len() >= cpus.len());
+            match RingEvent::open(spec, tid, cpu, output) {
+                Ok(event) => thread_events.push(event),
+                // A thread that exited since we listed it: skip it.
+                Err(err) if err.raw_os_error() == Some(libc::ESRCH) && tid != pid => {
+                    continue 'threads
+                }
                 Err(err) => return Err(explain_open_error(err)),
             }
         }
+        events.extend(thread_events);
     }
     Ok(events)
 }

@@ -126,11 +126,16 @@ pub enum Record {
     Other,
 }
 
-const RING_PAGES: usize = 256; // 1 MiB of data per CPU
+/// 256 KiB of data per CPU: at the default 1 kHz that is minutes of samples, and at
+/// 100 kHz still 50 ms, the reader's polling interval.
+const RING_PAGES: usize = 64;
 
-/// An open event and its mmapped ring buffer.
+/// An open event and its mmapped ring buffer, or an event whose records go to another
+/// event's buffer on the same CPU (threads of an attached process share one buffer per
+/// CPU, so attaching to a process with many threads does not pin memory per thread).
 pub struct RingEvent {
     fd: OwnedFd,
+    /// Null when the records are redirected to another event's buffer.
     base: *mut u8,
     map_len: usize,
     sample_addr: bool,
@@ -142,8 +147,14 @@ unsafe impl Send for RingEvent {}
 
 impl RingEvent {
     /// Opens the event for task `pid` (and, through `inherit`, the threads and children
-    /// it creates from now on) on one CPU.
-    pub fn open(spec: &EventSpec, pid: i32, cpu: i32) -> io::Result<RingEvent> {
+    /// it creates from now on) on one CPU, with its own ring buffer, or writing into
+    /// `output`'s buffer (which must be on the same CPU).
+    pub fn open(
+        spec: &EventSpec,
+        pid: i32,
+        cpu: i32,
+        output: Option<&RingEvent>,
+    ) -> io::Result<RingEvent> {
         let page = page_size();
         let ring_bytes = RING_PAGES * page;
         let mut attr = spec.attr(ring_bytes);
@@ -156,6 +167,20 @@ impl RingEvent {
         }
         // SAFETY: fd was just returned by the kernel and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if let Some(output) = output {
+            // SAFETY: both are valid perf fds; SET_OUTPUT takes the target fd by value.
+            if unsafe { sys::ioctls::SET_OUTPUT(fd.as_raw_fd(), output.raw_fd()) } == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            let base = std::ptr::null_mut();
+            return Ok(RingEvent {
+                fd,
+                base,
+                map_len: 0,
+                sample_addr: spec.sample_addr,
+                scratch: Vec::new(),
+            });
+        }
         let map_len = (RING_PAGES + 1) * page;
         // SAFETY: mapping a perf fd as the kernel documents: one metadata page plus 2^n
         // data pages, shared, read-write (so we can advance data_tail).
@@ -190,8 +215,16 @@ impl RingEvent {
         unsafe { sys::ioctls::DISABLE(self.fd.as_raw_fd(), 0) };
     }
 
+    /// Whether this event owns a ring buffer (else `drain` has nothing to do).
+    pub fn has_buffer(&self) -> bool {
+        !self.base.is_null()
+    }
+
     /// Decodes and consumes every record currently in the buffer.
     pub fn drain(&mut self, mut sink: impl FnMut(Record)) {
+        if self.base.is_null() {
+            return;
+        }
         let meta = self.base as *mut b::perf_event_mmap_page;
         // SAFETY: meta points at the mapped metadata page; the kernel writes data_head,
         // we write data_tail; volatile accesses plus fences follow the documented protocol.
@@ -234,6 +267,9 @@ impl RingEvent {
 
 impl Drop for RingEvent {
     fn drop(&mut self) {
+        if self.base.is_null() {
+            return;
+        }
         // SAFETY: base/map_len are exactly what mmap returned; nothing borrows it now.
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.map_len) };
     }

@@ -202,7 +202,9 @@ fn the_pmu_backend_says_when_there_is_no_pmu() {
 #[test]
 fn attaches_to_a_running_process_and_shows_the_profile() {
     let program = build("ptrchase", "ptrchase-attach", &[]);
-    let command = argv(&program, &["64", "100000000"]);
+    // Two chasing threads; the main thread only waits. Their samples reach us through
+    // the main thread's per-CPU buffers (SET_OUTPUT), so finding the chase proves that.
+    let command = argv(&program, &["64", "100000000", "2"]);
     let mut child = std::process::Command::new(&command[0])
         .args(&command[1..])
         .spawn()
