@@ -133,15 +133,16 @@ fn summary(profile: &Profile, report: &RunReport, output: &Path) -> String {
         "samples"
     };
     let sites: usize = profile.objects.iter().map(|o| o.sites.len()).sum();
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     let mut text = format!(
-        "msh profile: {} backend, {:.2} s, {} threads: {} {what}, {:.1}% charged to loads; {} delinquent loads in {} objects -> {}\n",
+        "msh profile: {} backend, {:.2} s: {} {what} from {}, {:.1}% charged to loads; {} in {} -> {}\n",
         report.backend,
         report.wall.as_secs_f64(),
-        report.threads,
         report.events,
+        plural(report.threads, "thread"),
         100.0 * report.attributed as f64 / report.events.max(1) as f64,
-        sites,
-        profile.objects.len(),
+        plural(sites, "delinquent load"),
+        plural(profile.objects.len(), "object"),
         output.display()
     );
     if let Some(top) = profile.objects.first().and_then(|o| o.sites.first()) {

@@ -244,11 +244,13 @@ impl RingEvent {
         };
         let mut position = tail;
         while position + 8 <= head {
+            // A record may wrap around the end of the data area: copy it in two parts.
             let copy = |scratch: &mut Vec<u8>, from: u64, len: usize| {
                 scratch.clear();
-                for i in 0..len as u64 {
-                    scratch.push(data[((from + i) % data_size) as usize]);
-                }
+                let start = (from % data_size) as usize;
+                let first = len.min(data.len() - start);
+                scratch.extend_from_slice(&data[start..start + first]);
+                scratch.extend_from_slice(&data[..len - first]);
             };
             copy(&mut self.scratch, position, 8);
             let size = u16::from_le_bytes([self.scratch[6], self.scratch[7]]) as u64;

@@ -23,10 +23,15 @@ pub fn render(profile: &Profile, top: usize) -> String {
         if let Some(note) = &lines.note {
             let _ = writeln!(out, "  ({note})");
         }
+        let events = if profile.backend == "sim" {
+            "misses"
+        } else {
+            "samples"
+        };
         let _ = writeln!(
             out,
             "  {:>3}  {:>6}  {:>9}  {:>6}  {:<12}  {:<28}  {:<30}  source",
-            "#", "share", "samples", "miss", "offset", "symbol", "instruction"
+            "#", "share", events, "miss%", "offset", "symbol", "instruction"
         );
         for (rank, site) in object.sites.iter().take(top).enumerate() {
             let miss = site
