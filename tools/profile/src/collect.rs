@@ -3,7 +3,7 @@
 use crate::maps::{AddressSpace, Mapping, ProcessTree};
 use crate::perf::{online_cpus, EventSpec, Record, RingEvent};
 use anyhow::{bail, Context, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -127,7 +127,7 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
         unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
     }
     let mut events = match opened {
-        Ok(events) => events,
+        Ok(set) => set,
         Err(err) => {
             if let Some(child) = child.as_mut() {
                 let _ = child.kill();
@@ -148,6 +148,7 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
     let mut side_band: Vec<(u64, SideBand)> = Vec::new();
     let deadline = duration.map(|d| started + d);
     let mut poll_fds: Vec<libc::pollfd> = events
+        .events
         .iter()
         .filter(|e| e.has_buffer())
         .map(|e| libc::pollfd {
@@ -156,11 +157,16 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
             revents: 0,
         })
         .collect();
+    let attached = child.is_none();
     loop {
         // SAFETY: poll_fds is a valid array of pollfd for the duration of the call.
         unsafe { libc::poll(poll_fds.as_mut_ptr(), poll_fds.len() as libc::nfds_t, 50) };
-        for event in events.iter_mut() {
+        for event in events.events.iter_mut() {
             event.drain(|record| absorb(record, &mut collection, &mut side_band));
+        }
+        if attached {
+            // The process may exit while we list its threads: that ends the run below.
+            let _ = events.add_new_threads(pid);
         }
         let finished = match child.as_mut() {
             Some(child) => child
@@ -174,10 +180,10 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
             break;
         }
     }
-    for event in &events {
+    for event in &events.events {
         event.disable();
     }
-    for event in events.iter_mut() {
+    for event in events.events.iter_mut() {
         event.drain(|record| absorb(record, &mut collection, &mut side_band));
     }
     // SAFETY: restoring the handler we replaced.
@@ -288,36 +294,86 @@ fn check_pid(pid: i32) -> Result<()> {
     Ok(())
 }
 
-/// Opens one event per CPU for the process, and, when attaching, for each of its
-/// existing threads (inherit only covers threads created later).
-fn open_events(spec: &EventSpec, pid: i32, attach: bool, cpus: &[i32]) -> Result<Vec<RingEvent>> {
-    let mut tids: Vec<i32> = if attach {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .with_context(|| format!("cannot list the threads of PID {pid}"))?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect()
-    } else {
-        vec![pid]
-    };
-    tids.sort_by_key(|&tid| (tid != pid, tid)); // the main thread first
-                                                // events[..cpus.len()] own one buffer per CPU; later threads' events write into them.
-    let mut events: Vec<RingEvent> = Vec::new();
-    'threads: for &tid in &tids {
-        let mut thread_events = Vec::with_capacity(cpus.len());
-        for (i, &cpu) in cpus.iter().enumerate() {
-            let output = events.get(i).filter(|_| events.len() >= cpus.len());
-            match RingEvent::open(spec, tid, cpu, output) {
+/// The events of a run: one per CPU per traced thread. The first thread's events own
+/// one ring buffer per CPU; every later thread's event writes into the buffer of its
+/// CPU (SET_OUTPUT), so many threads do not pin many buffers.
+struct EventSet {
+    spec: EventSpec,
+    cpus: Vec<i32>,
+    events: Vec<RingEvent>,
+    threads: HashSet<i32>,
+}
+
+impl EventSet {
+    fn new(spec: EventSpec, cpus: Vec<i32>) -> EventSet {
+        EventSet {
+            spec,
+            cpus,
+            events: Vec::new(),
+            threads: HashSet::new(),
+        }
+    }
+
+    /// Starts tracing thread `tid` on every CPU. Ok(false) if it has exited meanwhile.
+    fn add_thread(&mut self, tid: i32) -> std::io::Result<bool> {
+        if !self.threads.insert(tid) {
+            return Ok(true);
+        }
+        let mut thread_events = Vec::with_capacity(self.cpus.len());
+        for (i, &cpu) in self.cpus.iter().enumerate() {
+            let output = self.events.get(i);
+            match RingEvent::open(&self.spec, tid, cpu, output) {
                 Ok(event) => thread_events.push(event),
-                // A thread that exited since we listed it: skip it.
-                Err(err) if err.raw_os_error() == Some(libc::ESRCH) && tid != pid => {
-                    continue 'threads
-                }
-                Err(err) => return Err(explain_open_error(err)),
+                Err(err) if err.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
+                Err(err) => return Err(err),
             }
         }
-        events.extend(thread_events);
+        self.events.extend(thread_events);
+        Ok(true)
     }
-    Ok(events)
+
+    /// When attached: traces the process's threads not traced yet (without `inherit`,
+    /// new threads are found by listing them again; one living less than a polling
+    /// interval can be missed).
+    fn add_new_threads(&mut self, pid: i32) -> Result<()> {
+        let tids = list_threads(pid)?;
+        for tid in tids {
+            if !self.threads.contains(&tid) {
+                self.add_thread(tid).map_err(explain_open_error)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn list_threads(pid: i32) -> Result<Vec<i32>> {
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("cannot list the threads of PID {pid}"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_by_key(|&tid| (tid != pid, tid)); // the main thread first
+    Ok(tids)
+}
+
+/// Opens the events: for a started command, on its one thread with `inherit` (it has
+/// not run yet, so every later thread and child inherits them); when attaching, on each
+/// thread that exists now, without `inherit` (a thread created between listing and
+/// opening would otherwise be counted twice), and new threads are added as they appear.
+fn open_events(spec: &EventSpec, pid: i32, attach: bool, cpus: &[i32]) -> Result<EventSet> {
+    let spec = EventSpec {
+        inherit: !attach,
+        ..*spec
+    };
+    let mut set = EventSet::new(spec, cpus.to_vec());
+    if attach {
+        set.add_new_threads(pid)?;
+        if set.events.is_empty() {
+            bail!("perf_event_open: no such process");
+        }
+    } else if !set.add_thread(pid).map_err(explain_open_error)? {
+        bail!("perf_event_open: no such process");
+    }
+    Ok(set)
 }
 
 fn explain_open_error(err: std::io::Error) -> anyhow::Error {

@@ -22,6 +22,8 @@ pub struct EventSpec {
     /// Also report non-executable file mappings (valgrind maps client code without
     /// PROT_EXEC).
     pub mmap_data: bool,
+    /// Follow threads and children the task creates after the event is opened.
+    pub inherit: bool,
 }
 
 impl EventSpec {
@@ -33,6 +35,7 @@ impl EventSpec {
             precise_ip: 0,
             sample_addr: false,
             mmap_data: false,
+            inherit: true,
         }
     }
 
@@ -45,6 +48,7 @@ impl EventSpec {
             precise_ip: 0,
             sample_addr: false,
             mmap_data: true,
+            inherit: true,
         }
     }
 
@@ -60,7 +64,7 @@ impl EventSpec {
         if self.sample_addr {
             attr.sample_type |= b::PERF_SAMPLE_ADDR as u64;
         }
-        attr.set_inherit(1);
+        attr.set_inherit(self.inherit as u64);
         attr.set_exclude_kernel(1);
         attr.set_exclude_hv(1);
         attr.set_mmap(1);

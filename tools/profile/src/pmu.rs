@@ -56,6 +56,7 @@ fn llc_read_miss(precise_ip: u8) -> EventSpec {
         precise_ip,
         sample_addr: true,
         mmap_data: false,
+        inherit: true,
     }
 }
 

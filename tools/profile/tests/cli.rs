@@ -207,9 +207,14 @@ fn attaches_to_a_running_process_and_shows_the_profile() {
     let command = argv(&program, &["64", "100000000", "2"]);
     let mut child = std::process::Command::new(&command[0])
         .args(&command[1..])
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700)); // past the set-up
+    // Attach once the set-up is over, so the chase is all there is to sample.
+    let mut line = String::new();
+    let stderr = child.stderr.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut line).unwrap();
+    assert_eq!(line.trim(), "chasing");
     let out = output("attach.json");
     let pid = child.id().to_string();
     let result = msh_profile(&[
