@@ -116,6 +116,12 @@ fn check_output_dir(output: &Path) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    if output.is_dir() {
+        bail!(
+            "cannot write profile {}: it is a directory",
+            output.display()
+        );
+    }
     if !dir.is_dir() {
         bail!(
             "cannot write profile {}: directory {} does not exist",

@@ -163,6 +163,8 @@ fn bad_options_are_refused() {
         "directory /no/such/dir does not exist",
         &out,
     );
+    let dir = scratch().to_str().unwrap().to_owned();
+    expect_error(&["-o", &dir, "--", "true"], "it is a directory", &out);
     expect_error(
         &[
             "--frequency",
@@ -246,14 +248,13 @@ fn attaches_to_a_running_process_and_shows_the_profile() {
 
 #[test]
 fn duration_bounds_a_long_command() {
+    // Also: `auto` (the default) is `pmu` with a PMU, else `sample`.
     // 100 M chase steps would take ~15 s; --duration stops profiling (and the command)
     // after 1.5 s and still writes a profile.
     let program = build("ptrchase", "ptrchase-duration", &[]);
     let out = output("duration.json");
     let started = std::time::Instant::now();
     msh_profile(&[
-        "--backend",
-        "sample",
         "--duration",
         "1.5",
         "-o",
@@ -271,4 +272,10 @@ fn duration_bounds_a_long_command() {
     );
     let profile = msh_profile::Profile::load(&out).unwrap();
     assert!(profile.objects[0].sites[0].symbol.starts_with("chase+"));
+    let expected = if msh_profile::pmu::detect().is_ok() {
+        "pmu"
+    } else {
+        "sample"
+    };
+    assert_eq!(profile.backend, expected);
 }
