@@ -1,11 +1,12 @@
 //! Starting (or attaching to) the profiled program and collecting perf records until
 //! it exits, the duration runs out, or the user presses Ctrl-C.
+use crate::launch::{check_pid, wait_for_exec_stop};
 use crate::maps::{AddressSpace, Mapping, ProcessTree};
 use crate::perf::{online_cpus, EventSpec, Record, RingEvent};
 use anyhow::{bail, Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -26,10 +27,10 @@ pub struct Collection {
     pub root_pid: u32,
     /// Sample counts by (pid, user-space instruction address).
     pub samples: HashMap<(u32, u64), u64>,
-    /// All samples, user or kernel, attributed or not.
+    /// All samples (user mode only: kernel samples are excluded), attributed or not.
     pub total_samples: u64,
     pub lost_records: u64,
-    pub threads: std::collections::HashSet<u32>,
+    pub threads: HashSet<u32>,
     pub processes: ProcessTree,
     pub wall: Duration,
     pub exit: Option<ExitStatus>,
@@ -47,44 +48,6 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Finds `program` the way a shell would, so a missing command is reported before
-/// anything starts.
-pub fn resolve_program(program: &str) -> Result<PathBuf> {
-    let candidates: Vec<PathBuf> = if program.contains('/') {
-        vec![PathBuf::from(program)]
-    } else {
-        std::env::var_os("PATH")
-            .map(|p| {
-                std::env::split_paths(&p)
-                    .map(|dir| dir.join(program))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    for candidate in &candidates {
-        if let Ok(meta) = std::fs::metadata(candidate) {
-            use std::os::unix::fs::PermissionsExt;
-            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-                return Ok(candidate.clone());
-            }
-            if program.contains('/') {
-                bail!("cannot run {program}: not an executable file");
-            }
-        }
-    }
-    bail!("command not found: {program}")
-}
-
-/// Builds a `Command` for argv, checking that the program exists.
-pub fn command_for(argv: &[String]) -> Result<Command> {
-    let Some((program, args)) = argv.split_first() else {
-        bail!("no command given (usage: msh profile -o P.json -- CMD ARGS…)")
-    };
-    let mut command = Command::new(resolve_program(program)?);
-    command.arg0(program).args(args);
-    Ok(command)
 }
 
 /// Runs `target` under the events `spec` until it exits, `duration` passes or Ctrl-C.
@@ -254,46 +217,6 @@ fn absorb(record: Record, collection: &mut Collection, side_band: &mut Vec<(u64,
     }
 }
 
-/// Waits for the ptrace stop that follows a successful exec under PTRACE_TRACEME.
-fn wait_for_exec_stop(pid: i32) -> Result<()> {
-    let mut status = 0;
-    // SAFETY: waiting for our own child; status is a valid out pointer.
-    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-    if r != pid {
-        bail!("waitpid: {}", std::io::Error::last_os_error());
-    }
-    if libc::WIFSTOPPED(status) {
-        return Ok(());
-    }
-    if libc::WIFEXITED(status) {
-        bail!(
-            "it exited at once with status {}",
-            libc::WEXITSTATUS(status)
-        );
-    }
-    bail!("it died before it started (wait status {status:#x})")
-}
-
-/// A clear reason when a PID cannot be profiled.
-fn check_pid(pid: i32) -> Result<()> {
-    if pid <= 0 {
-        bail!("cannot trace PID {pid}: not a process id");
-    }
-    let proc_dir = format!("/proc/{pid}");
-    if !Path::new(&proc_dir).exists() {
-        bail!("cannot trace PID {pid}: no such process");
-    }
-    if pid as u32 == std::process::id() {
-        bail!("cannot trace PID {pid}: that is msh itself");
-    }
-    let maps = std::fs::read_to_string(format!("{proc_dir}/maps"))
-        .with_context(|| format!("cannot trace PID {pid}: cannot read its memory map"))?;
-    if maps.trim().is_empty() {
-        bail!("cannot trace PID {pid}: it is a kernel thread (no user-space code to profile)");
-    }
-    Ok(())
-}
-
 /// The events of a run: one per CPU per traced thread. The first thread's events own
 /// one ring buffer per CPU; every later thread's event writes into the buffer of its
 /// CPU (SET_OUTPUT), so many threads do not pin many buffers.
@@ -386,50 +309,5 @@ fn explain_open_error(err: std::io::Error) -> anyhow::Error {
         ),
         Some(libc::ESRCH) => anyhow::anyhow!("perf_event_open: no such process"),
         _ => anyhow::anyhow!("perf_event_open: {err}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resolves_commands_like_a_shell() {
-        assert!(resolve_program("sh").unwrap().is_absolute());
-        let err = resolve_program("no-such-command-msh")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(err, "command not found: no-such-command-msh");
-        let dir = tempfile::tempdir().unwrap();
-        let plain = dir.path().join("plain");
-        std::fs::write(&plain, "data").unwrap();
-        assert!(resolve_program(plain.to_str().unwrap())
-            .unwrap_err()
-            .to_string()
-            .contains("not an executable"));
-    }
-
-    #[test]
-    fn refuses_untraceable_pids() {
-        assert!(check_pid(-5)
-            .unwrap_err()
-            .to_string()
-            .contains("not a process id"));
-        assert!(check_pid(i32::MAX)
-            .unwrap_err()
-            .to_string()
-            .contains("no such process"));
-        assert!(check_pid(std::process::id() as i32)
-            .unwrap_err()
-            .to_string()
-            .contains("msh itself"));
-        if Path::new("/proc/2/comm").exists()
-            && std::fs::read_to_string("/proc/2/comm").unwrap().trim() == "kthreadd"
-        {
-            assert!(check_pid(2)
-                .unwrap_err()
-                .to_string()
-                .contains("kernel thread"));
-        }
     }
 }

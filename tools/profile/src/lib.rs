@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod collect;
 pub mod elf;
+pub mod launch;
 pub mod maps;
 pub mod perf;
 pub mod pmu;
@@ -85,7 +86,7 @@ pub struct RunReport {
 fn target(what: &What) -> Result<collect::Target> {
     Ok(match what {
         What::Command(argv) => collect::Target::Command {
-            command: collect::command_for(argv)?,
+            command: launch::command_for(argv)?,
             display: argv[0].clone(),
         },
         What::Pid(pid) => collect::Target::Pid(*pid),
@@ -98,7 +99,7 @@ pub fn profile(what: &What, options: &Options) -> Result<(Profile, RunReport)> {
         if argv.is_empty() {
             bail!("no command given (usage: msh profile -o P.json -- CMD ARGS…)");
         }
-        collect::resolve_program(&argv[0])?;
+        launch::resolve_program(&argv[0])?;
     }
     match options.backend {
         Backend::Pmu => pmu::run(target(what)?, options.duration, options.thresholds),

@@ -9,8 +9,9 @@
 pub mod cache;
 pub mod trace;
 
-use crate::collect::{collect, command_for, resolve_program, Target};
+use crate::collect::{collect, Target};
 use crate::elf::ObjectCache;
+use crate::launch::{command_for, resolve_program};
 use crate::perf::EventSpec;
 use crate::schema::Profile;
 use crate::sites::{build_profile, SiteStats};
