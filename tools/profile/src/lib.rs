@@ -110,13 +110,12 @@ pub fn profile(what: &What, options: &Options) -> Result<(Profile, RunReport)> {
             options.thresholds,
         ),
         Backend::Sim => sim::run(what, options),
-        Backend::Auto => match pmu::detect() {
-            Ok(()) => pmu::run(target(what)?, options.duration, options.thresholds),
-            Err(no_pmu) => {
-                eprintln!(
-                    "msh profile: no hardware PMU ({}): using the sample backend",
-                    no_pmu.0
-                );
+        // pmu refuses before it starts anything (no PMU, or the kernel refuses the
+        // event), so falling through to sample runs the program once.
+        Backend::Auto => match pmu::run(target(what)?, options.duration, options.thresholds) {
+            Err(err) if err.downcast_ref::<pmu::NoPmu>().is_some() => {
+                let reason = &err.downcast_ref::<pmu::NoPmu>().expect("checked").0;
+                eprintln!("msh profile: no hardware PMU ({reason}): using the sample backend");
                 sample::run(
                     target(what)?,
                     options.frequency_hz,
@@ -124,6 +123,7 @@ pub fn profile(what: &What, options: &Options) -> Result<(Profile, RunReport)> {
                     options.thresholds,
                 )
             }
+            other => other,
         },
     }
 }
