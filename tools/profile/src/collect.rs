@@ -168,12 +168,17 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
             SideBand::Exec(pid) => collection.processes.exec(pid),
         }
     }
-    if let Some(status) = collection.exit {
-        if let Some(signal) = status.signal() {
-            if signal != libc::SIGTERM && signal != libc::SIGINT {
-                eprintln!("msh profile: note: {display} was killed by signal {signal}");
-            }
+    match collection
+        .exit
+        .map(|status| (status.code(), status.signal()))
+    {
+        Some((Some(code), _)) if code != 0 => {
+            eprintln!("msh profile: note: {display} exited with status {code}")
         }
+        Some((_, Some(signal))) if signal != libc::SIGTERM && signal != libc::SIGINT => {
+            eprintln!("msh profile: note: {display} was killed by signal {signal}")
+        }
+        _ => {}
     }
     Ok(collection)
 }
