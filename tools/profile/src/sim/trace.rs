@@ -195,18 +195,28 @@ fn parse_pair(text: &[u8]) -> Option<(u64, u64)> {
     let mut address: u64 = 0;
     let start = i;
     while i < text.len() && text[i] != b',' {
-        let digit = (text[i] as char).to_digit(16)? as u64;
-        address = address.checked_mul(16)? + digit;
+        let digit = match text[i] {
+            c @ b'0'..=b'9' => c - b'0',
+            c @ b'a'..=b'f' => c - b'a' + 10,
+            c @ b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        address = address.checked_mul(16)? | digit as u64;
         i += 1;
     }
-    if i == start || i >= text.len() {
+    if i == start || i + 1 >= text.len() {
         return None;
     }
-    let size: u64 = std::str::from_utf8(&text[i + 1..])
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let mut size: u64 = 0;
+    for &c in text[i + 1..]
+        .iter()
+        .take_while(|&&c| c != b' ' && c != b'\r')
+    {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        size = size.checked_mul(10)?.checked_add((c - b'0') as u64)?;
+    }
     Some((address, size))
 }
 
