@@ -83,7 +83,10 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
             (None, pid, format!("PID {pid}"))
         }
     };
-    let initial = AddressSpace::read_proc(pid);
+    let initial = AddressSpace::read_proc(pid).map(|mut space| {
+        space.identify_files(|path| crate::elf::build_id(path).ok());
+        space
+    });
     let opened = open_events(spec, pid, child.is_none(), &cpus);
     if child.is_some() {
         // SAFETY: pid is our stopped tracee; detaching lets it run (signal 0).
@@ -200,6 +203,7 @@ fn absorb(record: Record, collection: &mut Collection, side_band: &mut Vec<(u64,
             len,
             pgoff,
             path,
+            build_id,
             time,
         } if path.starts_with('/') => {
             side_band.push((
@@ -211,6 +215,7 @@ fn absorb(record: Record, collection: &mut Collection, side_band: &mut Vec<(u64,
                         end: start + len,
                         pgoff,
                         path: path.into(),
+                        build_id,
                     },
                 ),
             ));

@@ -12,6 +12,9 @@ pub struct Mapping {
     /// File offset of `start`.
     pub pgoff: u64,
     pub path: PathBuf,
+    /// Build-id of the file when it was mapped (from the kernel; unknown for mappings
+    /// read from /proc/PID/maps).
+    pub build_id: Option<String>,
 }
 
 /// Mappings of one process, newest last: a newer mapping hides older ones it overlaps.
@@ -35,6 +38,29 @@ impl AddressSpace {
             .rev()
             .find(|m| (m.start..m.end).contains(&address))
             .map(|m| (&m.path, address - m.start + m.pgoff))
+    }
+
+    /// Records each mapped file's identity now (`identify` gives it from the path), for
+    /// mappings that predate the kernel's records: a file replaced on disk later is
+    /// then noticed.
+    pub fn identify_files(&mut self, identify: impl Fn(&PathBuf) -> Option<String>) {
+        let mut known: HashMap<PathBuf, Option<String>> = HashMap::new();
+        for mapping in self.mappings.iter_mut().filter(|m| m.build_id.is_none()) {
+            let id = known
+                .entry(mapping.path.clone())
+                .or_insert_with(|| identify(&mapping.path));
+            mapping.build_id = id.clone();
+        }
+    }
+
+    /// The build-id recorded when the file behind `address` was mapped, if known.
+    pub fn build_id_at(&self, address: u64) -> Option<&str> {
+        self.mappings
+            .iter()
+            .rev()
+            .find(|m| (m.start..m.end).contains(&address))?
+            .build_id
+            .as_deref()
     }
 
     /// Parses the text of `/proc/PID/maps`, keeping file-backed mappings.
@@ -71,6 +97,7 @@ impl AddressSpace {
                 end,
                 pgoff,
                 path: PathBuf::from(path),
+                build_id: None,
             });
         }
         space
@@ -113,6 +140,10 @@ impl ProcessTree {
 
     pub fn resolve(&self, pid: u32, address: u64) -> Option<(&PathBuf, u64)> {
         self.spaces.get(&pid)?.resolve(address)
+    }
+
+    pub fn build_id_at(&self, pid: u32, address: u64) -> Option<&str> {
+        self.spaces.get(&pid)?.build_id_at(address)
     }
 }
 
@@ -158,6 +189,7 @@ mod tests {
                 end: 0x55d0c0a01800,
                 pgoff: 0,
                 path: "/x".into(),
+                build_id: Some("abcd".into()),
             },
         );
         assert_eq!(
@@ -168,6 +200,8 @@ mod tests {
             tree.resolve(1, 0x55d0c0a01810).unwrap().0.to_str().unwrap(),
             "/usr/bin/prog"
         );
+        assert_eq!(tree.build_id_at(1, 0x55d0c0a01010), Some("abcd"));
+        assert_eq!(tree.build_id_at(1, 0x55d0c0a01810), None);
         tree.fork(1, 2);
         assert!(tree.resolve(2, 0x55d0c0a01010).is_some());
         tree.exec(2);

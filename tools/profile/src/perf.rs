@@ -69,6 +69,9 @@ impl EventSpec {
         attr.set_exclude_hv(1);
         attr.set_mmap(1);
         attr.set_mmap2(1);
+        // MMAP2 records carry the mapped file's build-id (Linux 5.12+), so a file
+        // replaced on disk during the run is noticed.
+        attr.set_build_id(1);
         attr.set_mmap_data(self.mmap_data as u64);
         attr.set_comm(1);
         attr.set_task(1);
@@ -113,6 +116,8 @@ pub enum Record {
         len: u64,
         pgoff: u64,
         path: String,
+        /// The GNU build-id of the mapped file, as the kernel read it at mmap time.
+        build_id: Option<String>,
         time: u64,
     },
     Fork {
@@ -322,6 +327,7 @@ pub fn parse_record(record: &[u8], sample_addr: bool) -> Record {
                 len: u64_at(body, 16),
                 pgoff: u64_at(body, 24),
                 path: String::from_utf8_lossy(&name[..end]).into_owned(),
+                build_id: mmap_build_id(body, misc),
                 time: trailer_time,
             }
         }
@@ -339,6 +345,17 @@ pub fn parse_record(record: &[u8], sample_addr: bool) -> Record {
         },
         _ => Record::Other,
     }
+}
+
+/// The build-id an MMAP2 record carries when `build_id` was requested: a size byte,
+/// three reserved bytes, then up to 20 bytes in place of the device and inode numbers.
+fn mmap_build_id(body: &[u8], misc: u32) -> Option<String> {
+    if misc & b::PERF_RECORD_MISC_MMAP_BUILD_ID == 0 {
+        return None;
+    }
+    let size = (*body.get(32)? as usize).min(20);
+    let id = body.get(36..36 + size)?;
+    (!id.is_empty()).then(|| id.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The CPUs that are online now (`/sys/devices/system/cpu/online`, e.g. `0-1,4`).
@@ -418,6 +435,7 @@ mod tests {
                 len: 0x2000,
                 pgoff: 0x1000,
                 path: "/lib/x.so".into(),
+                build_id: None,
                 time: 1234
             }
         );

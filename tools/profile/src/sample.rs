@@ -1,7 +1,8 @@
 //! The `sample` backend (software cpu-clock sampling) and the attribution of sampled
 //! instruction addresses to loads, shared with `pmu`.
 use crate::collect::{collect, Collection, Target};
-use crate::elf::ObjectCache;
+use crate::elf::{ObjectCache, ObjectImage};
+use crate::maps::ProcessTree;
 use crate::perf::EventSpec;
 use crate::schema::Profile;
 use crate::sites::{build_profile, SiteStats, Thresholds};
@@ -58,7 +59,12 @@ pub fn finish(
         );
     }
     let mut objects = ObjectCache::default();
-    let (counts, attributed) = attribute(&collection, skid, &mut objects);
+    let Attribution {
+        counts,
+        attributed,
+        replaced,
+    } = attribute(&collection, skid, &mut objects);
+    refuse_if_all_replaced(attributed, replaced)?;
     let profile = build_profile(
         backend,
         &counts,
@@ -73,38 +79,92 @@ pub fn finish(
         threads: collection.threads.len(),
         lost_records: collection.lost_records,
         wall: collection.wall,
-        notes: Vec::new(),
+        notes: replaced_note(replaced).into_iter().collect(),
     };
     Ok((profile, report))
 }
 
-/// Maps each sampled IP to (object, ELF address of the load); returns the per-load
-/// counts and how many samples found a load.
-pub fn attribute(
-    collection: &Collection,
-    skid: Skid,
-    objects: &mut ObjectCache,
-) -> (HashMap<(PathBuf, u64), SiteStats>, u64) {
-    let mut counts: HashMap<(PathBuf, u64), SiteStats> = HashMap::new();
-    let mut attributed = 0;
+/// Where a runtime instruction address lies.
+pub enum Located<'a> {
+    /// In this object, at this ELF virtual address.
+    Found(&'a mut ObjectImage, u64),
+    /// The file on disk has another build-id than the one that was mapped (rebuilt
+    /// during the run): attributing by its bytes would name the wrong instructions.
+    Replaced,
+    /// Anonymous memory, `[vdso]`, an unreadable or non-ELF file.
+    Unknown,
+}
+
+/// Resolves a process's runtime address to an object and ELF virtual address.
+pub fn locate<'a>(
+    processes: &ProcessTree,
+    objects: &'a mut ObjectCache,
+    pid: u32,
+    address: u64,
+) -> (Located<'a>, Option<PathBuf>) {
+    let Some((path, file_offset)) = processes.resolve(pid, address) else {
+        return (Located::Unknown, None);
+    };
+    let path = path.clone();
+    let mapped_id = processes.build_id_at(pid, address);
+    let Some(image) = objects.get(&path) else {
+        return (Located::Unknown, Some(path));
+    };
+    if mapped_id.is_some_and(|id| id != image.build_id) {
+        return (Located::Replaced, Some(path));
+    }
+    match image.vaddr_of_file_offset(file_offset) {
+        Some(vaddr) => (Located::Found(image, vaddr), Some(path)),
+        None => (Located::Unknown, Some(path)),
+    }
+}
+
+/// What attribution found.
+#[derive(Debug, Default)]
+pub struct Attribution {
+    pub counts: HashMap<(PathBuf, u64), SiteStats>,
+    /// Samples charged to a load.
+    pub attributed: u64,
+    /// Samples in files replaced on disk since they were mapped.
+    pub replaced: u64,
+}
+
+/// Maps each sampled IP to (object, ELF address of the load).
+pub fn attribute(collection: &Collection, skid: Skid, objects: &mut ObjectCache) -> Attribution {
+    let mut result = Attribution::default();
     for (&(pid, ip), &n) in &collection.samples {
-        let Some((path, file_offset)) = collection.processes.resolve(pid, ip) else {
-            continue;
-        };
-        let Some(image) = objects.get(path) else {
-            continue;
-        };
-        let Some(vaddr) = image.vaddr_of_file_offset(file_offset) else {
-            continue;
+        let (located, path) = locate(&collection.processes, objects, pid, ip);
+        let (image, vaddr) = match located {
+            Located::Found(image, vaddr) => (image, vaddr),
+            Located::Replaced => {
+                result.replaced += n;
+                continue;
+            }
+            Located::Unknown => continue,
         };
         let load = match skid {
             Skid::One => image.load_before(vaddr),
             Skid::Precise => Some(vaddr),
         };
-        if let Some(load) = load {
-            counts.entry((path.clone(), load)).or_default().events += n;
-            attributed += n;
+        if let (Some(load), Some(path)) = (load, path) {
+            result.counts.entry((path, load)).or_default().events += n;
+            result.attributed += n;
         }
     }
-    (counts, attributed)
+    result
+}
+
+/// A run whose events all fell in replaced files has nothing true to say.
+pub fn refuse_if_all_replaced(attributed: u64, replaced: u64) -> Result<()> {
+    if attributed == 0 && replaced > 0 {
+        bail!("the profiled files were rebuilt or replaced on disk during the run ({replaced} events): profile again");
+    }
+    Ok(())
+}
+
+/// The note for samples lost to replaced files, if any.
+pub fn replaced_note(replaced: u64) -> Option<String> {
+    (replaced > 0).then(|| {
+        format!("warning: {replaced} events fell in files rebuilt or replaced during the run; they were not attributed")
+    })
 }

@@ -279,3 +279,35 @@ fn duration_bounds_a_long_command() {
     };
     assert_eq!(profile.backend, expected);
 }
+
+#[test]
+fn a_binary_rebuilt_during_the_run_is_not_attributed() {
+    // The profile would name instructions of the new file at the old file's addresses:
+    // refuse instead (the kernel's, or our own early, record of the build-id differs).
+    let original = build("ptrchase", "ptrchase-rebuilt", &[]);
+    let program = scratch().join("ptrchase-rebuilt-copy");
+    std::fs::copy(&original, &program).unwrap();
+    let out = output("rebuilt.json");
+    let (o, p) = (
+        out.to_str().unwrap().to_owned(),
+        program.to_str().unwrap().to_owned(),
+    );
+    let profiler = std::thread::spawn(move || {
+        msh_profile(&["--backend", "sample", "-o", &o, "--", &p, "64", "10000000"])
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Replace the file (a new inode, as a linker does) with a different build.
+    let replacement = scratch().join("ptrchase-rebuilt-new");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ptrchase.c");
+    let status = std::process::Command::new("cc")
+        .args(["-O1", "-g", "-pthread", "-o"])
+        .arg(&replacement)
+        .arg(source)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::rename(&replacement, &program).unwrap();
+    let err = profiler.join().unwrap().expect_err("must refuse");
+    assert!(err.contains("rebuilt or replaced"), "{err}");
+    assert!(!out.exists());
+}

@@ -13,6 +13,7 @@ use crate::collect::{collect, Target};
 use crate::elf::ObjectCache;
 use crate::launch::{command_for, resolve_program};
 use crate::perf::EventSpec;
+use crate::sample::{locate, refuse_if_all_replaced, replaced_note, Located};
 use crate::schema::Profile;
 use crate::sites::{build_profile, SiteStats};
 use crate::{Options, RunReport, What};
@@ -121,15 +122,16 @@ pub fn run(what: &What, options: &Options) -> Result<(Profile, RunReport)> {
     let mut objects = ObjectCache::default();
     let mut counts: HashMap<(PathBuf, u64), SiteStats> = HashMap::new();
     let mut attributed = 0;
+    let mut replaced = 0;
     for (&ip, load) in &stats.loads {
-        let Some((path, file_offset)) = collection.processes.resolve(root, ip) else {
-            continue;
-        };
-        let Some(image) = objects.get(path) else {
-            continue;
-        };
-        let Some(vaddr) = image.vaddr_of_file_offset(file_offset) else {
-            continue;
+        let (located, path) = locate(&collection.processes, &mut objects, root, ip);
+        let (image, vaddr) = match located {
+            Located::Found(image, vaddr) => (image, vaddr),
+            Located::Replaced => {
+                replaced += load.llc_misses;
+                continue;
+            }
+            Located::Unknown => continue,
         };
         // Lackey also reports implicit stack reads (pop, ret) and indirect branches
         // through memory: their misses count in the total, but they are not sites a
@@ -137,11 +139,13 @@ pub fn run(what: &What, options: &Options) -> Result<(Profile, RunReport)> {
         if !image.is_load_at(vaddr) {
             continue;
         }
-        let site = counts.entry((path.clone(), vaddr)).or_default();
+        let Some(path) = path else { continue };
+        let site = counts.entry((path, vaddr)).or_default();
         site.events += load.llc_misses;
         *site.executions.get_or_insert(0) += load.executions;
         attributed += load.llc_misses;
     }
+    refuse_if_all_replaced(attributed, replaced)?;
     let profile = build_profile(
         "sim",
         &counts,
@@ -158,7 +162,7 @@ pub fn run(what: &What, options: &Options) -> Result<(Profile, RunReport)> {
         threads: 1,
         lost_records: collection.lost_records,
         wall: collection.wall,
-        notes: vec![
+        notes: replaced_note(replaced).into_iter().chain([
             format!(
                 "sim: {} instructions, {} data accesses ({} loads) through {}",
                 stats.instructions,
@@ -171,7 +175,8 @@ pub fn run(what: &What, options: &Options) -> Result<(Profile, RunReport)> {
                 stats.model_time.as_secs_f64(),
                 collection.wall.as_secs_f64()
             ),
-        ],
+        ])
+        .collect(),
     };
     Ok((profile, report))
 }
