@@ -100,6 +100,16 @@ pub fn probe(spec: &EventSpec) -> io::Result<()> {
     Ok(())
 }
 
+fn open_attr(attr: &mut b::perf_event_attr, pid: i32, cpu: i32) -> io::Result<OwnedFd> {
+    // SAFETY: attr is a valid, fully initialised perf_event_attr that outlives the call.
+    let fd = unsafe { sys::perf_event_open(attr, pid, cpu, -1, b::PERF_FLAG_FD_CLOEXEC as u64) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// One record from the ring buffer, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -167,15 +177,16 @@ impl RingEvent {
         let page = page_size();
         let ring_bytes = RING_PAGES * page;
         let mut attr = spec.attr(ring_bytes);
-        // SAFETY: attr is a valid, fully initialised perf_event_attr that outlives the call.
-        let fd = unsafe {
-            sys::perf_event_open(&mut attr, pid, cpu, -1, b::PERF_FLAG_FD_CLOEXEC as u64)
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
+        let mut fd = open_attr(&mut attr, pid, cpu);
+        if fd
+            .as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL))
+        {
+            // Kernels before 5.12 do not know the build_id bit: do without.
+            attr.set_build_id(0);
+            fd = open_attr(&mut attr, pid, cpu);
         }
-        // SAFETY: fd was just returned by the kernel and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = fd?;
         if let Some(output) = output {
             // SAFETY: both are valid perf fds; SET_OUTPUT takes the target fd by value.
             if unsafe { sys::ioctls::SET_OUTPUT(fd.as_raw_fd(), output.raw_fd()) } == -1 {
