@@ -249,8 +249,9 @@ fn attaches_to_a_running_process_and_shows_the_profile() {
 #[test]
 fn duration_bounds_a_long_command() {
     // Also: `auto` (the default) is `pmu` with a PMU, else `sample`.
-    // 100 M chase steps would take ~15 s; --duration stops profiling (and the command)
-    // after 1.5 s and still writes a profile.
+    // 300 M chase steps over 16 MiB (a set-up of ~0.1 s, so the chase fills the window
+    // even on a busy machine) take many seconds; --duration stops profiling (and the
+    // command) after 1.5 s and still writes a profile.
     let program = build("ptrchase", "ptrchase-duration", &[]);
     let out = output("duration.json");
     let started = std::time::Instant::now();
@@ -261,8 +262,8 @@ fn duration_bounds_a_long_command() {
         out.to_str().unwrap(),
         "--",
         program.to_str().unwrap(),
-        "64",
-        "100000000",
+        "16",
+        "300000000",
     ])
     .unwrap();
     assert!(
