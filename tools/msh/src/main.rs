@@ -2,11 +2,7 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "msh",
-    version,
-    about = "Harvest memory-stall cycles: run scavenger coroutines while a primary waits for memory"
-)]
+#[command(name = "msh", version, about = "Harvest memory-stall cycles: run scavenger coroutines while a primary waits for memory")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
