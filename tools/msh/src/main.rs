@@ -23,6 +23,8 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Find delinquent loads (pmu, sample or sim backend); `profile show` prints a profile.
+    Profile(msh_profile::cli::ProfileArgs),
     /// Run a program with scavengers: libmsh.so preloaded, every thread a primary.
     Run(run::RunArgs),
     /// Benchmarks, as ratios against a baseline measured in the same run.
@@ -100,6 +102,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo { runs } => demo::run(runs),
         Command::Run(args) => run::run(&args),
+        Command::Profile(args) => msh_profile::cli::run(args),
         Command::Bench { bench } => match bench {
             BenchCommand::Switch {
                 json,

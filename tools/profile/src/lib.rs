@@ -1,1 +1,129 @@
-//! msh profile (placeholder; see the issue tracker).
+//! msh profile: find a program's delinquent loads — the loads that stall on memory —
+//! and write them as a versioned JSON profile (see [`schema`]) for `msh rewrite`.
+//!
+//! Backends:
+//! - `pmu` ([`pmu`]): precise hardware load-miss sampling; needs a hardware PMU.
+//! - `sample` ([`sample`]): software cpu-clock sampling through perf_event_open;
+//!   each sample is charged to the load just before the sampled IP (skid of one).
+//! - `sim` ([`sim`]): valgrind's lackey traces every access; a set-associative
+//!   L1/L2/LLC model gives exact per-load miss counts and ratios.
+//! - `auto`: `pmu` when the machine has one, else `sample`.
+pub mod cli;
+pub mod collect;
+pub mod elf;
+pub mod launch;
+pub mod maps;
+pub mod perf;
+pub mod pmu;
+pub mod sample;
+pub mod schema;
+pub mod show;
+pub mod sim;
+pub mod sites;
+
+pub use elf::build_id;
+pub use schema::{Profile, ProfiledObject, Site};
+pub use sites::Thresholds;
+
+use anyhow::{bail, Result};
+use std::time::Duration;
+
+/// Which backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Auto,
+    Pmu,
+    Sample,
+    Sim,
+}
+
+/// What to profile: a command to start, or a running process.
+#[derive(Debug, Clone)]
+pub enum What {
+    Command(Vec<String>),
+    Pid(i32),
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub backend: Backend,
+    /// Stop profiling after this long (a started command is then sent SIGTERM).
+    pub duration: Option<Duration>,
+    /// cpu-clock samples per second (`sample`).
+    pub frequency_hz: u64,
+    pub thresholds: Thresholds,
+    /// Cache hierarchy for `sim`; `None` reads the host's from sysfs.
+    pub cache: Option<sim::cache::HierarchyConfig>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            backend: Backend::Auto,
+            duration: None,
+            frequency_hz: sample::DEFAULT_FREQUENCY_HZ,
+            thresholds: Thresholds::default(),
+            cache: None,
+        }
+    }
+}
+
+/// What happened during a run, for the one-paragraph summary `msh profile` prints.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    pub backend: String,
+    /// Samples, or simulated LLC misses.
+    pub events: u64,
+    /// Events charged to a load.
+    pub attributed: u64,
+    pub threads: usize,
+    pub lost_records: u64,
+    pub wall: Duration,
+    /// Backend-specific lines (e.g. the simulator's speed).
+    pub notes: Vec<String>,
+}
+
+fn target(what: &What) -> Result<collect::Target> {
+    Ok(match what {
+        What::Command(argv) => collect::Target::Command {
+            command: launch::command_for(argv)?,
+            display: argv[0].clone(),
+        },
+        What::Pid(pid) => collect::Target::Pid(*pid),
+    })
+}
+
+/// Profiles `what` with the chosen backend.
+pub fn profile(what: &What, options: &Options) -> Result<(Profile, RunReport)> {
+    if let What::Command(argv) = what {
+        if argv.is_empty() {
+            bail!("no command given (usage: msh profile -o P.json -- CMD ARGS…)");
+        }
+        launch::resolve_program(&argv[0])?;
+    }
+    match options.backend {
+        Backend::Pmu => pmu::run(target(what)?, options.duration, options.thresholds),
+        Backend::Sample => sample::run(
+            target(what)?,
+            options.frequency_hz,
+            options.duration,
+            options.thresholds,
+        ),
+        Backend::Sim => sim::run(what, options),
+        // pmu refuses before it starts anything (no PMU, or the kernel refuses the
+        // event), so falling through to sample runs the program once.
+        Backend::Auto => match pmu::run(target(what)?, options.duration, options.thresholds) {
+            Err(err) if err.downcast_ref::<pmu::NoPmu>().is_some() => {
+                let reason = &err.downcast_ref::<pmu::NoPmu>().expect("checked").0;
+                eprintln!("msh profile: no hardware PMU ({reason}): using the sample backend");
+                sample::run(
+                    target(what)?,
+                    options.frequency_hz,
+                    options.duration,
+                    options.thresholds,
+                )
+            }
+            other => other,
+        },
+    }
+}

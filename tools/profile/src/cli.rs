@@ -1,0 +1,173 @@
+//! The `msh profile` command line (clap), kept here so the `msh` binary only wires it in.
+use crate::sim::cache::HierarchyConfig;
+use crate::sites::{DEFAULT_MIN_MISS_RATIO, DEFAULT_MIN_SHARE};
+use crate::{profile, Backend, Options, Profile, RunReport, Thresholds, What};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Find delinquent loads: `msh profile [opts] -o P.json -- CMD ARGS…`,
+/// `msh profile --pid PID -o P.json`, `msh profile show P.json`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ProfileArgs {
+    #[command(subcommand)]
+    pub action: Option<ProfileAction>,
+    /// auto = pmu when the machine has a hardware PMU, else sample.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: Backend,
+    /// Where to write the profile (JSON, version 1).
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "PROFILE.json",
+        required = true
+    )]
+    pub output: Option<PathBuf>,
+    /// Profile a running process (and its threads) instead of starting a command.
+    #[arg(long, value_name = "PID", conflicts_with = "command")]
+    pub pid: Option<i32>,
+    /// Stop after S seconds (a command msh started is then sent SIGTERM).
+    #[arg(long, value_name = "S")]
+    pub duration: Option<f64>,
+    /// cpu-clock samples per second (sample backend).
+    #[arg(long, value_name = "HZ", default_value_t = crate::sample::DEFAULT_FREQUENCY_HZ)]
+    pub frequency: u64,
+    /// A load is delinquent with at least this share of the run's samples/misses.
+    #[arg(long, value_name = "F", default_value_t = DEFAULT_MIN_SHARE)]
+    pub min_share: f64,
+    /// …and, when executions are known (sim), at least this LLC miss ratio.
+    #[arg(long, value_name = "F", default_value_t = DEFAULT_MIN_MISS_RATIO)]
+    pub min_miss_ratio: f64,
+    /// Cache hierarchy for sim, e.g. `L1=48K:12,L2=2M:16,L3=32M:16` (default: this host's).
+    #[arg(long, value_name = "LEVELS")]
+    pub cache: Option<String>,
+    /// The command to profile, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ProfileAction {
+    /// Print a profile's top sites as a table.
+    Show {
+        profile: PathBuf,
+        /// Sites to show per object.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
+}
+
+/// Runs `msh profile …`.
+pub fn run(args: ProfileArgs) -> Result<()> {
+    if let Some(ProfileAction::Show { profile, top }) = &args.action {
+        print!("{}", crate::show::render(&Profile::load(profile)?, *top));
+        return Ok(());
+    }
+    let output = args.output.clone().context("missing -o PROFILE.json")?;
+    check_output_dir(&output)?;
+    let what = match (args.pid, args.command.is_empty()) {
+        (Some(pid), _) => What::Pid(pid),
+        (None, false) => What::Command(args.command.clone()),
+        (None, true) => bail!("nothing to profile: give `-- CMD ARGS…` or --pid PID"),
+    };
+    let options = options(&args)?;
+    let (profile, report) = profile(&what, &options)?;
+    profile.save(&output)?;
+    eprint!("{}", summary(&profile, &report, &output));
+    Ok(())
+}
+
+fn options(args: &ProfileArgs) -> Result<Options> {
+    for (name, value) in [
+        ("--min-share", args.min_share),
+        ("--min-miss-ratio", args.min_miss_ratio),
+    ] {
+        if !(0.0..=1.0).contains(&value) {
+            bail!("{name} must be between 0 and 1, not {value}");
+        }
+    }
+    let duration = match args.duration {
+        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+        Some(s) => bail!("--duration must be a positive number of seconds, not {s}"),
+        None => None,
+    };
+    let cache = args
+        .cache
+        .as_deref()
+        .map(HierarchyConfig::parse)
+        .transpose()
+        .context("bad --cache")?;
+    Ok(Options {
+        backend: args.backend,
+        duration,
+        frequency_hz: args.frequency,
+        thresholds: Thresholds {
+            min_share: args.min_share,
+            min_miss_ratio: args.min_miss_ratio,
+        },
+        cache,
+    })
+}
+
+/// Fails before the (possibly long) run if the profile could not be written.
+fn check_output_dir(output: &Path) -> Result<()> {
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if output.is_dir() {
+        bail!(
+            "cannot write profile {}: it is a directory",
+            output.display()
+        );
+    }
+    if !dir.is_dir() {
+        bail!(
+            "cannot write profile {}: directory {} does not exist",
+            output.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn summary(profile: &Profile, report: &RunReport, output: &Path) -> String {
+    let what = if report.backend == "sim" {
+        "simulated LLC load misses"
+    } else {
+        "samples"
+    };
+    let sites: usize = profile.objects.iter().map(|o| o.sites.len()).sum();
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    let mut text = format!(
+        "msh profile: {} backend, {:.2} s: {} {what} from {}, {:.1}% charged to loads; {} in {} -> {}\n",
+        report.backend,
+        report.wall.as_secs_f64(),
+        report.events,
+        plural(report.threads, "thread"),
+        100.0 * report.attributed as f64 / report.events.max(1) as f64,
+        plural(sites, "delinquent load"),
+        plural(profile.objects.len(), "object"),
+        output.display()
+    );
+    if let Some(top) = profile.objects.first().and_then(|o| o.sites.first()) {
+        text += &format!(
+            "msh profile: top site {} {} ({}), {:.1}% share\n",
+            top.offset,
+            top.symbol,
+            top.insn,
+            top.share * 100.0
+        );
+    }
+    if report.lost_records > 0 {
+        text += &format!(
+            "msh profile: warning: the kernel dropped {} records (ring buffer full)\n",
+            report.lost_records
+        );
+    }
+    for note in &report.notes {
+        text += &format!("msh profile: {note}\n");
+    }
+    text
+}

@@ -1,0 +1,340 @@
+//! A set-associative, LRU, write-allocate cache hierarchy (L1d, L2, LLC) fed one data
+//! access at a time. A miss at a level fills every level above it (mostly-inclusive),
+//! as on the Intel cores msh targets. The hardware prefetcher is modelled next to the
+//! per-load bookkeeping (an IP-stride prefetcher, see `trace.rs`), since it needs to
+//! know which instruction made each access.
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// Geometry of one level.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LevelConfig {
+    pub name: String,
+    pub size: u64,
+    pub ways: u64,
+    pub line: u64,
+}
+
+impl LevelConfig {
+    pub fn sets(&self) -> u64 {
+        self.size / (self.ways * self.line)
+    }
+}
+
+/// The whole hierarchy, nearest level first; the last level is the LLC.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HierarchyConfig {
+    pub levels: Vec<LevelConfig>,
+}
+
+impl HierarchyConfig {
+    /// Parses `L1=48K:12,L2=2M:16,L3=8M:16` (size with K/M/G suffix, then ways;
+    /// optional `:LINE`, default 64 bytes).
+    pub fn parse(text: &str) -> Result<HierarchyConfig> {
+        let mut levels = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, geometry) = part
+                .split_once('=')
+                .with_context(|| format!("cache level {part:?}: expected NAME=SIZE:WAYS"))?;
+            let mut fields = geometry.split(':');
+            let size = parse_size(fields.next().unwrap_or(""))
+                .with_context(|| format!("cache level {part:?}: bad size"))?;
+            let ways: u64 = fields
+                .next()
+                .with_context(|| format!("cache level {part:?}: missing :WAYS"))?
+                .parse()
+                .with_context(|| format!("cache level {part:?}: bad ways"))?;
+            let line = match fields.next() {
+                Some(l) => l
+                    .parse()
+                    .with_context(|| format!("cache level {part:?}: bad line size"))?,
+                None => 64,
+            };
+            levels.push(LevelConfig {
+                name: name.to_owned(),
+                size,
+                ways,
+                line,
+            });
+        }
+        let config = HierarchyConfig { levels };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads the data/unified caches of CPU 0 from sysfs
+    /// (`/sys/devices/system/cpu/cpu0/cache/index*`).
+    pub fn from_sysfs(root: &Path) -> Result<HierarchyConfig> {
+        let mut levels: Vec<(u64, LevelConfig)> = Vec::new();
+        let entries =
+            std::fs::read_dir(root).with_context(|| format!("cannot read {}", root.display()))?;
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            if !entry.file_name().to_string_lossy().starts_with("index") {
+                continue;
+            }
+            let read =
+                |name: &str| std::fs::read_to_string(dir.join(name)).map(|s| s.trim().to_owned());
+            let kind = read("type")?;
+            if kind == "Instruction" {
+                continue;
+            }
+            let level: u64 = read("level")?.parse()?;
+            let size = parse_size(&read("size")?)?;
+            let ways: u64 = read("ways_of_associativity")?.parse()?;
+            let line: u64 = read("coherency_line_size")?.parse()?;
+            levels.push((
+                level,
+                LevelConfig {
+                    name: format!("L{level}"),
+                    size,
+                    ways,
+                    line,
+                },
+            ));
+        }
+        levels.sort_by_key(|(level, _)| *level);
+        let config = HierarchyConfig {
+            levels: levels.into_iter().map(|(_, l)| l).collect(),
+        };
+        config
+            .validate()
+            .with_context(|| format!("cache description in {}", root.display()))?;
+        Ok(config)
+    }
+
+    pub fn host() -> Result<HierarchyConfig> {
+        HierarchyConfig::from_sysfs(Path::new("/sys/devices/system/cpu/cpu0/cache"))
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.levels.is_empty() {
+            bail!("no cache levels");
+        }
+        for level in &self.levels {
+            if level.ways == 0
+                || !level.line.is_power_of_two()
+                || level.sets() == 0
+                || level.size % (level.ways * level.line) != 0
+            {
+                bail!("cache level {}: {} bytes is not a whole number of {}-way sets of {}-byte lines", level.name, level.size, level.ways, level.line);
+            }
+        }
+        if self.levels.windows(2).any(|w| w[0].line != w[1].line) {
+            bail!("all cache levels must have the same line size");
+        }
+        Ok(())
+    }
+
+    pub fn describe(&self) -> String {
+        self.levels
+            .iter()
+            .map(|l| format!("{}={}:{}", l.name, format_size(l.size), l.ways))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn parse_size(text: &str) -> Result<u64> {
+    let text = text.trim();
+    let (digits, multiplier) = match text.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&text[..i], 1 << 10),
+        Some((i, 'M' | 'm')) => (&text[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&text[..i], 1 << 30),
+        _ => (text, 1),
+    };
+    let value: u64 = digits
+        .parse()
+        .with_context(|| format!("bad size {text:?}"))?;
+    value
+        .checked_mul(multiplier)
+        .filter(|&v| v > 0)
+        .with_context(|| format!("bad size {text:?}"))
+}
+
+fn format_size(bytes: u64) -> String {
+    match bytes {
+        b if b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b if b % (1 << 10) == 0 => format!("{}K", b >> 10),
+        b => b.to_string(),
+    }
+}
+
+struct Level {
+    sets: u64,
+    /// `sets - 1` when `sets` is a power of two (a mask instead of a division).
+    set_mask: Option<u64>,
+    ways: usize,
+    /// Line number + 1 per way (0 = empty), `ways` entries per set, most recently used
+    /// first. One array, no timestamps: a 16-way set of the LLC is two host cache lines,
+    /// which matters because the model of a large LLC misses the host's caches itself.
+    tags: Vec<u64>,
+}
+
+impl Level {
+    fn new(config: &LevelConfig) -> Level {
+        let sets = config.sets();
+        let mut tags = vec![0u64; (sets * config.ways) as usize];
+        // Fault the (lazily zeroed) pages in now, so a large LLC's first touches are
+        // not charged to the simulation. Volatile: the compiler knows they hold zero.
+        for tag in tags.iter_mut().step_by(512) {
+            // SAFETY: `tag` is a valid, exclusive reference into the vector.
+            unsafe { std::ptr::write_volatile(tag, 0) };
+        }
+        Level {
+            sets,
+            set_mask: sets.is_power_of_two().then_some(sets - 1),
+            ways: config.ways as usize,
+            tags,
+        }
+    }
+
+    /// Looks `line` up; on a miss installs it, evicting the least recently used way.
+    /// Returns hit.
+    #[inline]
+    fn access(&mut self, line: u64) -> bool {
+        let set = match self.set_mask {
+            Some(mask) => line & mask,
+            None => line % self.sets,
+        };
+        let base = set as usize * self.ways;
+        let tags = &mut self.tags[base..base + self.ways];
+        let tag = line + 1;
+        if tags[0] == tag {
+            return true;
+        }
+        let (hit, position) = match tags.iter().position(|&t| t == tag) {
+            Some(way) => (true, way),
+            None => (false, tags.len() - 1),
+        };
+        // Move to the front: ways 0..position shift down by one.
+        tags.copy_within(0..position, 1);
+        tags[0] = tag;
+        hit
+    }
+}
+
+/// The simulated hierarchy.
+pub struct Hierarchy {
+    levels: Vec<Level>,
+    line_shift: u32,
+}
+
+impl Hierarchy {
+    pub fn new(config: &HierarchyConfig) -> Hierarchy {
+        Hierarchy {
+            levels: config.levels.iter().map(Level::new).collect(),
+            line_shift: config.levels[0].line.trailing_zeros(),
+        }
+    }
+
+    /// Number of levels; [`Hierarchy::access`] returns this for a miss in all of them.
+    pub fn memory_level(&self) -> usize {
+        self.levels.len()
+    }
+
+    /// Simulates one access of `size` bytes at `address`; returns the index of the
+    /// level that served it (the slowest, if it spans lines), `memory_level()` for memory.
+    #[inline]
+    pub fn access(&mut self, address: u64, size: u64) -> usize {
+        let first = address >> self.line_shift;
+        let last = (address + size.max(1) - 1) >> self.line_shift;
+        let mut served = 0;
+        for line in first..=last {
+            served = served.max(self.access_line(line));
+        }
+        served
+    }
+
+    #[inline]
+    fn access_line(&mut self, line: u64) -> usize {
+        for (index, level) in self.levels.iter_mut().enumerate() {
+            if level.access(line) {
+                return index;
+            }
+        }
+        self.levels.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> HierarchyConfig {
+        HierarchyConfig::parse("L1=1K:2,L2=4K:4,L3=16K:4").unwrap()
+    }
+
+    #[test]
+    fn parses_configs() {
+        let config = tiny();
+        assert_eq!(config.levels.len(), 3);
+        assert_eq!(
+            config.levels[2],
+            LevelConfig {
+                name: "L3".into(),
+                size: 16384,
+                ways: 4,
+                line: 64
+            }
+        );
+        assert_eq!(config.describe(), "L1=1K:2,L2=4K:4,L3=16K:4");
+        for bad in [
+            "",
+            "L1",
+            "L1=1K",
+            "L1=xK:2",
+            "L1=1K:0",
+            "L1=1000:3",
+            "L1=1K:2:48",
+        ] {
+            assert!(HierarchyConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reads_the_host_description() {
+        if Path::new("/sys/devices/system/cpu/cpu0/cache/index0").exists() {
+            let host = HierarchyConfig::host().unwrap();
+            assert!(host.levels.len() >= 2, "{host:?}");
+            assert!(host.levels.windows(2).all(|w| w[0].size <= w[1].size));
+        }
+    }
+
+    #[test]
+    fn hits_misses_and_lru() {
+        let mut cache = Hierarchy::new(&tiny());
+        assert_eq!(cache.access(0x1000, 8), 3); // cold: from memory
+        assert_eq!(cache.access(0x1008, 8), 0); // same line: L1
+        assert_eq!(cache.access(0x103c, 8), 3); // spans into the next, cold line
+                                                // L1 has 8 sets of 2 ways: three lines in one set evict the least recently used.
+        let set_stride = 8 * 64;
+        cache.access(0, 8);
+        cache.access(set_stride, 8);
+        cache.access(0, 8); // 0 is now most recent
+        cache.access(2 * set_stride, 8); // evicts set_stride from L1
+        assert_eq!(cache.access(0, 8), 0);
+        assert_eq!(cache.access(set_stride, 8), 1, "still in L2");
+    }
+
+    #[test]
+    fn working_sets_land_where_they_fit() {
+        let mut cache = Hierarchy::new(&tiny());
+        let level_for = |cache: &mut Hierarchy, bytes: u64| {
+            for _ in 0..3 {
+                for a in (0..bytes).step_by(64) {
+                    cache.access(a, 8);
+                }
+            }
+            (0..bytes)
+                .step_by(64)
+                .map(|a| cache.access(a, 8))
+                .max()
+                .unwrap()
+        };
+        assert_eq!(level_for(&mut cache, 512), 0);
+        assert_eq!(level_for(&mut cache, 2048), 1);
+        assert_eq!(level_for(&mut cache, 8192), 2);
+        assert_eq!(level_for(&mut cache, 65536), 3);
+    }
+}
