@@ -520,7 +520,7 @@ mod tests {
         let out = apply_edits(
             src,
             vec![
-                insert(24, ", &p"),
+                insert(23, ", &p"),
                 Edit {
                     range: 0..9,
                     replacement: "bpf_policy_spin_lock".into(),
