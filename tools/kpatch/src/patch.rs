@@ -56,6 +56,8 @@ pub struct PatchedFile {
     pub new: String,
     /// Original text of the definitions copied into this file.
     pub copied: Vec<String>,
+    /// Names the patch defines or declares in this file.
+    pub defines: Vec<String>,
 }
 
 pub struct GeneratedPatch {
@@ -106,6 +108,15 @@ fn return_type(src: &str, def: &Definition) -> String {
         .replace(" *", "*")
         .replace('*', " *")
         .replace("* ", "*")
+}
+
+/// `int ` or `struct x *`: ready to be followed by a name.
+fn spaced_type(ty: String) -> String {
+    if ty.ends_with('*') {
+        ty
+    } else {
+        ty + " "
+    }
 }
 
 fn with_policy_param(params_text: &str, kind: DefKind) -> String {
@@ -190,11 +201,12 @@ fn terminal_wrapper(plan: &Plan, def: &Definition, event: &str) -> String {
         DefKind::Function => {
             let ret = return_type(src, def);
             let ret_kw = if ret == "void" { "" } else { "return " };
+            let ret = spaced_type(ret);
             let params = with_policy_param(&src[def.params_range.clone()], def.kind);
             let storage = if def.in_header() || !def.is_static { "static __always_inline" } else { "static inline" };
             format!(
                 "/* The policy hook, then the stock {name}() ({path}). */\n\
-                 {storage} {ret} {p}{name}{params}\n{{\n\tbpf_lock_policy_{event}(policy, {lock});\n\t{ret_kw}{name}({args});\n}}",
+                 {storage} {ret}{p}{name}{params}\n{{\n\tbpf_lock_policy_{event}(policy, {lock});\n\t{ret_kw}{name}({args});\n}}",
                 name = def.name,
                 path = def.path,
             )
@@ -211,8 +223,8 @@ fn terminal_wrapper(plan: &Plan, def: &Definition, event: &str) -> String {
 fn prototype(plan: &Plan, def: &Definition) -> String {
     let src = plan.index.source(def);
     format!(
-        "extern {} {}{}{};",
-        return_type(src, def),
+        "extern {}{}{}{};",
+        spaced_type(return_type(src, def)),
         plan.prefix,
         def.name,
         with_policy_param(&src[def.params_range.clone()], def.kind)
@@ -322,20 +334,30 @@ static __always_inline void bpf_lock_policy_release(struct bpf_lock_policy *poli
 #endif /* BPF_LOCK_POLICY_DEFINED */
 ";
 
-/// The offset after the last `#include` line before `before` (0 if none).
+/// Where the new `#include` goes: after the last `#include` before `before`
+/// among those at the shallowest `#if` depth (an include guard is one
+/// level; `#include "rwbase_rt.c"` inside `#ifdef CONFIG_PREEMPT_RT` is
+/// deeper). 0 if the file has none.
 fn include_point(src: &str, before: usize) -> usize {
-    let mut point = 0;
-    let mut offset = 0;
-    for line in src.split_inclusive('\n') {
-        if offset >= before {
+    let mut depth = 0usize;
+    let mut best: Option<(usize, usize)> = None; // (depth, offset after the line)
+    for line in crate::cparse::logical_lines(src) {
+        if line.range.start >= before {
             break;
         }
-        if line.trim_start().starts_with("#include") {
-            point = offset + line.len();
+        let text = line.text.trim_start();
+        let Some(directive) = text.strip_prefix('#').map(str::trim_start) else {
+            continue;
+        };
+        if directive.starts_with("if") {
+            depth += 1;
+        } else if directive.starts_with("endif") {
+            depth = depth.saturating_sub(1);
+        } else if directive.starts_with("include") && best.is_none_or(|(d, _)| depth <= d) {
+            best = Some((depth, line.range.end));
         }
-        offset += line.len();
     }
-    point
+    best.map_or(0, |(_, offset)| offset)
 }
 
 pub fn generate(
@@ -350,6 +372,8 @@ pub fn generate(
     let mut seen = HashSet::new();
     let mut header_copies = Vec::new();
     let mut header_copied = Vec::new();
+    let mut header_defines = Vec::new();
+    let mut appendix_defines: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut prototypes = Vec::new();
     let mut appendix: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut appendix_copied: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -360,7 +384,8 @@ pub fn generate(
             if !seen.insert(step.def.name.clone()) {
                 continue;
             }
-            new_names.push(format!("{p}{}", step.def.name));
+            let new_name = format!("{p}{}", step.def.name);
+            new_names.push(new_name.clone());
             let def = &step.def;
             let original = plan.index.source(def)[def.start..def.end].to_owned();
             match &step.next {
@@ -368,13 +393,19 @@ pub fn generate(
                     let wrapper = terminal_wrapper(plan, def, event);
                     if def.in_header() || !def.is_static {
                         header_copies.push(wrapper);
+                        header_defines.push(new_name);
                     } else {
                         appendix.entry(def.path.clone()).or_default().push(wrapper);
+                        appendix_defines
+                            .entry(def.path.clone())
+                            .or_default()
+                            .push(new_name);
                     }
                 }
                 Some(next) if def.in_header() => {
                     header_copies.push(copy_of(plan, def, next));
                     header_copied.push(original);
+                    header_defines.push(new_name);
                 }
                 Some(next) => {
                     appendix
@@ -460,11 +491,13 @@ pub fn generate(
         }
         let new = apply_edits(&old, file_edits);
         let copied = appendix_copied.remove(&path).unwrap_or_default();
+        let defines = appendix_defines.remove(&path).unwrap_or_default();
         files.push(PatchedFile {
             path,
             old: Some(old),
             new,
             copied,
+            defines,
         });
     }
     let header_file = header_text(plan, &prototypes, &header_copies);
@@ -475,6 +508,7 @@ pub fn generate(
             old: None,
             new: header_file,
             copied: header_copied,
+            defines: header_defines,
         },
     );
     for api in plan.sites.iter().map(|s| &s.api) {

@@ -58,6 +58,13 @@ pub struct Report {
     pub timings: Vec<(&'static str, Duration)>,
 }
 
+impl Report {
+    /// The header the patch creates.
+    pub fn header_path(&self) -> String {
+        patch::header_path(self.family)
+    }
+}
+
 fn is_identifier(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -253,7 +260,7 @@ pub fn run(options: &Options) -> Result<Report, Error> {
     };
     let generated = patch::generate(&plan, |path| tree.read(path))?;
     check_names_unused(&tree, &generated, options.threads)?;
-    check_still_parses(&generated, plan.prefix)?;
+    check_still_parses(&generated)?;
     lap("generate", &mut timings);
 
     let cocci_text = cocci::semantic_patch(family, &apis, "bpf_policy_");
@@ -342,8 +349,8 @@ fn check_names_unused(
 /// Every file the patch changes parses with no parse error the original
 /// file, or the kernel code the patch copies into it, did not already have
 /// (tree-sitter cannot read some attribute macros, so copying such code
-/// copies the error). The new header must define every name the patch uses.
-fn check_still_parses(generated: &GeneratedPatch, prefix: &str) -> Result<(), Error> {
+/// copies the error). Each copy must parse as a definition of its new name.
+fn check_still_parses(generated: &GeneratedPatch) -> Result<(), Error> {
     let mut parser = cparse::parser();
     let mut errors = |text: &str| cparse::error_count(&cparse::parse(&mut parser, text));
     for file in &generated.files {
@@ -359,24 +366,14 @@ fn check_still_parses(generated: &GeneratedPatch, prefix: &str) -> Result<(), Er
             ));
         }
     }
-    let header = generated
-        .files
-        .iter()
-        .find(|f| f.path == generated.header_path)
-        .expect("the patch creates its header");
-    let defined = cparse::defined_names(&mut parser, &header.new);
-    if let Some(missing) = generated
-        .new_names
-        .iter()
-        .find(|n| n.starts_with(prefix) && !defined.contains(*n))
-    {
-        return Err(Error::BreaksParse(
-            format!(
-                "{}: `{missing}` does not parse as a definition",
-                header.path
-            ),
-            1,
-        ));
+    for file in &generated.files {
+        let defined = cparse::defined_names(&mut parser, &file.new);
+        if let Some(missing) = file.defines.iter().find(|n| !defined.contains(*n)) {
+            return Err(Error::BreaksParse(
+                format!("{}: `{missing}` does not parse as a definition", file.path),
+                1,
+            ));
+        }
     }
     Ok(())
 }
