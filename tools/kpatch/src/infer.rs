@@ -85,6 +85,21 @@ fn scan_body(body: Node, src: &str, into: &mut Body) {
     });
 }
 
+/// Whether the name at `start..end` looks like the name of a definition or
+/// declaration: `(` follows, and the line before it holds only a type and
+/// specifiers, or `#define`.
+fn looks_like_definition(src: &str, start: usize, end: usize) -> bool {
+    let bytes = src.as_bytes();
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    if bytes.get(end) != Some(&b'(') || (start > 0 && is_ident(bytes[start - 1])) {
+        return false;
+    }
+    let line_start = src[..start].rfind('\n').map_or(0, |i| i + 1);
+    let before = &src[line_start..start];
+    !before.contains(['=', '(', ';', ',', '&', '!', '.', '-', '?', ':', '"', '}'])
+        && !before.contains("return")
+}
+
 /// Bodies of the functions and function-like macros named in `names`.
 fn find_bodies(
     tree: &KernelTree,
@@ -97,6 +112,13 @@ fn find_bodies(
     let matcher = AhoCorasick::new(names).expect("names are plain strings");
     let per_file = tree.scan_any(&tree.files, &matcher, threads, |parser, file| {
         let src = file.text.as_str();
+        // Parsing is the slow part: only files where a name looks defined.
+        if !matcher
+            .find_iter(src)
+            .any(|m| looks_like_definition(src, m.start(), m.end()))
+        {
+            return None;
+        }
         let parsed = cparse::parse(parser, src);
         let mut found: Vec<(String, Body)> = Vec::new();
         walk(parsed.root_node(), |node| match node.kind() {
@@ -230,6 +252,32 @@ pub fn fields_from_profile(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn definition_lines_are_told_from_calls() {
+        let looks = |src: &str, name: &str| {
+            let start = src.find(name).unwrap();
+            looks_like_definition(src, start, start + name.len())
+        };
+        assert!(looks(
+            "static inline void mmap_write_lock(struct mm_struct *mm)",
+            "mmap_write_lock"
+        ));
+        assert!(looks(
+            "int __sched\ndown_write_killable(struct rw_semaphore *sem)",
+            "down_write_killable"
+        ));
+        assert!(looks("#define raw_spin_lock(lock) x", "raw_spin_lock"));
+        assert!(!looks(
+            "\tif (mmap_write_lock_killable(mm))",
+            "mmap_write_lock_killable"
+        ));
+        assert!(!looks(
+            "\tret = down_write_killable(&mm->mmap_lock);",
+            "down_write_killable"
+        ));
+        assert!(!looks("int x = my_spin_lock(a);", "spin_lock"));
+    }
 
     #[test]
     fn body_scan_finds_field_locks_and_wrappers() {
