@@ -269,6 +269,7 @@ pub fn run(options: &Options) -> Result<Report, Error> {
             &tree,
             &cocci_text,
             family,
+            &apis,
             &field,
             &policy_var,
             &taken,

@@ -47,6 +47,10 @@ impl KernelTree {
         if !makefile.lines().any(|l| l.starts_with("VERSION =")) {
             return Err(not_kernel("Makefile has no VERSION line"));
         }
+        // Canonical: spatch mistakes `/a/b/../c/x.c` for several files.
+        let root = &root
+            .canonicalize()
+            .map_err(|e| not_kernel(&e.to_string()))?;
         let mut files = Vec::new();
         collect_sources(root, root, &mut files)
             .map_err(|e| Error::Io(root.display().to_string(), e))?;
