@@ -263,13 +263,20 @@ pub fn run(options: &Options) -> Result<Report, Error> {
     check_still_parses(&generated)?;
     lap("generate", &mut timings);
 
-    let cocci_text = cocci::semantic_patch(family, &apis, "bpf_policy_");
+    // The semantic patch covers the whole family, so one file serves every field.
+    let family_apis: Vec<&str> = family
+        .acquire
+        .iter()
+        .chain(family.release)
+        .copied()
+        .collect();
+    let cocci_text = cocci::semantic_patch(family, &family_apis, "bpf_policy_");
     let spatch = if options.check_spatch {
         let check = cocci::check_with_spatch(
             &tree,
             &cocci_text,
             family,
-            &apis,
+            &family_apis,
             &field,
             &policy_var,
             &taken,

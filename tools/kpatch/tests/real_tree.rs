@@ -352,3 +352,44 @@ fn patch_applies_to_the_real_tree_in_place_dry_run() {
         );
     }
 }
+
+#[test]
+fn committed_examples_are_what_the_tool_generates() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernel-patches");
+    let bless = std::env::var_os("MSH_BLESS").is_some();
+    let mut expected = vec![
+        (
+            "files_struct-file_lock.patch".to_owned(),
+            file_lock().patch.clone(),
+        ),
+        (
+            "mm_struct-mmap_lock.patch".to_owned(),
+            mmap_lock().patch.clone(),
+        ),
+    ];
+    for generated in [file_lock(), mmap_lock()] {
+        let family = generated.report.family;
+        let apis: Vec<&str> = family
+            .acquire
+            .iter()
+            .chain(family.release)
+            .copied()
+            .collect();
+        let cocci = msh_kpatch::cocci::semantic_patch(family, &apis, "bpf_policy_");
+        expected.push((
+            format!("cocci/{}", msh_kpatch::cocci::file_name(family)),
+            cocci,
+        ));
+    }
+    for (name, text) in expected {
+        let path = examples.join(&name);
+        if bless {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == text,
+            "kernel-patches/{name} is stale: MSH_BLESS=1 cargo test --release -p msh-kpatch --test real_tree"
+        );
+    }
+}

@@ -44,6 +44,9 @@ struct KpatchArgs {
     /// Run spatch with the semantic patch and compare with the generated patch.
     #[arg(long)]
     check_spatch: bool,
+    /// Worker threads for the tree scans (default: the machine's cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 fn kpatch(args: KpatchArgs) -> anyhow::Result<()> {
@@ -66,7 +69,9 @@ fn kpatch(args: KpatchArgs) -> anyhow::Result<()> {
         output: args.output,
         emit_cocci: args.emit_cocci,
         check_spatch: args.check_spatch,
-        threads: msh_kpatch::tree::default_threads(),
+        threads: args
+            .threads
+            .unwrap_or_else(msh_kpatch::tree::default_threads),
     };
     let report = msh_kpatch::run(&options)?;
     println!("{report}");
