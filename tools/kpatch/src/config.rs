@@ -2,10 +2,13 @@
 //! (UP, PREEMPT_RT, lock debugging, lock statistics, inlined or not) and the
 //! call chain must follow the one a real build uses.
 //!
-//! The chain is resolved for one configuration, [`BuildConfig::x86_64_smp`]:
-//! x86-64, SMP, queued spinlocks and rwlocks, optimistic spinning, no
-//! PREEMPT_RT, no lock debugging or statistics, out-of-line lock functions,
-//! and no paravirt spinlocks (so the chain ends at the native slowpath).
+//! The chain is resolved for one configuration, [`BuildConfig::x86_64_smp`],
+//! the lock options of x86_64_defconfig and Debian's amd64 config: x86-64,
+//! SMP, preemption, queued spinlocks and rwlocks, optimistic spinning, no
+//! PREEMPT_RT, no lock debugging or statistics, out-of-line lock functions
+//! (`CONFIG_UNINLINE_SPIN_UNLOCK` too), and no paravirt spinlocks (Debian
+//! enables them; the chain then ends at the native slowpath instead of the
+//! paravirt one, which the wrapper still reaches through the stock call).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -39,6 +42,8 @@ impl BuildConfig {
             "CONFIG_SMP",
             "CONFIG_MMU",
             "CONFIG_PREEMPT_COUNT",
+            "CONFIG_PREEMPTION",
+            "CONFIG_UNINLINE_SPIN_UNLOCK",
             "CONFIG_QUEUED_SPINLOCKS",
             "CONFIG_ARCH_USE_QUEUED_SPINLOCKS",
             "CONFIG_QUEUED_RWLOCKS",

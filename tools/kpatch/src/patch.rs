@@ -265,16 +265,8 @@ fn header_text(plan: &Plan, prototypes: &[String], copies: &[String]) -> String 
     writeln!(out, " *").unwrap();
     out.push_str(&chains);
     writeln!(out, " *").unwrap();
-    writeln!(
-        out,
-        " * Chains resolved for x86-64 SMP, !PREEMPT_RT, no lock debugging or lock"
-    )
-    .unwrap();
-    writeln!(
-        out,
-        " * statistics, out-of-line lock functions, no paravirt spinlocks."
-    )
-    .unwrap();
+    out.push_str(" * Chains resolved for x86_64_defconfig's lock options: SMP, no PREEMPT_RT,\n");
+    out.push_str(" * no lock debugging or statistics, out-of-line lock functions.\n");
     writeln!(out, " */").unwrap();
     writeln!(
         out,
