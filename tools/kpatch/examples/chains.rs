@@ -1,4 +1,6 @@
-//! Prints the lock API call chains of a kernel tree: `cargo run --example chains -- TREE API...`.
+//! Debugging aid: prints lock API call chains (`API`), a lock definition
+//! (`def:NAME`) or whether a line is in a live `#if` branch (`live:PATH:LINE`):
+//! `cargo run --release -p msh-kpatch --example chains -- TREE spin_lock def:LOCK_CONTENDED`.
 fn main() {
     let mut args = std::env::args().skip(1);
     let root = args.next().expect("usage: chains TREE API...");
@@ -34,5 +36,3 @@ fn main() {
         }
     }
 }
-#[allow(dead_code)]
-fn unused() {}

@@ -45,6 +45,9 @@ pub struct FieldCandidate {
     pub callers: Vec<String>,
 }
 
+/// (family key, structure, field) -> (samples, callers).
+type Votes = BTreeMap<(&'static str, Option<String>, String), (f64, Vec<String>)>;
+
 #[derive(Debug, Default)]
 pub struct Inference {
     /// Most samples first.
@@ -181,8 +184,7 @@ pub fn fields_from_profile(
     let wrappers = find_bodies(tree, &wrapper_names, threads)?;
 
     let mut inference = Inference::default();
-    let mut votes: BTreeMap<(&'static str, Option<String>, String), (f64, Vec<String>)> =
-        BTreeMap::new();
+    let mut votes = Votes::new();
     for caller in callers {
         let Some(body) = bodies.get(&caller.function) else {
             inference.notes.push(format!(

@@ -5,9 +5,9 @@
 //!
 //! ```text
 //! hammer  7251   436.1: 250000 cpu-clock:
-//! 	ffffffff8110a2b5 native_queued_spin_lock_slowpath+0x1e5 ([kernel.kallsyms])
-//! 	ffffffff81c3b9f9 _raw_spin_lock+0x29 ([kernel.kallsyms])
-//! 	ffffffff8136bc1e alloc_fd+0x3e ([kernel.kallsyms])
+//!     ffffffff8110a2b5 native_queued_spin_lock_slowpath+0x1e5 ([kernel.kallsyms])
+//!     ffffffff81c3b9f9 _raw_spin_lock+0x29 ([kernel.kallsyms])
+//!     ffffffff8136bc1e alloc_fd+0x3e ([kernel.kallsyms])
 //! ```
 //!
 //! The first frame (from the leaf) that enters a lock API (`_raw_spin_lock`,

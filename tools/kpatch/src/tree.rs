@@ -99,8 +99,7 @@ impl KernelTree {
         threads: usize,
         visit: impl Fn(&mut tree_sitter::Parser, SourceFile) -> Option<T> + Sync,
     ) -> Result<Vec<T>, Error> {
-        let finders: Vec<memmem::Finder> =
-            required.iter().map(|r| memmem::Finder::new(r)).collect();
+        let finders: Vec<memmem::Finder> = required.iter().map(memmem::Finder::new).collect();
         self.scan_filtered(
             paths,
             |bytes| finders.iter().all(|f| f.find(bytes).is_some()),
