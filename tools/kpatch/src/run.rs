@@ -448,11 +448,19 @@ impl fmt::Display for Report {
                 self.field
             )?;
         }
-        for site in &self.unresolved {
+        const SHOWN: usize = 10;
+        for site in self.unresolved.iter().take(SHOWN) {
             writeln!(
                 f,
                 "  warning: {}:{}: structure of `{}` unknown, left alone",
                 site.path, site.line, site.call_text
+            )?;
+        }
+        if self.unresolved.len() > SHOWN {
+            let more = self.unresolved.len() - SHOWN;
+            writeln!(
+                f,
+                "  warning: ... and {more} more sites whose structure is unknown, left alone"
             )?;
         }
         for chain in &self.chains {
