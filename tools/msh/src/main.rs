@@ -4,6 +4,8 @@ use clap::{Parser, Subcommand};
 
 use msh_cli::{bench, demo, examples, run};
 
+mod kpatch;
+
 #[derive(Parser)]
 #[command(
     name = "msh",
@@ -25,6 +27,8 @@ enum Command {
     },
     /// Find delinquent loads (pmu, sample or sim backend); `profile show` prints a profile.
     Profile(msh_profile::cli::ProfileArgs),
+    /// Kernel lock patch: move one lock (a structure field) to a policy-aware implementation.
+    Kpatch(kpatch::KpatchArgs),
     /// Run a program with scavengers: libmsh.so preloaded, every thread a primary.
     Run(run::RunArgs),
     /// Benchmarks, as ratios against a baseline measured in the same run.
@@ -103,6 +107,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo { runs } => demo::run(runs),
         Command::Run(args) => run::run(&args),
         Command::Profile(args) => msh_profile::cli::run(args),
+        Command::Kpatch(args) => {
+            kpatch::main(args);
+            Ok(())
+        }
         Command::Bench { bench } => match bench {
             BenchCommand::Switch {
                 json,

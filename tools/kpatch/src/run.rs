@@ -1,0 +1,491 @@
+//! One `msh kpatch` run: select the lock, index the tree, generate, check,
+//! and only then write the outputs.
+
+use crate::chain::{Chain, LockIndex};
+use crate::family::LockFamily;
+use crate::infer::{self, Inference};
+use crate::patch::{self, GeneratedPatch, Plan};
+use crate::sites::{self, FieldDecl, FileFindings, Site};
+use crate::tree::KernelTree;
+use crate::{cocci, cparse, perf_script, Error};
+use aho_corasick::AhoCorasick;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Which lock to patch.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    /// The hottest field in a `perf script` profile; `lock` restricts the family.
+    Profile {
+        script: PathBuf,
+        lock: Option<String>,
+        field: Option<String>,
+    },
+    /// A lock API and a field: `file_lock` or `files_struct.file_lock`.
+    Lock { api: String, field: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub kernel: PathBuf,
+    pub selection: Selection,
+    pub policy_var: Option<String>,
+    pub output: PathBuf,
+    pub emit_cocci: Option<PathBuf>,
+    pub check_spatch: bool,
+    pub threads: usize,
+}
+
+pub struct Report {
+    pub kernel_version: String,
+    pub family: &'static LockFamily,
+    pub structure: String,
+    pub field: String,
+    pub policy_var: String,
+    pub sites: Vec<Site>,
+    /// Sites of a same-named field of another structure.
+    pub other_structures: Vec<Site>,
+    /// Sites whose structure the file does not say, left alone.
+    pub unresolved: Vec<Site>,
+    pub chains: Vec<Chain>,
+    pub patched_files: Vec<String>,
+    pub files_in_tree: usize,
+    pub inference: Option<Inference>,
+    pub cocci_files: Vec<PathBuf>,
+    pub spatch: Option<cocci::SpatchCheck>,
+    pub timings: Vec<(&'static str, Duration)>,
+}
+
+impl Report {
+    /// The header the patch creates.
+    pub fn header_path(&self) -> String {
+        patch::header_path(self.family)
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+pub fn run(options: &Options) -> Result<Report, Error> {
+    let started = Instant::now();
+    let mut timings = Vec::new();
+    let mut lap = {
+        let mut last = Instant::now();
+        move |what: &'static str, timings: &mut Vec<(&'static str, Duration)>| {
+            timings.push((what, last.elapsed()));
+            last = Instant::now();
+        }
+    };
+    // Cheap argument checks first: a bad primitive fails before any I/O.
+    let (explicit_family, field_arg) = match &options.selection {
+        Selection::Lock { api, field } => {
+            (Some(LockFamily::by_acquire_api(api)?), Some(field.clone()))
+        }
+        Selection::Profile { lock, field, .. } => (
+            lock.as_deref()
+                .map(LockFamily::by_acquire_api)
+                .transpose()?,
+            field.clone(),
+        ),
+    };
+    let (struct_arg, field_arg) = match field_arg
+        .as_deref()
+        .map(|f| f.split_once('.').unwrap_or(("", f)))
+    {
+        Some((s, f)) => ((!s.is_empty()).then(|| s.to_owned()), Some(f.to_owned())),
+        None => (None, None),
+    };
+    for name in struct_arg
+        .iter()
+        .chain(&field_arg)
+        .chain(&options.policy_var)
+    {
+        if !is_identifier(name) {
+            return Err(Error::Usage(format!("`{name}` is not a C identifier")));
+        }
+    }
+    let tree = KernelTree::open(&options.kernel)?;
+    let tree_name = options.kernel.display().to_string();
+    lap("list tree", &mut timings);
+
+    // 1. The lock: from the profile or the arguments.
+    let (family, field, mut structure, inference) = match &options.selection {
+        Selection::Lock { .. } => (
+            explicit_family.expect("set above"),
+            field_arg.clone().expect("set above"),
+            struct_arg,
+            None,
+        ),
+        Selection::Profile { script, .. } => {
+            let name = script.display().to_string();
+            let text = std::fs::read(script).map_err(|e| Error::Io(name.clone(), e))?;
+            let profile = perf_script::parse(&String::from_utf8_lossy(&text), &name)?;
+            let mut inference =
+                infer::fields_from_profile(&tree, &profile, explicit_family, options.threads)?;
+            inference
+                .candidates
+                .retain(|c| field_arg.as_ref().is_none_or(|f| *f == c.field));
+            inference
+                .candidates
+                .retain(|c| struct_arg.is_none() || c.structure == struct_arg);
+            let Some(top) = inference.candidates.first().cloned() else {
+                let callers: Vec<_> = profile
+                    .callers
+                    .iter()
+                    .take(5)
+                    .map(|c| c.function.as_str())
+                    .collect();
+                return Err(Error::NoFieldInProfile(format!(
+                    "{name}: none of the {} functions calling a lock primitive ({}{}) locks a matching structure field in {tree_name}",
+                    profile.callers.len(),
+                    callers.join(", "),
+                    if profile.callers.len() > 5 { ", ..." } else { "" }
+                )));
+            };
+            (
+                top.family,
+                top.field,
+                top.structure.or(struct_arg),
+                Some(inference),
+            )
+        }
+    };
+    lap("profile", &mut timings);
+
+    // 2. Every site and declaration of the field.
+    let findings: Vec<FileFindings> = tree.scan(
+        &tree.files,
+        &[field.as_bytes()],
+        options.threads,
+        |parser, file| {
+            let found = sites::scan_file(parser, &file.path, &file.text, family, &field);
+            (!found.sites.is_empty() || !found.decls.is_empty()).then_some(found)
+        },
+    )?;
+    let decls: Vec<FieldDecl> = findings
+        .iter()
+        .flat_map(|f| f.decls.iter().cloned())
+        .collect();
+    let declaring: BTreeSet<String> = decls.iter().map(|d| d.structure.clone()).collect();
+    let all_sites: Vec<Site> = findings.into_iter().flat_map(|f| f.sites).collect();
+    lap("index sites", &mut timings);
+    let types = family.field_types.join(" or ");
+    if declaring.is_empty() {
+        return Err(Error::FieldNeverLocked(format!(
+            "no structure in {tree_name} declares a {types} field `{field}`: it is never locked with {}",
+            family.acquire[0]
+        )));
+    }
+    if let Some(s) = &structure {
+        if !declaring.contains(s) {
+            return Err(Error::FieldNeverLocked(format!(
+                "struct {s} has no {types} field `{field}` in {tree_name} (declared in: {})",
+                declaring.iter().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    if structure.is_none() {
+        if declaring.len() == 1 {
+            structure = declaring.first().cloned();
+        } else {
+            let count = |s: &String| {
+                all_sites
+                    .iter()
+                    .filter(|x| x.base_struct.as_ref() == Some(s))
+                    .count()
+            };
+            let listed: Vec<String> = declaring
+                .iter()
+                .map(|s| format!("{s}: {} sites", count(s)))
+                .collect();
+            return Err(Error::AmbiguousField(format!(
+                "field `{field}` is a {types} in {} structures ({}); name one as --field STRUCT.{field}",
+                declaring.len(),
+                listed.join(", ")
+            )));
+        }
+    }
+    let structure = structure.expect("resolved above");
+    let (mut taken, mut other_structures, mut unresolved) = (Vec::new(), Vec::new(), Vec::new());
+    for site in all_sites {
+        match &site.base_struct {
+            Some(s) if *s == structure => taken.push(site),
+            Some(s) if declaring.contains(s) => other_structures.push(site),
+            _ if declaring.len() == 1 => taken.push(site),
+            _ => unresolved.push(site),
+        }
+    }
+    if taken.is_empty() {
+        return Err(Error::FieldNeverLocked(format!(
+            "{structure}.{field} is never locked or unlocked with {} primitives in {tree_name}",
+            family.key
+        )));
+    }
+
+    // 3. The chains of every API the sites use.
+    let index = LockIndex::build(&tree, options.threads)?;
+    let mut apis: Vec<&str> = family
+        .acquire
+        .iter()
+        .chain(family.release)
+        .copied()
+        .collect();
+    apis.retain(|api| taken.iter().any(|s| s.api == *api));
+    let chains = apis
+        .iter()
+        .map(|api| index.resolve(api))
+        .collect::<Result<Vec<_>, _>>()?;
+    lap("resolve chains", &mut timings);
+
+    // 4. The patch, checked before anything is written.
+    let policy_var = options
+        .policy_var
+        .clone()
+        .unwrap_or_else(|| format!("{structure}_{field}_policy"));
+    let version = tree.version();
+    let plan = Plan {
+        family,
+        structure: &structure,
+        field: &field,
+        sites: &taken,
+        chains: &chains,
+        index: &index,
+        prefix: "bpf_policy_",
+        policy_var: &policy_var,
+        kernel_version: &version,
+    };
+    let generated = patch::generate(&plan, |path| tree.read(path))?;
+    check_names_unused(&tree, &generated, options.threads)?;
+    check_still_parses(&generated)?;
+    lap("generate", &mut timings);
+
+    // The semantic patch covers the whole family, so one file serves every field.
+    let family_apis: Vec<&str> = family
+        .acquire
+        .iter()
+        .chain(family.release)
+        .copied()
+        .collect();
+    let cocci_text = cocci::semantic_patch(family, &family_apis, "bpf_policy_");
+    let spatch = if options.check_spatch {
+        let check = cocci::check_with_spatch(
+            &tree,
+            &cocci_text,
+            family,
+            &family_apis,
+            &field,
+            &policy_var,
+            &taken,
+            &other_structures,
+            &unresolved,
+        )?;
+        lap("spatch", &mut timings);
+        Some(check)
+    } else {
+        None
+    };
+
+    // 5. Outputs, each written whole or not at all.
+    write_atomically(&options.output, generated.diff.as_bytes())?;
+    let mut cocci_files = Vec::new();
+    if let Some(dir) = &options.emit_cocci {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io(dir.display().to_string(), e))?;
+        let path = dir.join(cocci::file_name(family));
+        write_atomically(&path, cocci_text.as_bytes())?;
+        cocci_files.push(path);
+    }
+    timings.push(("total", started.elapsed()));
+    Ok(Report {
+        kernel_version: version,
+        family,
+        structure,
+        field,
+        policy_var,
+        sites: taken,
+        other_structures,
+        unresolved,
+        chains,
+        patched_files: generated.files.iter().map(|f| f.path.clone()).collect(),
+        files_in_tree: tree.files.len(),
+        inference,
+        cocci_files,
+        spatch,
+        timings,
+    })
+}
+
+/// Refuses names the tree already uses (`bpf_spin_lock` is a BPF helper in
+/// 6.1, hence the `bpf_policy_` prefix) and a header that exists.
+fn check_names_unused(
+    tree: &KernelTree,
+    generated: &GeneratedPatch,
+    threads: usize,
+) -> Result<(), Error> {
+    if tree.root.join(&generated.header_path).exists() {
+        return Err(Error::NameTaken(format!(
+            "{} already exists: is the tree already patched?",
+            generated.header_path
+        )));
+    }
+    let matcher = AhoCorasick::new(&generated.new_names).expect("names are plain strings");
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let clashes = tree.scan_any(&tree.files, &matcher, threads, |_, file| {
+        let bytes = file.text.as_bytes();
+        matcher.find_iter(bytes).find_map(|m| {
+            let before_ok = m.start() == 0 || !is_ident(bytes[m.start() - 1]);
+            let after_ok = m.end() == bytes.len() || !is_ident(bytes[m.end()]);
+            (before_ok && after_ok).then(|| {
+                (
+                    file.path.clone(),
+                    generated.new_names[m.pattern().as_usize()].clone(),
+                )
+            })
+        })
+    })?;
+    match clashes.first() {
+        Some((path, name)) => Err(Error::NameTaken(format!(
+            "generated name `{name}` is already used in {path}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Every file the patch changes parses with no parse error the original
+/// file, or the kernel code the patch copies into it, did not already have
+/// (tree-sitter cannot read some attribute macros, so copying such code
+/// copies the error). Each copy must parse as a definition of its new name.
+fn check_still_parses(generated: &GeneratedPatch) -> Result<(), Error> {
+    let mut parser = cparse::parser();
+    let mut errors = |text: &str| cparse::error_count(&cparse::parse(&mut parser, text));
+    for file in &generated.files {
+        let Some(old) = &file.old else { continue };
+        let allowed = errors(old) + file.copied.iter().map(|c| errors(c)).sum::<usize>();
+        let after = errors(&file.new);
+        if after > allowed {
+            let lines = cparse::error_lines(&cparse::parse(&mut cparse::parser(), &file.new));
+            let lines: Vec<String> = lines.iter().take(5).map(usize::to_string).collect();
+            return Err(Error::BreaksParse(
+                format!("{} (errors at lines {})", file.path, lines.join(", ")),
+                after - allowed,
+            ));
+        }
+    }
+    for file in &generated.files {
+        let defined = cparse::defined_names(&mut parser, &file.new);
+        if let Some(missing) = file.defines.iter().find(|n| !defined.contains(*n)) {
+            return Err(Error::BreaksParse(
+                format!("{}: `{missing}` does not parse as a definition", file.path),
+                1,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let name = path.display().to_string();
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("{name} is not a file path")))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::Io(name.clone(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::Io(name, e)
+    })
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(inference) = &self.inference {
+            writeln!(f, "profile: locked fields, by samples")?;
+            for c in inference.candidates.iter().take(5) {
+                writeln!(
+                    f,
+                    "  {:>8.1}  {} {}.{}  (via {})",
+                    c.samples,
+                    c.family.key,
+                    c.structure.as_deref().unwrap_or("?"),
+                    c.field,
+                    c.callers.join(", ")
+                )?;
+            }
+            for note in inference.notes.iter().take(5) {
+                writeln!(f, "  note: {note}")?;
+            }
+        }
+        let acquires = self.sites.iter().filter(|s| !s.is_release).count();
+        writeln!(
+            f,
+            "lock: {}.{} ({}), Linux {}: {} sites ({} lock, {} unlock) in {} files",
+            self.structure,
+            self.field,
+            self.family.key,
+            self.kernel_version,
+            self.sites.len(),
+            acquires,
+            self.sites.len() - acquires,
+            self.sites
+                .iter()
+                .map(|s| &s.path)
+                .collect::<BTreeSet<_>>()
+                .len()
+        )?;
+        if !self.other_structures.is_empty() {
+            writeln!(
+                f,
+                "  left alone: {} sites of a `{}` in other structures",
+                self.other_structures.len(),
+                self.field
+            )?;
+        }
+        const SHOWN: usize = 10;
+        for site in self.unresolved.iter().take(SHOWN) {
+            writeln!(
+                f,
+                "  warning: {}:{}: structure of `{}` unknown, left alone",
+                site.path, site.line, site.call_text
+            )?;
+        }
+        if self.unresolved.len() > SHOWN {
+            let more = self.unresolved.len() - SHOWN;
+            writeln!(
+                f,
+                "  warning: ... and {more} more sites whose structure is unknown, left alone"
+            )?;
+        }
+        for chain in &self.chains {
+            writeln!(f, "chain: {}", chain.names().join(" -> "))?;
+        }
+        writeln!(f, "policy: struct bpf_lock_policy {}", self.policy_var)?;
+        writeln!(
+            f,
+            "patch: {} files ({})",
+            self.patched_files.len(),
+            self.patched_files.join(", ")
+        )?;
+        if let Some(check) = &self.spatch {
+            writeln!(f, "spatch: {check}")?;
+        }
+        let times: Vec<String> = self
+            .timings
+            .iter()
+            .map(|(what, d)| format!("{what} {:.2}s", d.as_secs_f64()))
+            .collect();
+        write!(
+            f,
+            "time over {} files: {}",
+            self.files_in_tree,
+            times.join(", ")
+        )
+    }
+}

@@ -1,0 +1,155 @@
+//! Shared by the tests that need Debian's linux-source-6.1, extracted by
+//! `kernel-patches/fetch-kernel.sh` (which `.ci/run` calls).
+
+#![allow(dead_code)]
+
+use msh_kpatch::{Options, Report, Selection};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The extracted kernel tree; panics with the fix when it is missing.
+pub fn kernel_tree() -> PathBuf {
+    let tree = match std::env::var_os("MSH_KERNEL_TREE") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/linux-source-6.1"),
+    };
+    assert!(
+        tree.join("Makefile").is_file() && tree.join("kernel/locking").is_dir(),
+        "kernel tree {} is missing: run kernel-patches/fetch-kernel.sh (needs the linux-source-6.1 package) \
+         or set MSH_KERNEL_TREE",
+        tree.display()
+    );
+    tree
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn options(selection: Selection, output: &Path) -> Options {
+    Options {
+        kernel: kernel_tree(),
+        selection,
+        policy_var: None,
+        output: output.to_owned(),
+        emit_cocci: None,
+        check_spatch: false,
+        threads: msh_kpatch::tree::default_threads(),
+    }
+}
+
+pub fn lock(api: &str, field: &str) -> Selection {
+    Selection::Lock {
+        api: api.into(),
+        field: field.into(),
+    }
+}
+
+/// A generated patch and the run's report.
+pub struct Generated {
+    pub report: Report,
+    pub patch: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn generate(selection: Selection) -> Generated {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.patch");
+    let report = msh_kpatch::run(&options(selection, &out))
+        .unwrap_or_else(|e| panic!("msh kpatch failed: {e}"));
+    let patch = std::fs::read_to_string(&out).unwrap();
+    Generated { report, patch, dir }
+}
+
+/// Files a unified diff touches: (path, is_new).
+pub fn patched_paths(patch: &str) -> Vec<(String, bool)> {
+    let mut paths = Vec::new();
+    let mut old_is_null = false;
+    for line in patch.lines() {
+        if let Some(old) = line.strip_prefix("--- ") {
+            old_is_null = old == "/dev/null";
+        } else if let Some(new) = line.strip_prefix("+++ b/") {
+            paths.push((new.to_owned(), old_is_null));
+        }
+    }
+    paths
+}
+
+/// Copies the files the patch changes out of the tree into a fresh
+/// directory outside any git repository, ready for `patch`/`git apply`.
+pub fn copy_touched(patch: &str, dest: &Path) {
+    let tree = kernel_tree();
+    for (path, is_new) in patched_paths(patch) {
+        if is_new {
+            continue;
+        }
+        let to = dest.join(&path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(tree.join(&path), &to).unwrap();
+    }
+}
+
+pub fn run_in(
+    dir: &Path,
+    program: &str,
+    args: &[&str],
+    stdin_file: Option<&Path>,
+) -> std::process::Output {
+    let mut command = Command::new(program);
+    command.args(args).current_dir(dir);
+    if let Some(file) = stdin_file {
+        command.stdin(std::fs::File::open(file).unwrap());
+    }
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// (path, 1-based line) of every `-` line of the diff, with its text.
+pub fn removed_lines(patch: &str) -> Vec<(String, usize, String)> {
+    let mut out = Vec::new();
+    let mut path = String::new();
+    let mut old_line = 0;
+    for line in patch.lines() {
+        if let Some(p) = line.strip_prefix("+++ b/") {
+            path = p.to_owned();
+        } else if line.starts_with("--- ") {
+        } else if let Some(h) = line.strip_prefix("@@ -") {
+            old_line = h.split([',', ' ']).next().unwrap().parse().unwrap();
+        } else if let Some(text) = line.strip_prefix('-') {
+            out.push((path.clone(), old_line, text.to_owned()));
+            old_line += 1;
+        } else if line.starts_with(' ') || line.is_empty() {
+            old_line += 1;
+        }
+    }
+    out
+}
+
+/// Every line of the tree's kernel C files (the directories msh indexes)
+/// matching `pattern`: (path, 1-based line).
+pub fn grep_tree(pattern: &str) -> Vec<(String, usize)> {
+    let tree = kernel_tree();
+    let output = Command::new("grep")
+        .args(["-rnE", "--include=*.c", "--include=*.h", pattern, "."])
+        .current_dir(&tree)
+        .output()
+        .expect("grep runs");
+    let mut hits: Vec<(String, usize)> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let path = parts.next()?.trim_start_matches("./").to_owned();
+            Some((path, parts.next()?.parse().ok()?))
+        })
+        .filter(|(path, _)| {
+            !["tools/", "Documentation/", "scripts/", "usr/"]
+                .iter()
+                .any(|d| path.starts_with(d))
+        })
+        .collect();
+    hits.sort();
+    hits
+}

@@ -1,0 +1,395 @@
+//! End-to-end on Debian's linux-source-6.1: the two issue figures
+//! (spin_lock on `file_lock`, down_write on `mmap_lock`), checked with
+//! `patch`, `git apply`, an independent grep of the tree, and tree-sitter.
+
+mod common;
+
+use common::*;
+use regex::Regex;
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+
+fn file_lock() -> &'static Generated {
+    static RUN: OnceLock<Generated> = OnceLock::new();
+    RUN.get_or_init(|| generate(lock("spin_lock", "files_struct.file_lock")))
+}
+
+fn mmap_lock() -> &'static Generated {
+    static RUN: OnceLock<Generated> = OnceLock::new();
+    RUN.get_or_init(|| generate(lock("down_write", "mmap_lock")))
+}
+
+/// `line` with the call to one of `apis` on `&...field` rewritten as the
+/// patch should: prefix the API, append the policy argument.
+fn rewrite_line(line: &str, apis: &[&str], field: &str, policy: &str) -> Option<String> {
+    let call = Regex::new(&format!(r"\b({})\(&", apis.join("|"))).unwrap();
+    let m = call.find(line)?;
+    let open = m.end() - 2;
+    let mut depth = 0;
+    let close = line[open..].char_indices().find_map(|(i, c)| {
+        depth += match c {
+            '(' => 1,
+            ')' => -1,
+            _ => 0,
+        };
+        (depth == 0).then_some(open + i)
+    })?;
+    let first_arg = line[open + 1..close].split(',').next().unwrap();
+    if !Regex::new(&format!(r"(->|\.)\s*{field}\s*$"))
+        .unwrap()
+        .is_match(first_arg.trim())
+    {
+        return None;
+    }
+    Some(format!(
+        "{}bpf_policy_{}, &{policy}{}",
+        &line[..m.start()],
+        &line[m.start()..close],
+        &line[close..]
+    ))
+}
+
+/// Applies the patch to copies of the touched files with `patch -p1` and
+/// `git apply`, and checks every changed line of every existing file is a
+/// site rewrite, the include, or the appended copies.
+fn check_applies_and_changes_only_sites(
+    generated: &Generated,
+    apis: &[&str],
+    field: &str,
+) -> BTreeSet<(String, usize)> {
+    let patch_file = generated.dir.path().join("out.patch");
+    let policy = &generated.report.policy_var;
+
+    let with_patch = tempfile::tempdir().unwrap();
+    copy_touched(&generated.patch, with_patch.path());
+    let out = run_in(
+        with_patch.path(),
+        "patch",
+        &["-p1", "--dry-run"],
+        Some(&patch_file),
+    );
+    assert!(
+        out.status.success(),
+        "patch --dry-run: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run_in(
+        with_patch.path(),
+        "patch",
+        &["-p1", "--quiet"],
+        Some(&patch_file),
+    );
+    assert!(
+        out.status.success(),
+        "patch: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let with_git = tempfile::tempdir().unwrap();
+    copy_touched(&generated.patch, with_git.path());
+    let out = run_in(
+        with_git.path(),
+        "git",
+        &["apply", "--check", patch_file.to_str().unwrap()],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "git apply --check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_in(
+        with_git.path(),
+        "git",
+        &["apply", patch_file.to_str().unwrap()],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "git apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let tree = kernel_tree();
+    let mut parser = msh_kpatch::cparse::parser();
+    let mut rewritten = BTreeSet::new();
+    for (path, is_new) in patched_paths(&generated.patch) {
+        let new = std::fs::read_to_string(with_patch.path().join(&path)).unwrap();
+        assert_eq!(
+            new,
+            std::fs::read_to_string(with_git.path().join(&path)).unwrap(),
+            "patch and git apply agree"
+        );
+        if is_new {
+            continue;
+        }
+        let old = std::fs::read_to_string(tree.join(&path)).unwrap();
+        // Drop the include and the appended copies; what is left must line up.
+        let include = format!(
+            "#include <{}>",
+            generated
+                .report
+                .header_path()
+                .trim_start_matches("include/")
+        );
+        let mut new_lines: Vec<&str> = new.lines().collect();
+        let include_at = new_lines
+            .iter()
+            .position(|l| *l == include)
+            .unwrap_or_else(|| panic!("{path}: no include"));
+        new_lines.remove(include_at);
+        new_lines.truncate(old.lines().count());
+        let old_lines: Vec<&str> = old.lines().collect();
+        assert_eq!(
+            old_lines.len(),
+            new_lines.len(),
+            "{path}: the patch adds or removes lines besides the include and the tail"
+        );
+        for (i, (o, n)) in old_lines.iter().zip(&new_lines).enumerate() {
+            if o == n {
+                continue;
+            }
+            let expected = rewrite_line(o, apis, field, policy);
+            assert_eq!(
+                expected.as_deref(),
+                Some(*n),
+                "{path}:{}: unexpected change",
+                i + 1
+            );
+            rewritten.insert((path.clone(), i + 1));
+        }
+        let tail = &new
+            .lines()
+            .skip(old_lines.len() + 1)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            tail.is_empty()
+                || tail
+                    .trim_start()
+                    .starts_with("/*\n * Generated by msh kpatch"),
+            "{path}: tail {tail:.200}"
+        );
+
+        // Still parses: no new tree-sitter errors in the site rewrites.
+        let errors = |text: &str, parser: &mut tree_sitter::Parser| {
+            msh_kpatch::cparse::error_count(&msh_kpatch::cparse::parse(parser, text))
+        };
+        let old_errors = errors(&old, &mut parser);
+        let rewritten_part = new_lines.join("\n") + "\n";
+        assert!(
+            errors(&rewritten_part, &mut parser) <= old_errors,
+            "{path}: the rewrite adds parse errors"
+        );
+        if old_errors == 0 && tail.is_empty() {
+            assert_eq!(
+                errors(&new, &mut parser),
+                0,
+                "{path} parsed cleanly before the patch"
+            );
+        }
+    }
+    rewritten
+}
+
+#[test]
+fn spin_lock_on_file_lock_rewrites_every_site_and_nothing_else() {
+    let generated = file_lock();
+    let report = &generated.report;
+    assert_eq!(
+        (report.structure.as_str(), report.field.as_str()),
+        ("files_struct", "file_lock")
+    );
+    let apis = [
+        "spin_lock",
+        "spin_unlock",
+        "spin_lock_irqsave",
+        "spin_unlock_irqrestore",
+        "spin_lock_irq",
+        "spin_unlock_irq",
+        "spin_lock_bh",
+        "spin_unlock_bh",
+        "spin_lock_nested",
+    ];
+    let rewritten = check_applies_and_changes_only_sites(generated, &apis, "file_lock");
+
+    // Independent oracle: grep for spinlock calls on any `file_lock` field.
+    let grep = grep_tree(
+        r"\bspin_(un)?lock(_irq|_irqsave|_irqrestore|_bh|_nested)?\(&[A-Za-z0-9_>().-]*(->|\.)file_lock\b",
+    );
+    let genwqe: Vec<_> = grep
+        .iter()
+        .filter(|(p, _)| p.starts_with("drivers/misc/genwqe/"))
+        .cloned()
+        .collect();
+    let files_struct: BTreeSet<_> = grep
+        .iter()
+        .filter(|(p, _)| !p.starts_with("drivers/misc/genwqe/"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        rewritten, files_struct,
+        "every files_struct.file_lock site, and only those"
+    );
+    assert_eq!(
+        genwqe.len(),
+        report.other_structures.len(),
+        "genwqe_dev.file_lock is another lock, left alone"
+    );
+    assert!(report.unresolved.is_empty());
+    assert!(rewritten.len() >= 40, "{} sites", rewritten.len());
+}
+
+#[test]
+fn down_write_on_mmap_lock_rewrites_every_write_site_and_nothing_else() {
+    let generated = mmap_lock();
+    let report = &generated.report;
+    assert_eq!(
+        (report.structure.as_str(), report.family.key),
+        ("mm_struct", "rwsem_write")
+    );
+    let apis = [
+        "down_write",
+        "down_write_killable",
+        "down_write_nested",
+        "down_write_nest_lock",
+        "up_write",
+    ];
+    let rewritten = check_applies_and_changes_only_sites(generated, &apis, "mmap_lock");
+    // The lock argument is the first one: `down_write_nest_lock(&a->rwsem, &mm->mmap_lock)` locks `rwsem`.
+    let grep: BTreeSet<_> = grep_tree(
+        r"\b(down_write(_killable|_nested|_nest_lock)?|up_write)\(&[A-Za-z0-9_>().-]*->mmap_lock\b",
+    )
+    .into_iter()
+    .collect();
+    assert_eq!(rewritten, grep);
+    assert_eq!(
+        rewritten.len(),
+        4,
+        "6.1 takes mmap_lock for writing only in include/linux/mmap_lock.h"
+    );
+}
+
+#[test]
+fn chains_run_from_the_api_to_the_slowpath_through_macros() {
+    let names = |g: &Generated, api: &str| {
+        g.report
+            .chains
+            .iter()
+            .find(|c| c.api == api)
+            .map(|c| c.names().join(" -> "))
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        names(file_lock(), "spin_lock"),
+        "spin_lock -> raw_spin_lock -> _raw_spin_lock -> __raw_spin_lock -> do_raw_spin_lock -> arch_spin_lock -> queued_spin_lock -> queued_spin_lock_slowpath"
+    );
+    assert_eq!(
+        names(file_lock(), "spin_unlock"),
+        "spin_unlock -> raw_spin_unlock -> _raw_spin_unlock -> __raw_spin_unlock -> do_raw_spin_unlock -> arch_spin_unlock -> queued_spin_unlock"
+    );
+    assert_eq!(
+        names(mmap_lock(), "down_write"),
+        "down_write -> __down_write -> __down_write_common -> rwsem_down_write_slowpath"
+    );
+    assert_eq!(
+        names(mmap_lock(), "up_write"),
+        "up_write -> __up_write -> rwsem_wake"
+    );
+}
+
+#[test]
+fn the_header_defines_a_policy_aware_copy_of_every_chain_element() {
+    for generated in [file_lock(), mmap_lock()] {
+        let header_path = generated.report.header_path();
+        let header: String = generated
+            .patch
+            .split("\n--- ")
+            .find(|part| part.contains(&format!("+++ b/{header_path}")))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix('+'))
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut parser = msh_kpatch::cparse::parser();
+        let defined = msh_kpatch::cparse::defined_names(&mut parser, &header);
+        for chain in &generated.report.chains {
+            let head = format!("bpf_policy_{}", chain.api);
+            assert!(defined.contains(&head), "{header_path} lacks {head}");
+        }
+        assert!(header.contains(&format!(
+            "extern struct bpf_lock_policy {};",
+            generated.report.policy_var
+        )));
+        // Every copy, wrapper and prototype takes the policy.
+        let heads = header.lines().filter(|l| {
+            (l.starts_with("static") || l.starts_with("extern") || l.contains("define bpf_policy_"))
+                && l.contains("bpf_policy_")
+        });
+        for head in heads {
+            assert!(
+                head.contains("struct bpf_lock_policy *policy)") || head.contains(", policy)"),
+                "{head}"
+            );
+        }
+    }
+}
+
+#[test]
+fn patch_applies_to_the_real_tree_in_place_dry_run() {
+    for generated in [file_lock(), mmap_lock()] {
+        let out = run_in(
+            &kernel_tree(),
+            "patch",
+            &["-p1", "--dry-run", "--force"],
+            Some(&generated.dir.path().join("out.patch")),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn committed_examples_are_what_the_tool_generates() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernel-patches");
+    let bless = std::env::var_os("MSH_BLESS").is_some();
+    let mut expected = vec![
+        (
+            "files_struct-file_lock.patch".to_owned(),
+            file_lock().patch.clone(),
+        ),
+        (
+            "mm_struct-mmap_lock.patch".to_owned(),
+            mmap_lock().patch.clone(),
+        ),
+    ];
+    for generated in [file_lock(), mmap_lock()] {
+        let family = generated.report.family;
+        let apis: Vec<&str> = family
+            .acquire
+            .iter()
+            .chain(family.release)
+            .copied()
+            .collect();
+        let cocci = msh_kpatch::cocci::semantic_patch(family, &apis, "bpf_policy_");
+        expected.push((
+            format!("cocci/{}", msh_kpatch::cocci::file_name(family)),
+            cocci,
+        ));
+    }
+    for (name, text) in expected {
+        let path = examples.join(&name);
+        if bless {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == text,
+            "kernel-patches/{name} is stale: MSH_BLESS=1 cargo test --release -p msh-kpatch --test real_tree"
+        );
+    }
+}
