@@ -189,8 +189,7 @@ pub fn rewrite(options: &Options) -> Result<Report> {
         allow_call,
     };
     let layout = writer::Layout::plan(&image)?;
-    let mut blob: Vec<u8> = elf::TRAMPOLINE_MAGIC.to_vec();
-    let mut patches = Vec::new();
+    let mut planned = Vec::new();
 
     for (&fi, indices) in &sites {
         let f = &code.functions[fi];
@@ -239,36 +238,14 @@ pub fn rewrite(options: &Options) -> Result<Report> {
             }
         }
         for (w, yields) in windows {
-            let insns = &f.insns[w.first..=w.last];
-            let start = insns[0].ip();
-            let end = insns[insns.len() - 1].next_ip();
-            let address = layout.vaddr + blob.len() as u64;
-            match trampoline::encode(address, insns, &yields, end, code.vector_width) {
-                Ok(bytes) => {
-                    blob.extend_from_slice(&bytes);
-                    let mut patch = vec![0xe9];
-                    patch.extend_from_slice(
-                        &((address as i64 - (start as i64 + 5)) as i32).to_le_bytes(),
-                    );
-                    patch.resize((end - start) as usize, 0xcc); // never executed: trap if it is
-                    patches.push(writer::Patch {
-                        addr: start,
-                        bytes: patch,
-                    });
-                    report.trampolines += 1;
-                    for y in &yields {
-                        record_site(&mut report, f, &insns[y.at], end - start, y.live);
-                    }
-                }
-                Err(_) => {
-                    for _ in &yields {
-                        report.skip("displaced instructions cannot be relocated");
-                    }
-                }
-            }
+            planned.push(Planned {
+                function: fi,
+                window: w,
+                yields,
+            });
         }
     }
-    report.trampoline_bytes = blob.len() - elf::TRAMPOLINE_MAGIC.len();
+    let (patches, blob) = encode_all(&code, &planned, &layout, &mut report);
     if report.patched == 0 {
         bail!(
             "no site could be patched ({} candidates; skipped: {:?})",
@@ -279,6 +256,103 @@ pub fn rewrite(options: &Options) -> Result<Report> {
     let out = writer::build(&image, &layout, &patches, &blob)?;
     writer::write_atomically(&options.output, &out, &options.input)?;
     Ok(report)
+}
+
+/// A window chosen for patching, and its yield points.
+struct Planned {
+    function: usize,
+    window: window::Window,
+    yields: Vec<YieldPoint>,
+}
+
+/// Distance between the hot and cold regions: keeps every hot-to-cold jump out of
+/// reach of a short jump, so a hot part's size does not depend on where its cold part is.
+const HOT_COLD_GAP: u64 = 256;
+
+/// Encodes every planned window: hot parts first (their sizes do not depend on where
+/// the cold parts go), then the cold parts, then the hot parts again with the real
+/// cold addresses. Returns the window patches and the segment's bytes.
+fn encode_all(
+    code: &Code,
+    planned: &[Planned],
+    layout: &writer::Layout,
+    report: &mut Report,
+) -> (Vec<writer::Patch>, Vec<u8>) {
+    let magic = elf::TRAMPOLINE_MAGIC.len() as u64;
+    let far = |address: u64| address + (1 << 30);
+    let mut hot_cursor = layout.vaddr + magic;
+    let mut sized = Vec::new();
+    for p in planned {
+        let f = &code.functions[p.function];
+        let insns = &f.insns[p.window.first..=p.window.last];
+        let resume = insns[insns.len() - 1].next_ip();
+        let placeholders = vec![far(hot_cursor); p.yields.len()];
+        match trampoline::encode_hot(hot_cursor, insns, &p.yields, resume, &placeholders) {
+            Ok(hot) => {
+                sized.push((p, hot_cursor, hot));
+                hot_cursor += sized.last().unwrap().2.bytes.len() as u64;
+            }
+            Err(_) => {
+                for _ in &p.yields {
+                    report.skip("displaced instructions cannot be relocated");
+                }
+            }
+        }
+    }
+    let cold_base = (hot_cursor + HOT_COLD_GAP).div_ceil(16) * 16;
+    let mut hot_blob = Vec::new();
+    let mut cold_blob = Vec::new();
+    let mut patches = Vec::new();
+    for (p, hot_addr, sizing) in sized {
+        let f = &code.functions[p.function];
+        let insns = &f.insns[p.window.first..=p.window.last];
+        let start = insns[0].ip();
+        let end = insns[insns.len() - 1].next_ip();
+        let cold_addr = cold_base + cold_blob.len() as u64;
+        let encoded =
+            trampoline::encode_cold(cold_addr, &p.yields, &sizing.return_ips, code.vector_width)
+                .and_then(|cold| {
+                    Ok((
+                        trampoline::encode_hot(hot_addr, insns, &p.yields, end, &cold.switch_ips)?,
+                        cold,
+                    ))
+                });
+        let (hot, cold) = match encoded {
+            Ok((hot, cold))
+                if hot.bytes.len() == sizing.bytes.len() && hot.return_ips == sizing.return_ips =>
+            {
+                (hot, cold)
+            }
+            _ => {
+                // Cannot happen while both encodings are deterministic; never emit a
+                // trampoline whose layout moved. Pad its slot and skip its sites.
+                hot_blob.resize(hot_blob.len() + sizing.bytes.len(), 0xcc);
+                for _ in &p.yields {
+                    report.skip("displaced instructions cannot be relocated");
+                }
+                continue;
+            }
+        };
+        hot_blob.extend_from_slice(&hot.bytes);
+        cold_blob.extend_from_slice(&cold.bytes);
+        let mut patch = vec![0xe9];
+        patch.extend_from_slice(&((hot_addr as i64 - (start as i64 + 5)) as i32).to_le_bytes());
+        patch.resize((end - start) as usize, 0xcc); // never executed: trap if it is
+        patches.push(writer::Patch {
+            addr: start,
+            bytes: patch,
+        });
+        report.trampolines += 1;
+        for y in &p.yields {
+            record_site(report, f, &insns[y.at], end - start, y.live);
+        }
+    }
+    report.trampoline_bytes = hot_blob.len() + cold_blob.len();
+    let mut blob = elf::TRAMPOLINE_MAGIC.to_vec();
+    blob.extend_from_slice(&hot_blob);
+    blob.resize((cold_base - layout.vaddr) as usize, 0xcc);
+    blob.extend_from_slice(&cold_blob);
+    (patches, blob)
 }
 
 fn record_site(report: &mut Report, f: &Function, load: &Instruction, window: u64, live: RegSet) {

@@ -6,7 +6,8 @@
 //! - flags live, `%rcx` dead: `mov %fs:0x38,%rcx; jrcxz 1f; jmp switch; 1:` (no flags touched);
 //! - both live: the same wrapped in `lea -128(%rsp),%rsp; push %rcx … pop %rcx; lea 128(%rsp),%rsp`.
 //!
-//! The switch path is out of line, after the jump back: red-zone skip, `push %rbp`, the
+//! The switch path is out of line, in a cold region after all hot parts (so the hot
+//! parts stay dense in the i-cache): red-zone skip, `push %rbp`, the
 //! live GPRs, the flags (`seto %al; lahf`), the live vector registers at the object's
 //! width, the switch, and everything restored in reverse.
 
@@ -96,38 +97,44 @@ fn prefetch_for(load: &Instruction) -> Result<Instruction, IcedError> {
     Instruction::with1(Code::Prefetcht0_m8, mem)
 }
 
-/// Encodes one trampoline at `address`: `insns` are the window's original
-/// instructions, `resume` the address after the window.
-pub fn encode(
+/// A trampoline's hot part: the window's instructions with a prefetch and the fast
+/// check before each yield point, then the jump back.
+pub struct Hot {
+    pub bytes: Vec<u8>,
+    /// Per yield point, where its switch path must return to.
+    pub return_ips: Vec<u64>,
+}
+
+/// Encodes the hot part at `address`. `insns` are the window's original instructions,
+/// `resume` the address after the window, `switch_ips` the cold switch path of each
+/// yield point (any far address when they are not known yet: the size does not change
+/// as long as they stay out of reach of a short jump).
+pub fn encode_hot(
     address: u64,
     insns: &[Instruction],
     yields: &[YieldPoint],
     resume: u64,
-    vector_width: usize,
-) -> Result<Vec<u8>, IcedError> {
+    switch_ips: &[u64],
+) -> Result<Hot, IcedError> {
     let mut a = CodeAssembler::new(64)?;
-    // (switch label, live set, where the switch path returns to)
-    let mut switches = Vec::new();
+    let mut returns = Vec::new();
     for (k, insn) in insns.iter().enumerate() {
-        let Some(y) = yields.iter().find(|y| y.at == k) else {
+        let Some((y, &switch)) = yields.iter().zip(switch_ips).find(|(y, _)| y.at == k) else {
             a.add_instruction(*insn)?;
             continue;
         };
-        let switch = a.create_label();
         let mut back = a.create_label();
+        let mut unwrapped = None;
         a.add_instruction(prefetch_for(insn)?)?;
-        let path = FastPath::for_live(y.live);
-        match path {
+        match FastPath::for_live(y.live) {
             FastPath::FlagsDead => {
                 a.cmp(fs_slot(TCB_NEXT), 0)?;
                 a.jne(switch)?;
-                switches.push((switch, y.live, path, back));
             }
             FastPath::RcxDead => {
                 a.mov(rcx, fs_slot(TCB_NEXT))?;
                 a.jrcxz(back)?;
                 a.jmp(switch)?;
-                switches.push((switch, y.live, path, back));
             }
             FastPath::RcxWrapped => {
                 let mut unwrap = a.create_label();
@@ -139,20 +146,63 @@ pub fn encode(
                 a.set_label(&mut unwrap)?;
                 a.pop(rcx)?;
                 a.lea(rsp, qword_ptr(rsp + RED_ZONE as i32))?;
-                switches.push((switch, y.live, path, unwrap));
+                unwrapped = Some(unwrap);
             }
         }
         a.set_label(&mut back)?;
+        returns.push(unwrapped.unwrap_or(back));
         a.add_instruction(*insn)?;
     }
     a.jmp(resume)?;
+    let result =
+        a.assemble_options(address, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+    let return_ips = returns
+        .iter()
+        .map(|l| result.label_ip(l))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Hot {
+        bytes: result.inner.code_buffer,
+        return_ips,
+    })
+}
 
-    for (mut switch, live, path, return_to) in switches {
-        a.set_label(&mut switch)?;
-        emit_switch(&mut a, live, path, vector_width, return_to)?;
+/// A trampoline's cold part: one switch path per yield point.
+pub struct Cold {
+    pub bytes: Vec<u8>,
+    pub switch_ips: Vec<u64>,
+}
+
+/// Encodes the switch paths at `address`; `return_ips` come from [`encode_hot`].
+pub fn encode_cold(
+    address: u64,
+    yields: &[YieldPoint],
+    return_ips: &[u64],
+    vector_width: usize,
+) -> Result<Cold, IcedError> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut entries = Vec::new();
+    for (y, &return_to) in yields.iter().zip(return_ips) {
+        let mut entry = a.create_label();
+        a.set_label(&mut entry)?;
+        emit_switch(
+            &mut a,
+            y.live,
+            FastPath::for_live(y.live),
+            vector_width,
+            return_to,
+        )?;
+        entries.push(entry);
     }
-    let result = a.assemble_options(address, BlockEncoderOptions::NONE)?;
-    Ok(result.inner.code_buffer)
+    let result =
+        a.assemble_options(address, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+    let switch_ips = entries
+        .iter()
+        .map(|l| result.label_ip(l))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Cold {
+        bytes: result.inner.code_buffer,
+        switch_ips,
+    })
 }
 
 /// The out-of-line switch: save what is live, the contract's yield, restore, go back.
@@ -163,7 +213,7 @@ fn emit_switch(
     live: RegSet,
     path: FastPath,
     vector_width: usize,
-    return_to: CodeLabel,
+    return_to: u64,
 ) -> Result<(), IcedError> {
     let mut saved = saved_registers(live);
     if path == FastPath::RcxWrapped {
@@ -240,4 +290,31 @@ fn emit_switch(
     }
     a.jmp(return_to)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::liveness::RegSet;
+    use iced_x86::{Decoder, DecoderOptions};
+
+    #[test]
+    fn hot_and_cold_round_trip() {
+        // mov 0x10(%rdi),%rax ; add $1,%rax
+        let bytes = [0x48, 0x8b, 0x47, 0x10, 0x48, 0x83, 0xc0, 0x01];
+        let mut d = Decoder::with_ip(64, &bytes, 0x1000, DecoderOptions::NONE);
+        let insns: Vec<Instruction> = (0..2).map(|_| d.decode()).collect();
+        for live in [
+            RegSet::ALL.minus(RegSet::FLAGS),
+            RegSet::ALL,
+            RegSet::ALL.minus(RegSet::gpr(RCX)),
+        ] {
+            let yields = [YieldPoint { at: 0, live }];
+            let hot0 = encode_hot(0x10_0000, &insns, &yields, 0x1008, &[0x5000_0000]).unwrap();
+            let cold = encode_cold(0x20_0000, &yields, &hot0.return_ips, 16).unwrap();
+            let hot = encode_hot(0x10_0000, &insns, &yields, 0x1008, &cold.switch_ips).unwrap();
+            assert_eq!(hot.bytes.len(), hot0.bytes.len());
+            assert_eq!(hot.return_ips, hot0.return_ips);
+        }
+    }
 }
