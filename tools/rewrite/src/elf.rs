@@ -68,8 +68,6 @@ pub struct Image {
     pub relocated_pointers: Vec<u64>,
     /// Places dynamic relocations write to that lie in executable code (text relocations).
     pub text_relocations: Vec<u64>,
-    /// The binary carries C++ exception tables.
-    pub has_exception_tables: bool,
     /// Marked IBT (endbr64) in its GNU property note.
     pub cet_ibt: bool,
 }
@@ -117,7 +115,6 @@ impl Image {
             .collect();
 
         let mut sections = Vec::new();
-        let mut has_exception_tables = false;
         for s in file.sections() {
             let SectionFlags::Elf { sh_flags } = s.flags() else {
                 continue;
@@ -126,7 +123,6 @@ impl Image {
                 continue;
             }
             let name = s.name().unwrap_or("").to_string();
-            has_exception_tables |= name == ".gcc_except_table";
             sections.push(Section {
                 name,
                 addr: s.address(),
@@ -213,7 +209,6 @@ impl Image {
             symbol_starts,
             relocated_pointers,
             text_relocations,
-            has_exception_tables,
             cet_ibt,
         })
     }

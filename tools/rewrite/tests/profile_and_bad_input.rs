@@ -21,7 +21,7 @@ fn profile_options(
             min_share,
             top,
         },
-        allow_call_windows: None,
+        allow_call_windows: false,
     }
 }
 
@@ -164,7 +164,7 @@ fn not_an_elf_and_not_x86_64() {
         input: input.into(),
         output: dir.path().join("out"),
         selection: Selection::AllLoads,
-        allow_call_windows: None,
+        allow_call_windows: false,
     };
     expect_error(&all(&text), "not an ELF file");
 
@@ -185,7 +185,7 @@ fn already_rewritten_input_is_refused() {
         input: once,
         output: dir.path().join("twice"),
         selection: Selection::AllLoads,
-        allow_call_windows: None,
+        allow_call_windows: false,
     };
     expect_error(&twice, "already rewritten");
 }

@@ -41,7 +41,7 @@ pub fn rewrite_all_loads(input: &Path, output: &Path) -> Report {
         input: input.into(),
         output: output.into(),
         selection: Selection::AllLoads,
-        allow_call_windows: None,
+        allow_call_windows: false,
     };
     rewrite(&options).unwrap_or_else(|e| panic!("rewriting {}: {e:#}", input.display()))
 }
