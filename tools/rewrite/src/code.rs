@@ -35,9 +35,17 @@ pub struct Code {
     pub unowned_insns: HashSet<u64>,
     /// Widest vector register used anywhere in the object, in bytes (16, 32 or 64).
     pub vector_width: usize,
+    /// Targets of direct branches and calls from code whose liveness is not analysed
+    /// (outside any function, or in a function that does not decode): the functions
+    /// there cannot assume their callers follow the ABI.
+    pub targets_of_unanalysed_code: HashSet<u64>,
+    /// Targets of direct calls: entries of real functions (a `.cold` fragment is only
+    /// ever jumped to).
+    pub call_targets: HashSet<u64>,
 }
 
 pub const PLT_STUB: &str = "PLT stub";
+pub const UNDECODABLE: &str = "undecodable function";
 const MAX_JUMP_TABLE_ENTRIES: usize = 1 << 16;
 
 impl Code {
@@ -66,7 +74,7 @@ impl Code {
                 .exec_sections()
                 .any(|s| s.name.starts_with(".plt") && s.contains(bounds.start));
             let unpatchable = if !clean {
-                Some("undecodable function")
+                Some(UNDECODABLE)
             } else if in_plt {
                 Some(PLT_STUB)
             } else if bounds.has_lsda {
@@ -87,6 +95,13 @@ impl Code {
 
         // Code no function covers: sweep it too, for the targets it branches to.
         let mut unowned_insns = HashSet::new();
+        let mut targets_of_unanalysed_code = HashSet::new();
+        for f in functions
+            .iter()
+            .filter(|f| f.unpatchable == Some(UNDECODABLE))
+        {
+            targets_of_unanalysed_code.extend(f.insns.iter().filter_map(direct_target));
+        }
         for section in image.exec_sections() {
             let Some(bytes) = image.bytes_at(section.addr, section.size) else {
                 continue;
@@ -105,6 +120,7 @@ impl Code {
                 let (insns, _) = decode_range(slice, at);
                 for insn in &insns {
                     unowned_insns.insert(insn.ip());
+                    targets_of_unanalysed_code.extend(direct_target(insn));
                     note_targets(image, insn, &mut leaders);
                 }
                 at = gap_end;
@@ -128,11 +144,19 @@ impl Code {
             }
         }
         scan_data_for_code_pointers(image, &mut leaders);
+        let call_targets = functions
+            .iter()
+            .flat_map(|f| f.insns.iter())
+            .filter(|i| i.flow_control() == FlowControl::Call)
+            .filter_map(direct_target)
+            .collect();
         Code {
+            call_targets,
             functions,
             leaders,
             unowned_insns,
             vector_width,
+            targets_of_unanalysed_code,
         }
     }
 
@@ -162,6 +186,19 @@ fn decode_range(bytes: &[u8], ip: u64) -> (Vec<Instruction>, bool) {
         insns.push(insn);
     }
     (insns, clean)
+}
+
+/// The target of a direct jump, conditional jump or call.
+pub fn direct_target(insn: &Instruction) -> Option<u64> {
+    let direct = matches!(
+        insn.op0_kind(),
+        OpKind::NearBranch64 | OpKind::NearBranch32 | OpKind::NearBranch16
+    );
+    let branch = matches!(
+        insn.flow_control(),
+        FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch | FlowControl::Call
+    );
+    (direct && branch).then(|| insn.near_branch_target())
 }
 
 fn uses_x87_or_mmx(insn: &Instruction) -> bool {

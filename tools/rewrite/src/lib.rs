@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod code;
 pub mod elf;
+pub mod interproc;
 pub mod liveness;
 pub mod profile;
 pub mod trampoline;
@@ -18,8 +19,8 @@ pub mod writer;
 
 use anyhow::{bail, Context, Result};
 use code::{Code, Function};
-use iced_x86::{FlowControl, Instruction, InstructionInfoFactory, OpAccess, OpKind};
-use liveness::{RegSet, Successors};
+use iced_x86::{Instruction, InstructionInfoFactory, OpAccess, OpKind};
+use liveness::RegSet;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -188,6 +189,7 @@ pub fn rewrite(options: &Options) -> Result<Report> {
     };
     let layout = writer::Layout::plan(&image)?;
     let mut planned = Vec::new();
+    let liveness_by_function = interproc::solve(&code);
 
     for (&fi, indices) in &sites {
         let f = &code.functions[fi];
@@ -204,7 +206,12 @@ pub fn rewrite(options: &Options) -> Result<Report> {
             }
             continue;
         }
-        let live = function_liveness(f, &code, &mut factory);
+        let Some(live) = &liveness_by_function[fi] else {
+            for _ in indices {
+                report.skip(code::UNDECODABLE);
+            }
+            continue;
+        };
         // Windows of this function: (window, yield points, site addresses).
         let mut windows: Vec<(window::Window, Vec<YieldPoint>)> = Vec::new();
         for &i in indices {
@@ -382,74 +389,4 @@ fn record_site(report: &mut Report, f: &Function, load: &Instruction, window: u6
         saved: names.join(","),
         fast_path: path,
     });
-}
-
-/// Live-in registers of every instruction of `f` (see [`liveness`] for the rules at
-/// the function's boundaries).
-fn function_liveness(
-    f: &Function,
-    code: &Code,
-    factory: &mut InstructionInfoFactory,
-) -> Vec<RegSet> {
-    let n = f.insns.len();
-    let effects: Vec<liveness::Effect> = f
-        .insns
-        .iter()
-        .map(|i| liveness::effect(factory, i, code.vector_width))
-        .collect();
-    let local_leaders: Vec<usize> = (0..n)
-        .filter(|&i| code.leaders.contains(&f.insns[i].ip()))
-        .collect();
-    let local = |addr: u64| f.index_of(addr);
-    let leaving = RegSet::ALL;
-    let returning = RegSet::ALL.minus(RegSet::FLAGS);
-    let successors: Vec<Successors> = f
-        .insns
-        .iter()
-        .enumerate()
-        .map(|(i, insn)| {
-            let next = (i + 1 < n && f.insns[i + 1].ip() == insn.next_ip()).then_some(i + 1);
-            let fall = |extra: Vec<usize>| match next {
-                Some(nx) => Successors::Local([extra, vec![nx]].concat()),
-                None => Successors::Exit {
-                    live: leaving,
-                    local: extra,
-                },
-            };
-            match insn.flow_control() {
-                FlowControl::Next | FlowControl::Call | FlowControl::IndirectCall => fall(vec![]),
-                FlowControl::ConditionalBranch => match local(insn.near_branch_target()) {
-                    Some(t) => fall(vec![t]),
-                    None => Successors::Exit {
-                        live: leaving,
-                        local: next.into_iter().collect(),
-                    },
-                },
-                FlowControl::UnconditionalBranch => match local(insn.near_branch_target()) {
-                    Some(t) => Successors::Local(vec![t]),
-                    None => Successors::Exit {
-                        live: leaving,
-                        local: vec![],
-                    },
-                },
-                FlowControl::IndirectBranch => Successors::Exit {
-                    live: returning,
-                    local: local_leaders.clone(),
-                },
-                FlowControl::Return => Successors::Exit {
-                    live: returning,
-                    local: vec![],
-                },
-                FlowControl::Interrupt | FlowControl::XbeginXabortXend => Successors::Exit {
-                    live: leaving,
-                    local: next.into_iter().collect(),
-                },
-                FlowControl::Exception => Successors::Exit {
-                    live: leaving,
-                    local: vec![],
-                },
-            }
-        })
-        .collect();
-    liveness::live_in(&effects, &successors)
 }

@@ -3,12 +3,13 @@
 //! A yield clobbers every register but `%rsp` (core/src/abi.rs), so a trampoline saves
 //! exactly the registers live at its site. The analysis is a backward dataflow over the
 //! function's instructions with deliberately conservative boundaries:
-//! - at `ret`, a jump out of the function, an indirect jump, or falling off the end,
-//!   EVERY register is live: callers compiled with GCC's `-fipa-ra` may keep values in
-//!   caller-saved registers across a call to a function known not to clobber them, so
-//!   the SysV clobber list cannot be trusted. Flags are the exception at `ret` (no
-//!   compiler keeps flags across a call).
-//! - a call reads the argument registers and kills nothing, for the same reason.
+//! - at `ret`, what the callers need: the SysV callee-saved and return registers, plus
+//!   whatever a caller in this object keeps live across its call (GCC's `-fipa-ra` lets
+//!   callers keep values in caller-saved registers across a call to a function known
+//!   not to clobber them); `interproc` solves this over the call graph.
+//! - at a jump out of the function, an indirect jump, or falling off the end, EVERY
+//!   register is live (flags too, except at indirect jumps).
+//! - a call reads the argument registers and kills nothing (`-fipa-ra` again).
 //! - instructions whose effect is unknown (traps, `xbegin`) make everything live.
 
 use iced_x86::{
@@ -214,10 +215,16 @@ pub enum Successors {
     Local(Vec<usize>),
     /// Leaves the function: this is what is live on the way out (plus any local ones).
     Exit { live: RegSet, local: Vec<usize> },
+    /// `ret`: what the function's callers need preserved (see `interproc`).
+    Return,
+    /// A tail call: the callee's arguments, what our callers need (it returns to
+    /// them), and any local successors.
+    TailCall { local: Vec<usize> },
 }
 
-/// Live-in sets per instruction, by iterating to a fixpoint.
-pub fn live_in(effects: &[Effect], successors: &[Successors]) -> Vec<RegSet> {
+/// Live-in sets per instruction, by iterating to a fixpoint; `at_return` is what is
+/// live at a `ret`.
+pub fn live_in(effects: &[Effect], successors: &[Successors], at_return: RegSet) -> Vec<RegSet> {
     let n = effects.len();
     let mut live = vec![RegSet::EMPTY; n];
     let mut changed = true;
@@ -231,6 +238,12 @@ pub fn live_in(effects: &[Effect], successors: &[Successors]) -> Vec<RegSet> {
                 Successors::Exit { live: exit, local } => {
                     local.iter().fold(*exit, |acc, &s| acc.union(live[s]))
                 }
+                Successors::Return => at_return,
+                Successors::TailCall { local } => local
+                    .iter()
+                    .fold(at_return.union(call_arguments()), |acc, &s| {
+                        acc.union(live[s])
+                    }),
             };
             let new = effects[i].uses.union(out.minus(effects[i].defs));
             if new != live[i] {
@@ -312,12 +325,9 @@ mod tests {
             Successors::Local(vec![1]),
             Successors::Local(vec![2]),
             Successors::Local(vec![0, 3]),
-            Successors::Exit {
-                live: ret_live,
-                local: vec![],
-            },
+            Successors::Return,
         ];
-        let live = live_in(&effects, &succ);
+        let live = live_in(&effects, &succ, ret_live);
         assert_eq!(live[0], RegSet::gpr(RDI).union(RegSet::gpr(3)));
         assert!(live[2].has_flags());
         assert!(!live[0].has_flags());

@@ -56,8 +56,12 @@ pub fn find(
     if is_endbr(&insns[site]) {
         return Err("site is an endbr64");
     }
-    if !can_end(&insns[site], rules) && insns[site].flow_control() != FlowControl::Next {
-        return Err("site cannot be relocated");
+    match insns[site].flow_control() {
+        FlowControl::Call | FlowControl::IndirectCall if !rules.allow_call => {
+            return Err("site is a call (see --call-windows)")
+        }
+        _ if !can_end(&insns[site], rules) => return Err("site cannot be relocated"),
+        _ => {}
     }
     let mut best: Option<Window> = None;
     let lowest = site.saturating_sub(MAX_BACKWARD).max(not_before);
