@@ -9,6 +9,61 @@
 #include <stdint.h>
 #include <stdbool.h>
 
+// Flag for `msh_dirty_collect*`: re-arm exactly the pages reported.
+#define MSH_DIRTY_REARM 1
+
+// `%fs` offset of the next-scavenger pointer (0 when there is nothing to run).
+#define MSH_TCB_NEXT 56
+
+// `%fs` offset of the thread's context block pointer (0 when not an msh thread).
+#define MSH_TCB_THREAD 64
+
+// Context block: the running scavenger (NULL while the primary runs).
+#define MSH_CTX_RUNNING 0
+
+// Context block: the primary's saved stack pointer.
+#define MSH_CTX_PRIMARY_SP 8
+
+// Context block: the primary's resume address.
+#define MSH_CTX_PRIMARY_IP 16
+
+// Context block: TSC at the start of a sample run (0 = none under way).
+#define MSH_CTX_SAMPLE_START 24
+
+// Context block: budget per switch in TSC ticks.
+#define MSH_CTX_BUDGET 32
+
+// Context block: scavenger yields left before switching back.
+#define MSH_CTX_QUOTA 40
+
+// Context block: scavenger yields per switch (the calibrated budget).
+#define MSH_CTX_QUOTA_REFILL 48
+
+// Context block: switch counter.
+#define MSH_CTX_SWITCHES 56
+
+// Context block: scavenger yield counter.
+#define MSH_CTX_SCAV_YIELDS 64
+
+// Context block: switches left until the next sample run.
+#define MSH_CTX_SAMPLE_COUNTDOWN 80
+
+// Context block: the calibration function, called on sample runs.
+#define MSH_CTX_CALIBRATE 88
+
+// Yield context: saved stack pointer.
+#define MSH_CORO_SP 0
+
+// Yield context: resume address.
+#define MSH_CORO_IP 8
+
+// Yield context: next in the thread's ring.
+#define MSH_CORO_NEXT 16
+
+// `msh_config.flags`: at shutdown, drop unfinished scavengers instead of running
+// them to completion.
+#define MSH_FLAG_ABANDON_AT_EXIT 1
+
 // Result of every fallible msh call. 0 is success; the others name the cause.
 typedef enum {
   MSH_OK = 0,
@@ -42,15 +97,339 @@ typedef enum {
   MSH_ERR_INTERNAL = 14,
 } msh_status;
 
+// A dirty-tracking mechanism (`MSH_DIRTY_AUTO` picks the best available one).
+// Functions take it as a `uint32_t` so that any value C passes is checked.
+typedef enum {
+  // The first available of the others, in this order.
+  MSH_DIRTY_AUTO = 0,
+  // userfaultfd async write-protect + PAGEMAP_SCAN (Linux 6.7+).
+  MSH_DIRTY_UFFD_ASYNC = 1,
+  // /proc/self/clear_refs + pagemap bit 55 (needs CONFIG_MEM_SOFT_DIRTY).
+  MSH_DIRTY_SOFT_DIRTY = 2,
+  // userfaultfd write-protect with a handler thread.
+  MSH_DIRTY_UFFD_SYNC = 3,
+  // PROT_READ + a SIGSEGV handler that chains to the previous one.
+  MSH_DIRTY_MPROTECT = 4,
+} msh_dirty_backend;
+
+// An opaque dirty-page tracker.
+typedef struct msh_dirty_tracker msh_dirty_tracker;
+
+// A byte range `[start, start + len)`; page-aligned where the tracker needs it.
+typedef struct {
+  uintptr_t start;
+  uintptr_t len;
+} msh_dirty_range;
+
+// Runtime configuration. Fill it with `msh_config_init`, then change what you need.
+typedef struct {
+  // Usable bytes of each scavenger stack (at least 16 KiB; default 64 KiB).
+  uintptr_t stack_size;
+  // Scavenger slots per primary thread (1..=1024; default 4).
+  uint32_t scavengers_per_thread;
+  // How long a scavenger may run per switch, in ns (default 150). Enforced as a
+  // count of the scavenger's yields, calibrated against the TSC as it runs.
+  uint64_t budget_ns;
+  // `MSH_FLAG_*` bits.
+  uint32_t flags;
+} msh_config;
+
+// A scavenger's body.
+typedef void (*msh_scavenger_fn)(void *arg);
+
+// Counters, for one thread or summed over threads.
+typedef struct {
+  // Switches from a primary to a scavenger.
+  uint64_t switches;
+  // Budget checks made by scavengers (their yields).
+  uint64_t scavenger_yields;
+  // Time spent running scavengers, in ns.
+  uint64_t scavenger_ns;
+  // Scavengers that began running.
+  uint64_t started;
+  // Scavengers whose function returned.
+  uint64_t completed;
+  // Threads counted.
+  uint64_t threads;
+} msh_stats;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
+// The one-line message of the last `msh_dirty_*` failure on this thread (an empty
+// string if none). Valid until the next `msh_dirty_*` call on the thread.
+const char *msh_dirty_last_error(void);
+
+// Starts tracking `count` ranges with `backend` (an `msh_dirty_backend`); `*out`
+// receives the tracker. Every page is armed: the first collection reports exactly the
+// pages written from now on, including pages never touched before.
+// Fails with MSH_ERR_INVALID (unaligned or empty ranges), MSH_ERR_UNMAPPED (not
+// private writable memory, or file-backed for a backend that cannot track it),
+// MSH_ERR_OVERLAP, MSH_ERR_UNSUPPORTED (backend unavailable); see
+// `msh_dirty_last_error` for the reason.
+//
+// # Safety
+// `ranges` points to `count` ranges; `out` is writable.
+msh_status msh_dirty_create(const msh_dirty_range *ranges,
+                            uintptr_t count,
+                            uint32_t backend,
+                            msh_dirty_tracker **out);
+
+// Stops tracking and frees the tracker (NULL is a no-op). The memory stays as it is,
+// writable. In a child after fork, frees the child's copy without touching the parent.
+//
+// # Safety
+// `tracker` comes from `msh_dirty_create` and is not used afterwards.
+void msh_dirty_destroy(msh_dirty_tracker *tracker);
+
+// Forgets every write so far and arms every page again.
+//
+// # Safety
+// `tracker` comes from `msh_dirty_create`; no other call uses it concurrently.
+msh_status msh_dirty_reset(msh_dirty_tracker *tracker);
+
+// Reports written pages as page addresses, in address order, starting at `*cursor`
+// (0 = the first tracked page): at most `capacity` of them into `pages`, their number
+// in `*count`. With `MSH_DIRTY_REARM` in `flags`, exactly the reported pages are armed
+// again, atomically with respect to concurrent writers (a racing write is reported now
+// or next time, never lost). `*cursor` becomes where to continue, or 0 when the scan
+// reached the end: call again while it is not 0.
+// MSH_ERR_UNMAPPED: a range was unmapped or remapped under the tracker.
+// MSH_ERR_BUSY: the tracker was inherited across fork (it tracks the parent).
+//
+// # Safety
+// `tracker` comes from `msh_dirty_create` and is not used concurrently; `pages` has
+// room for `capacity` addresses; `count` and `cursor` are writable.
+msh_status msh_dirty_collect(msh_dirty_tracker *tracker,
+                             uint32_t flags,
+                             uintptr_t *pages,
+                             uintptr_t capacity,
+                             uintptr_t *count,
+                             uintptr_t *cursor);
+
+// Like `msh_dirty_collect`, reporting runs of written pages as byte ranges: at most
+// `capacity` ranges into `ranges`.
+//
+// # Safety
+// As for `msh_dirty_collect`, with `ranges` having room for `capacity` ranges.
+msh_status msh_dirty_collect_ranges(msh_dirty_tracker *tracker,
+                                    uint32_t flags,
+                                    msh_dirty_range *ranges,
+                                    uintptr_t capacity,
+                                    uintptr_t *count,
+                                    uintptr_t *cursor);
+
+// The backend `tracker` uses, in `*out`.
+//
+// # Safety
+// `tracker` comes from `msh_dirty_create`; `out` is writable.
+msh_status msh_dirty_get_backend(const msh_dirty_tracker *tracker, msh_dirty_backend *out);
+
+// The name of `backend` (an `msh_dirty_backend`): "auto", "uffd-async", "soft-dirty",
+// "uffd-sync", "mprotect", or "unknown"; a static string.
+const char *msh_dirty_backend_name(uint32_t backend);
+
+// MSH_OK when `backend` (an `msh_dirty_backend`) works on this kernel, checked by a
+// self-test once per process; MSH_ERR_UNSUPPORTED otherwise, with the reason in
+// `msh_dirty_last_error`. For MSH_DIRTY_AUTO: MSH_OK when any backend works. Probing
+// mprotect installs its (chaining) SIGSEGV handler.
+msh_status msh_dirty_probe(uint32_t backend);
+
 // A static, NUL-terminated English description of `status`.
 const char *msh_strerror(msh_status status);
+
+// Fills `config` with the defaults.
+//
+// # Safety
+// `config` is NULL or points to writable memory for an `msh_config`.
+msh_status msh_config_init(msh_config *config);
+
+// Starts msh. `config` may be NULL for the defaults.
+// Errors: MSH_ERR_ALREADY_INITIALIZED, MSH_ERR_INVALID.
+//
+// # Safety
+// `config` is NULL or points to a valid `msh_config`.
+msh_status msh_init(const msh_config *config);
+
+// Stops msh. If the caller is a primary, its scavengers and the pool first run to
+// completion (unless MSH_FLAG_ABANDON_AT_EXIT) and it is unregistered.
+// Errors: MSH_ERR_NOT_INITIALIZED; MSH_ERR_BUSY while other threads are registered.
+msh_status msh_shutdown(void);
+
+// Makes the calling thread a primary: its yields may now run scavengers.
+// Errors: MSH_ERR_NOT_INITIALIZED, MSH_ERR_ALREADY_REGISTERED.
+msh_status msh_thread_register(void);
+
+// Ends the calling thread's role as a primary; its unfinished scavengers return
+// to the pool. Happens by itself when a registered thread exits.
+// Errors: MSH_ERR_NOT_REGISTERED; MSH_ERR_BUSY from inside a scavenger.
+msh_status msh_thread_unregister(void);
+
+// Queues a scavenger that runs `fn(arg)` on its own stack. A scavenger should call
+// `msh_yield()` every few tens of ns of work. When it returns, the next one in the
+// pool takes its slot. Errors: MSH_ERR_NULL, MSH_ERR_NOT_INITIALIZED,
+// MSH_ERR_NO_SLOT (pool full), MSH_ERR_NO_MEMORY.
+msh_status msh_spawn(msh_scavenger_fn func, void *arg);
+
+// As `msh_spawn`, with a name used in diagnostics (e.g. a stack overflow report).
+// `name` may be NULL.
+//
+// # Safety
+// `name` is NULL or a NUL-terminated string.
+msh_status msh_spawn_named(const char *name, msh_scavenger_fn func, void *arg);
+
+// Runs the caller's scavengers and the pool until all have finished.
+// Errors: MSH_ERR_NOT_REGISTERED; MSH_ERR_BUSY from inside a scavenger.
+msh_status msh_run_pending(void);
+
+// Scavengers waiting in the pool for a slot.
+uintptr_t msh_pending(void);
+
+// The calling thread's counters. Errors: MSH_ERR_NULL, MSH_ERR_NOT_REGISTERED.
+//
+// # Safety
+// `out` is NULL or points to writable memory for an `msh_stats`.
+msh_status msh_thread_stats(msh_stats *out);
+
+// Counters summed over threads that have unregistered (or exited), plus the caller.
+// Errors: MSH_ERR_NULL.
+//
+// # Safety
+// `out` is NULL or points to writable memory for an `msh_stats`.
+msh_status msh_global_stats(msh_stats *out);
 
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus
 
 #endif  /* MSH_H */
+
+/* ---- Yields: static inline, so that no call/ret pair is split across contexts. ----
+ *
+ * MSH_PREFETCH_YIELD(p): prefetch *p and, if this thread has a scavenger to run,
+ * switch to it; returns when the scavenger's budget is spent. With nothing to run
+ * (or no libmsh at all) it is a prefetch, one compare and a branch.
+ *
+ * msh_yield(): in a scavenger, switch back to the primary once the budget is spent
+ * (call it every few tens of ns of work: the budget is counted in these calls,
+ * calibrated against the TSC); in a primary, yield to a scavenger.
+ *
+ * Every register but %rsp may change across a switch: the asm declares them all
+ * clobbered, so the compiler keeps live values in memory around it. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+
+#ifdef __AVX512F__
+#define MSH__VEC_HI_CLOBBERS , "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", \
+  "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", \
+  "k1", "k2", "k3", "k4", "k5", "k6", "k7"
+#else
+#define MSH__VEC_HI_CLOBBERS
+#endif
+#define MSH__CLOBBERS "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", \
+  "r12", "r13", "r14", "r15", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", \
+  "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", \
+  "st", "st(1)", "st(2)", "st(3)", "st(4)", "st(5)", "st(6)", "st(7)", "memory", "cc" \
+  MSH__VEC_HI_CLOBBERS
+
+#define MSH__OFFSETS [next] "i"(MSH_TCB_NEXT), [thread] "i"(MSH_TCB_THREAD), \
+  [running] "i"(MSH_CTX_RUNNING), [psp] "i"(MSH_CTX_PRIMARY_SP), [pip] "i"(MSH_CTX_PRIMARY_IP), \
+  [sstart] "i"(MSH_CTX_SAMPLE_START), [quota] "i"(MSH_CTX_QUOTA), \
+  [refill] "i"(MSH_CTX_QUOTA_REFILL), [switches] "i"(MSH_CTX_SWITCHES), \
+  [syields] "i"(MSH_CTX_SCAV_YIELDS), [countdown] "i"(MSH_CTX_SAMPLE_COUNTDOWN), \
+  [calibrate] "i"(MSH_CTX_CALIBRATE), \
+  [csp] "i"(MSH_CORO_SP), [cip] "i"(MSH_CORO_IP), [cnext] "i"(MSH_CORO_NEXT)
+
+/* Calls the context block's calibration function (%rsi) on an aligned stack. */
+#define MSH__CALIBRATE \
+  "mov %%rsp, %%r12\n\t" \
+  "lea -128(%%rsp), %%rsp\n\t" \
+  "and $-16, %%rsp\n\t" \
+  "mov %%rsi, %%rdi\n\t" \
+  "call *%c[calibrate](%%rsi)\n\t" \
+  "mov %%r12, %%rsp\n\t"
+
+/* Switch from the primary to %fs:next; %rsi = context block, %rcx = scavenger. */
+#define MSH__PRIMARY_SWITCH \
+  "lea -128(%%rsp), %%rsp\n\t" \
+  "push %%rbp\n\t" \
+  "mov %%rsp, %c[psp](%%rsi)\n\t" \
+  "lea 2f(%%rip), %%rdx\n\t" \
+  "mov %%rdx, %c[pip](%%rsi)\n\t" \
+  "mov %%rcx, %c[running](%%rsi)\n\t" \
+  "incq %c[switches](%%rsi)\n\t" \
+  "mov %c[csp](%%rcx), %%rsp\n\t" \
+  "jmp *%c[cip](%%rcx)\n" \
+  "2:\n\t" \
+  "pop %%rbp\n\t" \
+  "lea 128(%%rsp), %%rsp\n\t"
+
+static inline __attribute__((always_inline)) void msh_prefetch_yield(const void *addr) {
+  __builtin_prefetch(addr, 0, 3);
+  __asm__ volatile(
+    "cmpq $0, %%fs:%c[next]\n\t"
+    "je 9f\n\t"
+    "mov %%fs:%c[thread], %%rsi\n\t"
+    "mov %%fs:%c[next], %%rcx\n\t"
+    MSH__PRIMARY_SWITCH
+    "9:\n"
+    : : MSH__OFFSETS : MSH__CLOBBERS);
+}
+
+static inline __attribute__((always_inline)) void msh_yield(void) {
+  __asm__ volatile(
+    "mov %%fs:%c[thread], %%rsi\n\t"
+    "test %%rsi, %%rsi\n\t"
+    "jz 9f\n\t"
+    "mov %c[running](%%rsi), %%rcx\n\t"
+    "test %%rcx, %%rcx\n\t"
+    "jz 5f\n\t"
+    /* A scavenger: spend one unit of quota. */
+    "incq %c[syields](%%rsi)\n\t"
+    "decq %c[quota](%%rsi)\n\t"
+    "jnz 9f\n\t"
+    /* Quota spent: end a sample run if one is under way, then back to the primary. */
+    "cmpq $0, %c[sstart](%%rsi)\n\t"
+    "je 4f\n\t"
+    MSH__CALIBRATE
+    "mov %%fs:%c[thread], %%rsi\n\t"
+    "mov %c[running](%%rsi), %%rcx\n"
+    "4:\n\t"
+    "lea -128(%%rsp), %%rsp\n\t"
+    "push %%rbp\n\t"
+    "mov %%rsp, %c[csp](%%rcx)\n\t"
+    "lea 3f(%%rip), %%rdx\n\t"
+    "mov %%rdx, %c[cip](%%rcx)\n\t"
+    "mov %c[cnext](%%rcx), %%rdx\n\t"
+    "mov %%rdx, %%fs:%c[next]\n\t"
+    "movq $0, %c[running](%%rsi)\n\t"
+    "mov %c[psp](%%rsi), %%rsp\n\t"
+    "jmp *%c[pip](%%rsi)\n"
+    "3:\n\t"
+    /* Resumed, perhaps on another thread: a new quota; now and then a sample run. */
+    "pop %%rbp\n\t"
+    "lea 128(%%rsp), %%rsp\n\t"
+    "mov %%fs:%c[thread], %%rsi\n\t"
+    "mov %c[refill](%%rsi), %%rax\n\t"
+    "mov %%rax, %c[quota](%%rsi)\n\t"
+    "decq %c[countdown](%%rsi)\n\t"
+    "jnz 9f\n\t"
+    MSH__CALIBRATE
+    "jmp 9f\n"
+    /* A primary: yield to the next scavenger, if any. */
+    "5:\n\t"
+    "mov %%fs:%c[next], %%rcx\n\t"
+    "test %%rcx, %%rcx\n\t"
+    "jz 9f\n\t"
+    MSH__PRIMARY_SWITCH
+    "9:\n"
+    : : MSH__OFFSETS : MSH__CLOBBERS);
+}
+
+#else /* not x86-64 GCC/Clang: yields do nothing */
+static inline void msh_prefetch_yield(const void *addr) { (void)addr; }
+static inline void msh_yield(void) {}
+#endif
+
+#define MSH_PREFETCH_YIELD(p) msh_prefetch_yield((const void *)(p))
+#define MSH_YIELD() msh_yield()

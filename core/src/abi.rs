@@ -42,14 +42,17 @@
 //! 9:
 //! ```
 //! No `call`/`ret` pair is split across contexts, so the return-stack predictor stays
-//! aligned. The scavenger side (see `arch::x86_64`) sets its own TSC deadline when it
-//! resumes, keeping `rdtsc` off the primary's path.
+//! aligned.
 //!
 //! # The scavenger's yield
 //! `ThreadCtx::running` is non-null while a scavenger runs. Its yield decrements
-//! `quota`; at zero it reads the TSC and switches back to the primary at
-//! `PRIMARY_SP`/`PRIMARY_IP` once `deadline` has passed, setting `%fs:0x38` to
-//! `running->next` so that the primary's next yield goes round the ring.
+//! `quota` and, at zero, switches back to the primary at `PRIMARY_SP`/`PRIMARY_IP`,
+//! setting `%fs:0x38` to `running->next` so that the primary's next yield goes round
+//! the ring. The budget is a number of scavenger yields, calibrated against the TSC:
+//! one switch in [`SAMPLE_EVERY`] is a sample run, timed by a call to `calibrate`.
+//! The TSC is never read on the ordinary path, because here a TSC read issued while
+//! the primary's prefetch is in flight often waits for it (measured: 4-7x longer on
+//! average), which would turn every budget into "until the miss completes".
 
 use core::ptr;
 
@@ -57,6 +60,8 @@ use core::ptr;
 pub const TCB_NEXT: usize = 0x38;
 /// `%fs` offset of the pointer to the thread's [`ThreadCtx`] (0 = not an msh thread).
 pub const TCB_THREAD: usize = 0x40;
+/// One switch in this many is a sample run that recalibrates the quota.
+pub const SAMPLE_EVERY: u64 = 256;
 /// Bytes below `%rsp` that leaf code may use without moving `%rsp` (SysV ABI).
 pub const RED_ZONE: usize = 128;
 
@@ -74,7 +79,11 @@ pub struct Coro {
 
 impl Coro {
     pub const fn empty() -> Self {
-        Coro { sp: 0, ip: 0, next: ptr::null_mut() }
+        Coro {
+            sp: 0,
+            ip: 0,
+            next: ptr::null_mut(),
+        }
     }
 }
 
@@ -89,20 +98,27 @@ pub struct ThreadCtx {
     pub primary_sp: u64,
     /// Where the primary resumes: instruction.
     pub primary_ip: u64,
-    /// TSC value after which the running scavenger must switch back.
-    pub deadline: u64,
+    /// TSC at the start of a sample run; 0 when no sample is being taken.
+    pub sample_start: u64,
     /// Budget per switch, in TSC ticks.
     pub budget_ticks: u64,
-    /// Scavenger yields left before the TSC is read again.
+    /// Scavenger yields left before the running scavenger switches back.
     pub quota: u64,
-    /// What `quota` is refilled to (1 = read the TSC at every scavenger yield).
+    /// Scavenger yields per switch: `budget_ticks` / `ticks_per_yield`.
     pub quota_refill: u64,
     /// Switches from the primary to a scavenger.
     pub switches: u64,
     /// Scavenger yields (checks of the budget), whether or not they switched.
     pub scav_yields: u64,
-    /// TSC ticks spent in scavengers.
-    pub scav_ticks: u64,
+    /// Calibrated cost of one scavenger yield interval, in TSC ticks x 16.
+    pub ticks_per_yield_x16: u64,
+    /// Switches left until the next sample run.
+    pub sample_countdown: u64,
+    /// Starts or ends a sample run (`sample_start` says which); called from the yield
+    /// sequences with a 16-byte-aligned stack. Never null in a live context.
+    pub calibrate: Option<unsafe extern "C" fn(*mut ThreadCtx)>,
+    /// Not used by asm: the quota a sample run was given.
+    pub sample_yields: u64,
 }
 
 impl ThreadCtx {
@@ -111,13 +127,16 @@ impl ThreadCtx {
             running: ptr::null_mut(),
             primary_sp: 0,
             primary_ip: 0,
-            deadline: 0,
+            sample_start: 0,
             budget_ticks,
             quota: 1,
             quota_refill: 1,
             switches: 0,
             scav_yields: 0,
-            scav_ticks: 0,
+            ticks_per_yield_x16: 0,
+            sample_countdown: 1,
+            calibrate: None,
+            sample_yields: 0,
         }
     }
 }
@@ -130,13 +149,15 @@ pub mod off {
     pub const RUNNING: usize = 0;
     pub const PRIMARY_SP: usize = 8;
     pub const PRIMARY_IP: usize = 16;
-    pub const DEADLINE: usize = 24;
+    pub const SAMPLE_START: usize = 24;
     pub const BUDGET_TICKS: usize = 32;
     pub const QUOTA: usize = 40;
     pub const QUOTA_REFILL: usize = 48;
     pub const SWITCHES: usize = 56;
     pub const SCAV_YIELDS: usize = 64;
-    pub const SCAV_TICKS: usize = 72;
+    pub const TICKS_PER_YIELD_X16: usize = 72;
+    pub const SAMPLE_COUNTDOWN: usize = 80;
+    pub const CALIBRATE: usize = 88;
 }
 
 // The asm relies on these: a layout change must fail the build, not corrupt a stack.
@@ -148,11 +169,13 @@ const _: () = {
     assert!(offset_of!(ThreadCtx, running) == off::RUNNING);
     assert!(offset_of!(ThreadCtx, primary_sp) == off::PRIMARY_SP);
     assert!(offset_of!(ThreadCtx, primary_ip) == off::PRIMARY_IP);
-    assert!(offset_of!(ThreadCtx, deadline) == off::DEADLINE);
+    assert!(offset_of!(ThreadCtx, sample_start) == off::SAMPLE_START);
     assert!(offset_of!(ThreadCtx, budget_ticks) == off::BUDGET_TICKS);
     assert!(offset_of!(ThreadCtx, quota) == off::QUOTA);
     assert!(offset_of!(ThreadCtx, quota_refill) == off::QUOTA_REFILL);
     assert!(offset_of!(ThreadCtx, switches) == off::SWITCHES);
     assert!(offset_of!(ThreadCtx, scav_yields) == off::SCAV_YIELDS);
-    assert!(offset_of!(ThreadCtx, scav_ticks) == off::SCAV_TICKS);
+    assert!(offset_of!(ThreadCtx, ticks_per_yield_x16) == off::TICKS_PER_YIELD_X16);
+    assert!(offset_of!(ThreadCtx, sample_countdown) == off::SAMPLE_COUNTDOWN);
+    assert!(offset_of!(ThreadCtx, calibrate) == off::CALIBRATE);
 };

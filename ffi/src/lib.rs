@@ -3,7 +3,9 @@
 //! by cbindgen (see `tests/header.rs`).
 #![allow(non_camel_case_types)]
 
-pub mod error;
+pub mod attach;
 mod dirty;
+pub mod error;
+pub mod runtime;
 
 pub use error::msh_status;

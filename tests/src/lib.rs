@@ -1,1 +1,85 @@
-//! End-to-end tests live in tests/tests/.
+//! Helpers for the end-to-end tests in `tests/tests/`: where the checkout, the built
+//! libraries and the binaries are, and how to compile C against them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// `target/<profile>` of the running test binary (it lives in `target/<profile>/deps`).
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+/// A scratch directory for this test's build products.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = profile_dir().join("e2e").join(name);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+pub fn libmsh_a() -> PathBuf {
+    let lib = profile_dir().join("libmsh.a");
+    assert!(
+        lib.exists(),
+        "{} is missing: build msh-ffi first",
+        lib.display()
+    );
+    lib
+}
+
+pub fn libmsh_so() -> PathBuf {
+    let lib = profile_dir().join("libmsh.so");
+    assert!(
+        lib.exists(),
+        "{} is missing: build msh-ffi first",
+        lib.display()
+    );
+    lib
+}
+
+/// Compiles C `sources` into `out` with msh.h on the include path, then `extra` args
+/// (libraries go there). Panics with the compiler's output on failure.
+pub fn cc(sources: &[PathBuf], out: &Path, extra: &[&str]) {
+    let output = Command::new("cc")
+        .args(["-O2", "-g", "-Wall", "-Werror", "-pthread"])
+        .arg("-I")
+        .arg(repo_root().join("include"))
+        .args(sources)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("cannot run cc");
+    assert!(
+        output.status.success(),
+        "cc failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Links a program against the static libmsh.
+pub fn cc_with_libmsh(sources: &[PathBuf], out: &Path, extra: &[&str]) {
+    let lib = libmsh_a();
+    let mut args = vec![lib.to_str().unwrap(), "-ldl", "-lm", "-lgcc_s"];
+    args.extend_from_slice(extra);
+    cc(sources, out, &args);
+}
+
+/// Runs `program` and returns its output.
+pub fn run(program: &Path, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .expect("cannot run test program")
+}

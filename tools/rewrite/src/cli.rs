@@ -33,18 +33,8 @@ pub struct RewriteArgs {
     pub call_windows: bool,
 }
 
-/// Runs the subcommand; returns the process exit code. Errors are one line on stderr.
-pub fn main(args: RewriteArgs) -> i32 {
-    match run(&args) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("msh rewrite: error: {e:#}");
-            1
-        }
-    }
-}
-
-fn run(args: &RewriteArgs) -> anyhow::Result<()> {
+/// Runs the subcommand; the caller prints the error (one line, `{:#}`).
+pub fn run(args: &RewriteArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let selection = match &args.profile {
         Some(path) => Selection::Profile {

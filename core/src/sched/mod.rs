@@ -1,0 +1,801 @@
+//! The scheduler: each primary thread owns a ring of scavenger slots; a scavenger
+//! that finishes is replaced from the shared [`Pool`] by the scavenger itself, on its
+//! way out, so the primary's yield path stays a few instructions.
+//!
+//! All per-thread state lives in a [`Primary`] reached through `%fs:0x40`; it is only
+//! touched by code running on that thread (the primary or one of its scavengers,
+//! never both at once), so it needs no lock.
+
+mod lending;
+pub use lending::{lend, reclaim};
+
+use crate::abi::{Coro, ThreadCtx};
+use crate::arch;
+use crate::budget;
+use crate::pool::{Pool, PoolError};
+use crate::stack::{Stack, StackError, DEFAULT_STACK_SIZE};
+use crate::tsc;
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::ffi::c_void;
+use core::ptr;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// A scavenger's body: `func(arg)`, run on its own stack until it returns.
+pub type JobFn = unsafe extern "C" fn(*mut c_void);
+
+/// At most this many scavengers wait in the pool.
+pub const POOL_CAPACITY: usize = 1 << 16;
+/// Default budget per switch: a little under one DRAM miss on these machines (≈165 ns).
+pub const DEFAULT_BUDGET_NS: u64 = 150;
+/// Default number of scavenger slots per primary thread.
+pub const DEFAULT_SLOTS: usize = 4;
+/// Bytes kept for a scavenger's name (with the terminating NUL).
+pub const NAME_LEN: usize = 64;
+
+/// Runtime configuration, fixed between `init` and `shutdown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Usable bytes of each scavenger stack.
+    pub stack_size: usize,
+    /// Scavenger slots per primary thread.
+    pub slots_per_thread: usize,
+    /// How long a scavenger may run per switch.
+    pub budget_ns: u64,
+    /// At shutdown, drop unfinished scavengers instead of running them to completion.
+    pub abandon_at_exit: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            stack_size: DEFAULT_STACK_SIZE,
+            slots_per_thread: DEFAULT_SLOTS,
+            budget_ns: DEFAULT_BUDGET_NS,
+            abandon_at_exit: false,
+        }
+    }
+}
+
+/// Why a runtime call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    AlreadyInitialized,
+    NotInitialized,
+    AlreadyRegistered,
+    NotRegistered,
+    /// The call is not allowed from inside a scavenger.
+    InScavenger,
+    /// The pool is full.
+    PoolFull,
+    /// A configuration value is out of range.
+    Invalid,
+    /// Threads other than the caller are still registered.
+    Busy,
+    /// The TCB words msh uses are taken by something else.
+    TcbInUse,
+    /// mmap/mprotect failed with this errno.
+    Os(i32),
+}
+
+impl From<StackError> for Error {
+    fn from(err: StackError) -> Self {
+        match err {
+            StackError::Os(errno) => Error::Os(errno),
+        }
+    }
+}
+
+/// Counters, per thread or summed over threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Switches from a primary to a scavenger.
+    pub switches: u64,
+    /// Budget checks made by scavengers.
+    pub scav_yields: u64,
+    /// Time spent in scavengers.
+    pub scav_ns: u64,
+    /// Scavengers that began running.
+    pub started: u64,
+    /// Scavengers whose function returned.
+    pub completed: u64,
+    /// Threads counted in these figures.
+    pub threads: u64,
+}
+
+/// A scavenger coroutine: a yield context, its stack, and what it runs.
+#[repr(C)]
+pub struct Scavenger {
+    /// First, so that a `*mut Coro` in the ring is a `*mut Scavenger`.
+    coro: Coro,
+    stack: Stack,
+    func: JobFn,
+    arg: *mut c_void,
+    started: bool,
+    name: [u8; NAME_LEN],
+}
+
+// SAFETY: a suspended scavenger is a stack and a resume point; it may resume on any
+// thread (msh's reallocation). `arg` is the spawner's to make thread-safe.
+unsafe impl Send for Scavenger {}
+
+impl Scavenger {
+    fn new(
+        func: JobFn,
+        arg: *mut c_void,
+        name: Option<&[u8]>,
+        stack_size: usize,
+    ) -> Result<Box<Self>, Error> {
+        Self::with_main(coro_main, func, arg, name, stack_size)
+    }
+
+    /// A coroutine that starts in `main(self)` rather than in `func(arg)`'s runner.
+    fn with_main(
+        main: arch::CoroMain,
+        func: JobFn,
+        arg: *mut c_void,
+        name: Option<&[u8]>,
+        stack_size: usize,
+    ) -> Result<Box<Self>, Error> {
+        let stack = Stack::new(stack_size)?;
+        let mut scav = Box::new(Scavenger {
+            coro: Coro::empty(),
+            stack,
+            func,
+            arg,
+            started: false,
+            name: [0; NAME_LEN],
+        });
+        match name {
+            Some(name) => {
+                let len = name.len().min(NAME_LEN - 1);
+                scav.name[..len].copy_from_slice(&name[..len]);
+            }
+            None => write_fn_name(&mut scav.name, func as usize),
+        }
+        let arg = &mut *scav as *mut Scavenger as *mut ();
+        // SAFETY: the stack is fresh, aligned and deep enough.
+        scav.coro.sp = unsafe { arch::init_stack(scav.stack.top(), main, arg) };
+        scav.coro.ip = arch::coro_entry_ip();
+        Ok(scav)
+    }
+
+    /// The name given at spawn, or `fn@0x…`.
+    pub fn name(&self) -> &[u8] {
+        let len = self.name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
+        &self.name[..len]
+    }
+
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+}
+
+fn write_fn_name(out: &mut [u8; NAME_LEN], addr: usize) {
+    let prefix = b"fn@0x";
+    out[..prefix.len()].copy_from_slice(prefix);
+    let mut pos = prefix.len();
+    for shift in (0..16).rev() {
+        let digit = (addr >> (shift * 4)) & 0xf;
+        if digit != 0 || pos > prefix.len() || shift == 0 {
+            out[pos] = b"0123456789abcdef"[digit];
+            pos += 1;
+        }
+    }
+}
+
+/// A primary thread's state. `ctx` comes first: `%fs:0x40` points at it.
+#[repr(C)]
+pub struct Primary {
+    ctx: ThreadCtx,
+    slots: Vec<Option<Box<Scavenger>>>,
+    /// The last scavenger that finished here: freed once we are off its stack.
+    zombie: Option<Box<Scavenger>>,
+    started: u64,
+    completed: u64,
+    altstack: Option<crate::overflow::AltStack>,
+    /// Runs when another primary has lent scavengers (see `lending`).
+    refill_coro: Box<Scavenger>,
+}
+
+static CONFIG: spin::RwLock<Option<Config>> = spin::RwLock::new(None);
+static POOL: Pool<Box<Scavenger>> = Pool::new(POOL_CAPACITY);
+static REGISTERED: AtomicUsize = AtomicUsize::new(0);
+
+/// Figures of threads that have unregistered.
+struct GlobalStats {
+    switches: AtomicU64,
+    scav_yields: AtomicU64,
+    scav_ns: AtomicU64,
+    started: AtomicU64,
+    completed: AtomicU64,
+    threads: AtomicU64,
+}
+
+static GLOBAL: GlobalStats = GlobalStats {
+    switches: AtomicU64::new(0),
+    scav_yields: AtomicU64::new(0),
+    scav_ns: AtomicU64::new(0),
+    started: AtomicU64::new(0),
+    completed: AtomicU64::new(0),
+    threads: AtomicU64::new(0),
+};
+
+fn config() -> Result<Config, Error> {
+    CONFIG.read().ok_or(Error::NotInitialized)
+}
+
+/// Starts the runtime. Calibrates the TSC and installs the stack-overflow reporter.
+pub fn init(config: Config) -> Result<(), Error> {
+    if config.slots_per_thread == 0 || config.slots_per_thread > 1024 {
+        return Err(Error::Invalid);
+    }
+    let mut slot = CONFIG.write();
+    if slot.is_some() {
+        return Err(Error::AlreadyInitialized);
+    }
+    tsc::ticks_per_us();
+    crate::overflow::install()?;
+    *slot = Some(config);
+    Ok(())
+}
+
+pub fn is_initialized() -> bool {
+    CONFIG.read().is_some()
+}
+
+/// Stops the runtime. A registered caller first runs the pool dry (unless the
+/// configuration abandons scavengers at exit) and is unregistered. Fails with `Busy`
+/// while other threads are registered.
+pub fn shutdown() -> Result<(), Error> {
+    let config = config()?;
+    let me = current();
+    if !me.is_null() {
+        // SAFETY: `me` is this thread's Primary.
+        if unsafe { !(*me).ctx.running.is_null() } {
+            return Err(Error::InScavenger);
+        }
+    }
+    let others = REGISTERED.load(Ordering::Acquire) - usize::from(!me.is_null());
+    if others > 0 {
+        return Err(Error::Busy);
+    }
+    if !me.is_null() {
+        if !config.abandon_at_exit {
+            run_pending()?;
+        }
+        unregister()?;
+    }
+    // Scavengers still here are abandoned: their stacks are unmapped unrun.
+    drop(POOL.drain());
+    *CONFIG.write() = None;
+    Ok(())
+}
+
+/// This thread's Primary, or null.
+fn current() -> *mut Primary {
+    arch::thread_ctx().cast()
+}
+
+/// Makes the calling thread a primary: it gets a context block and scavenger slots,
+/// filled from the pool.
+pub fn register() -> Result<(), Error> {
+    let config = config()?;
+    if !current().is_null() {
+        return Err(Error::AlreadyRegistered);
+    }
+    if !arch::next_coro().is_null() {
+        return Err(Error::TcbInUse);
+    }
+    let mut slots = Vec::with_capacity(config.slots_per_thread);
+    slots.resize_with(config.slots_per_thread, || None);
+    let mut ctx = ThreadCtx::new(0);
+    budget::init(&mut ctx, tsc::ns_to_ticks(config.budget_ns), calibrate);
+    let refill_coro = Scavenger::with_main(
+        lending::refill_main,
+        no_job,
+        ptr::null_mut(),
+        Some(b"msh-refill"),
+        crate::stack::MIN_STACK_SIZE,
+    )?;
+    let primary = Box::into_raw(Box::new(Primary {
+        ctx,
+        slots,
+        zombie: None,
+        started: 0,
+        completed: 0,
+        altstack: crate::overflow::AltStack::install_if_missing(),
+        refill_coro,
+    }));
+    // SAFETY: `primary` stays allocated until `unregister` clears the slots.
+    unsafe { arch::set_tcb(primary.cast(), ptr::null_mut()) };
+    // SAFETY: just allocated; the refill coroutine lives as long as the Primary.
+    lending::join(primary, unsafe { &mut *(*primary).refill_coro });
+    REGISTERED.fetch_add(1, Ordering::AcqRel);
+    // SAFETY: just installed as this thread's Primary; no scavenger runs yet.
+    unsafe { refill(primary) };
+    Ok(())
+}
+
+pub fn is_registered() -> bool {
+    !current().is_null()
+}
+
+/// Undoes [`register`]: unfinished scavengers go back to the pool (at its front, so
+/// they resume before fresh ones start) and the thread's figures join the totals.
+pub fn unregister() -> Result<(), Error> {
+    let me = current();
+    if me.is_null() {
+        return Err(Error::NotRegistered);
+    }
+    // SAFETY: `me` is this thread's Primary, and we run as the primary (checked), so
+    // no scavenger of ours is on a CPU.
+    unsafe {
+        if !(*me).ctx.running.is_null() {
+            return Err(Error::InScavenger);
+        }
+        lending::leave(me);
+        arch::set_tcb(ptr::null_mut(), ptr::null_mut());
+        let primary = Box::from_raw(me);
+        for scav in primary.slots.into_iter().flatten().rev() {
+            POOL.push_front(scav);
+        }
+        let ctx = &primary.ctx;
+        GLOBAL.switches.fetch_add(ctx.switches, Ordering::Relaxed);
+        GLOBAL
+            .scav_yields
+            .fetch_add(ctx.scav_yields, Ordering::Relaxed);
+        GLOBAL.scav_ns.fetch_add(
+            tsc::ticks_to_ns(budget::scavenger_ticks(ctx)),
+            Ordering::Relaxed,
+        );
+        GLOBAL.started.fetch_add(primary.started, Ordering::Relaxed);
+        GLOBAL
+            .completed
+            .fetch_add(primary.completed, Ordering::Relaxed);
+        GLOBAL.threads.fetch_add(1, Ordering::Relaxed);
+        drop(primary.zombie);
+        drop(primary.altstack);
+    }
+    REGISTERED.fetch_sub(1, Ordering::AcqRel);
+    Ok(())
+}
+
+/// Queues a scavenger running `func(arg)`. If the caller is a primary (not one of its
+/// scavengers) with a free slot, it starts at the caller's next yield.
+pub fn spawn(func: JobFn, arg: *mut c_void, name: Option<&[u8]>) -> Result<(), Error> {
+    let config = config()?;
+    let scav = Scavenger::new(func, arg, name, config.stack_size)?;
+    POOL.push(scav)
+        .map_err(|(PoolError::Full, _)| Error::PoolFull)?;
+    let me = current();
+    // SAFETY: `me` is this thread's Primary; refilling from the primary is safe.
+    unsafe {
+        if !me.is_null() && (*me).ctx.running.is_null() {
+            refill(me);
+        }
+    }
+    Ok(())
+}
+
+/// Scavengers waiting in the pool.
+pub fn pending() -> usize {
+    POOL.len()
+}
+
+/// Runs this primary's scavengers, and any in the pool, until all have finished.
+pub fn run_pending() -> Result<(), Error> {
+    let me = current();
+    if me.is_null() {
+        return Err(Error::NotRegistered);
+    }
+    // SAFETY: `me` is this thread's Primary.
+    unsafe {
+        if !(*me).ctx.running.is_null() {
+            return Err(Error::InScavenger);
+        }
+        loop {
+            refill(me);
+            if arch::next_coro().is_null() {
+                return Ok(());
+            }
+            arch::primary_yield();
+        }
+    }
+}
+
+/// Figures of the calling thread, or `None` if it is not a primary.
+pub fn thread_stats() -> Option<Stats> {
+    let me = current();
+    if me.is_null() {
+        return None;
+    }
+    // SAFETY: `me` is this thread's Primary; we only read.
+    let (ctx, started, completed) = unsafe { (&(*me).ctx, (*me).started, (*me).completed) };
+    Some(Stats {
+        switches: ctx.switches,
+        scav_yields: ctx.scav_yields,
+        scav_ns: tsc::ticks_to_ns(budget::scavenger_ticks(ctx)),
+        started,
+        completed,
+        threads: 1,
+    })
+}
+
+/// Totals over the threads that have unregistered, plus the caller if registered.
+pub fn global_stats() -> Stats {
+    let mine = thread_stats().unwrap_or_default();
+    Stats {
+        switches: GLOBAL.switches.load(Ordering::Relaxed) + mine.switches,
+        scav_yields: GLOBAL.scav_yields.load(Ordering::Relaxed) + mine.scav_yields,
+        scav_ns: GLOBAL.scav_ns.load(Ordering::Relaxed) + mine.scav_ns,
+        started: GLOBAL.started.load(Ordering::Relaxed) + mine.started,
+        completed: GLOBAL.completed.load(Ordering::Relaxed) + mine.completed,
+        threads: GLOBAL.threads.load(Ordering::Relaxed) + mine.threads,
+    }
+}
+
+/// The scavenger running on this thread, if any (for the overflow reporter).
+pub(crate) fn running_scavenger() -> *const Scavenger {
+    let me = current();
+    if me.is_null() {
+        return ptr::null();
+    }
+    // SAFETY: reading a pointer field of this thread's Primary.
+    unsafe { (*me).ctx.running as *const Scavenger }
+}
+
+/// Fills empty slots from the pool and relinks the ring.
+///
+/// # Safety
+/// `me` is the calling thread's Primary and the caller runs as the primary.
+unsafe fn refill(me: *mut Primary) {
+    // SAFETY: guaranteed by the caller.
+    let primary = unsafe { &mut *me };
+    fill_slots(primary);
+    let keep = arch::next_coro();
+    let next = relink(primary, keep);
+    // SAFETY: `next` is null or a scavenger in this thread's ring.
+    unsafe { arch::set_next_coro(next) };
+}
+
+/// Moves scavengers from the pool into empty slots.
+fn fill_slots(primary: &mut Primary) {
+    for slot in primary.slots.iter_mut().filter(|slot| slot.is_none()) {
+        match POOL.pop() {
+            Some(scav) => *slot = Some(scav),
+            None => break,
+        }
+    }
+}
+
+/// The refill coroutine's job: it never runs one.
+unsafe extern "C" fn no_job(_: *mut c_void) {}
+
+/// Links the occupied slots into a ring and returns who runs next: `prefer` if it is
+/// still in the ring, else the first.
+fn relink(primary: &mut Primary, prefer: *mut Coro) -> *mut Coro {
+    let ring: Vec<*mut Coro> = primary
+        .slots
+        .iter_mut()
+        .flatten()
+        .map(|scav| &mut scav.coro as *mut Coro)
+        .collect();
+    for (i, &coro) in ring.iter().enumerate() {
+        // SAFETY: every pointer is a live scavenger in our slots.
+        unsafe { (*coro).next = ring[(i + 1) % ring.len()] };
+    }
+    // A refill coroutine poked in by a lender is replaced by the ring.
+    if ring.contains(&prefer) {
+        prefer
+    } else {
+        ring.first().copied().unwrap_or(ptr::null_mut())
+    }
+}
+
+/// Called by the yield sequences on sample runs (see `budget`). When a sample run
+/// ends the thread is in Rust anyway, so it also takes scavengers lent by blocked
+/// primaries.
+///
+/// # Safety
+/// `ctx` is the calling thread's context block, which heads its Primary.
+unsafe extern "C" fn calibrate(ctx: *mut ThreadCtx) {
+    // SAFETY: guaranteed by the caller; only this thread touches its Primary, and a
+    // sample run ends inside one of its scavengers.
+    unsafe {
+        if budget::on_sample(&mut *ctx) {
+            lending::pick_up_lent(ctx.cast::<Primary>());
+        }
+    }
+}
+
+/// Where every scavenger begins, on its own stack.
+///
+/// # Safety
+/// Only reached through a switch to a fresh scavenger.
+unsafe extern "C" fn coro_main(scav: *mut ()) -> ! {
+    let scav = scav.cast::<Scavenger>();
+    // SAFETY: the primary switched to us, so %fs:0x40 is its Primary and `scav` is a
+    // live scavenger in its ring. After the job returns we may be on another thread.
+    unsafe {
+        let me = current();
+        budget::start_run(&mut (*me).ctx);
+        if !(*scav).started {
+            (*scav).started = true;
+            (*me).started += 1;
+        }
+        ((*scav).func)((*scav).arg);
+        retire(current(), scav)
+    }
+}
+
+/// A scavenger whose function returned leaves its slot to the next in the pool and
+/// switches back to the primary for good.
+///
+/// # Safety
+/// Runs on `scav`'s stack, with `me` the current thread's Primary.
+unsafe fn retire(me: *mut Primary, scav: *mut Scavenger) -> ! {
+    // SAFETY: guaranteed by the caller; the primary is suspended, so we have its
+    // state to ourselves.
+    unsafe {
+        let primary = &mut *me;
+        primary.completed += 1;
+        let index = primary
+            .slots
+            .iter()
+            .position(|slot| slot.as_deref().is_some_and(|s| ptr::eq(s, scav)))
+            .expect("a running scavenger is in its thread's slots");
+        // We are still on this scavenger's stack: keep it mapped until the next
+        // retirement or unregister (the previous zombie's stack is free by now).
+        primary.zombie = primary.slots[index].take();
+        primary.slots[index] = POOL.pop();
+        let after = match &mut primary.slots[index] {
+            Some(fresh) => &mut fresh.coro as *mut Coro,
+            None => (*scav).coro.next,
+        };
+        let next = relink(primary, after);
+        let ctx = &mut primary.ctx;
+        budget::cancel_sample(ctx);
+        ctx.running = ptr::null_mut();
+        arch::set_next_coro(next);
+        arch::resume_primary(ctx)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use core::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+
+    /// The runtime is process-global: tests that use it take turns.
+    pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
+
+    pub(crate) fn fresh_runtime(config: Config) -> std::sync::MutexGuard<'static, ()> {
+        let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        if is_registered() {
+            unregister().unwrap();
+        }
+        if is_initialized() {
+            let mut slot = CONFIG.write();
+            *slot = None;
+            drop(POOL.drain());
+        }
+        init(config).unwrap();
+        guard
+    }
+
+    struct Counter {
+        count: AtomicU64,
+        limit: u64,
+    }
+
+    unsafe extern "C" fn count_and_yield(arg: *mut c_void) {
+        let counter = unsafe { &*(arg as *const Counter) };
+        while counter.count.load(Ordering::Relaxed) < counter.limit {
+            counter.count.fetch_add(1, Ordering::Relaxed);
+            arch::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_scavenger_runs_between_yields_and_finishes() {
+        let _rt = fresh_runtime(Config {
+            budget_ns: 0,
+            ..Config::default()
+        });
+        register().unwrap();
+        let counter = Counter {
+            count: AtomicU64::new(0),
+            limit: 1000,
+        };
+        spawn(
+            count_and_yield,
+            &counter as *const _ as *mut c_void,
+            Some(b"counter"),
+        )
+        .unwrap();
+        let mut yields = 0;
+        while counter.count.load(Ordering::Relaxed) < counter.limit {
+            arch::primary_yield();
+            yields += 1;
+            assert!(yields < 100_000, "scavenger made no progress");
+        }
+        let stats = thread_stats().unwrap();
+        assert!(stats.switches >= 2, "{stats:?}");
+        assert_eq!(stats.started, 1);
+        run_pending().unwrap();
+        assert_eq!(thread_stats().unwrap().completed, 1);
+        assert!(arch::next_coro().is_null());
+        unregister().unwrap();
+        assert!(arch::thread_ctx().is_null());
+    }
+
+    #[test]
+    fn finished_scavengers_are_replaced_from_the_pool_round_robin() {
+        let _rt = fresh_runtime(Config {
+            slots_per_thread: 2,
+            budget_ns: 0,
+            ..Config::default()
+        });
+        register().unwrap();
+        let counters: Vec<Counter> = (0..5)
+            .map(|i| Counter {
+                count: AtomicU64::new(0),
+                limit: 10 + i,
+            })
+            .collect();
+        for counter in &counters {
+            spawn(count_and_yield, counter as *const _ as *mut c_void, None).unwrap();
+        }
+        assert_eq!(pending(), 3, "two slots filled, three wait");
+        run_pending().unwrap();
+        for counter in &counters {
+            assert_eq!(counter.count.load(Ordering::Relaxed), counter.limit);
+        }
+        let stats = thread_stats().unwrap();
+        assert_eq!((stats.started, stats.completed), (5, 5));
+        unregister().unwrap();
+    }
+
+    #[test]
+    fn unfinished_scavengers_go_back_to_the_pool_and_resume_elsewhere() {
+        let _rt = fresh_runtime(Config {
+            budget_ns: 0,
+            ..Config::default()
+        });
+        register().unwrap();
+        let counter = Counter {
+            count: AtomicU64::new(0),
+            limit: 50,
+        };
+        spawn(count_and_yield, &counter as *const _ as *mut c_void, None).unwrap();
+        for _ in 0..10 {
+            arch::primary_yield();
+        }
+        let midway = counter.count.load(Ordering::Relaxed);
+        assert!(midway > 0 && midway < 50);
+        unregister().unwrap();
+        assert_eq!(pending(), 1);
+        let counter_addr = &counter as *const Counter as usize;
+        std::thread::spawn(move || {
+            register().unwrap();
+            run_pending().unwrap();
+            let counter = unsafe { &*(counter_addr as *const Counter) };
+            assert_eq!(counter.count.load(Ordering::Relaxed), 50);
+            unregister().unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn misuse_is_reported() {
+        let _rt = fresh_runtime(Config::default());
+        assert_eq!(init(Config::default()), Err(Error::AlreadyInitialized));
+        assert_eq!(unregister(), Err(Error::NotRegistered));
+        assert_eq!(run_pending(), Err(Error::NotRegistered));
+        register().unwrap();
+        assert_eq!(register(), Err(Error::AlreadyRegistered));
+        unregister().unwrap();
+        shutdown().unwrap();
+        assert_eq!(register(), Err(Error::NotInitialized));
+        assert_eq!(
+            init(Config {
+                slots_per_thread: 0,
+                ..Config::default()
+            }),
+            Err(Error::Invalid)
+        );
+    }
+
+    #[test]
+    fn yields_are_no_ops_outside_msh_threads() {
+        let _rt = fresh_runtime(Config::default());
+        arch::primary_yield();
+        arch::yield_now();
+        arch::prefetch_yield(&0u8);
+        register().unwrap();
+        arch::primary_yield(); // registered, nothing to run
+        unregister().unwrap();
+    }
+
+    static SAW_OTHER_SCAVENGER: AtomicBool = AtomicBool::new(false);
+    unsafe extern "C" fn spawn_from_scavenger(_: *mut c_void) {
+        spawn(mark, ptr::null_mut(), None).unwrap();
+    }
+    unsafe extern "C" fn mark(_: *mut c_void) {
+        SAW_OTHER_SCAVENGER.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn a_scavenger_may_spawn_another() {
+        let _rt = fresh_runtime(Config::default());
+        register().unwrap();
+        spawn(spawn_from_scavenger, ptr::null_mut(), None).unwrap();
+        run_pending().unwrap();
+        assert!(SAW_OTHER_SCAVENGER.load(Ordering::Relaxed));
+        assert_eq!(thread_stats().unwrap().completed, 2);
+        shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_blocked_primary_lends_its_scavenger_to_an_idle_one() {
+        use std::sync::mpsc;
+        let _rt = fresh_runtime(Config {
+            budget_ns: 0,
+            ..Config::default()
+        });
+        let counter = Box::leak(Box::new(Counter {
+            count: AtomicU64::new(0),
+            limit: 2000,
+        }));
+        let counter_addr = counter as *const Counter as usize;
+        let (lent_tx, lent_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        // B: a primary with nothing to run, yielding in its loop.
+        let idle = std::thread::spawn(move || {
+            register().unwrap();
+            ready_tx.send(()).unwrap();
+            let counter = unsafe { &*(counter_addr as *const Counter) };
+            let mut spins = 0u64;
+            while counter.count.load(Ordering::Relaxed) < counter.limit {
+                arch::primary_yield();
+                spins += 1;
+                assert!(spins < 50_000_000, "the lent scavenger never arrived");
+            }
+            run_pending().unwrap();
+            let stats = thread_stats().unwrap();
+            unregister().unwrap();
+            stats
+        });
+        ready_rx.recv().unwrap();
+        // A: starts the scavenger, then blocks after lending it.
+        let busy = std::thread::spawn(move || {
+            register().unwrap();
+            spawn(count_and_yield, counter_addr as *mut c_void, Some(b"lent")).unwrap();
+            for _ in 0..10 {
+                arch::primary_yield();
+            }
+            lent_tx.send(lend()).unwrap();
+            done_rx.recv().unwrap(); // "blocked"
+            reclaim();
+            unregister().unwrap();
+        });
+        assert!(lent_rx.recv().unwrap(), "A had a scavenger to lend");
+        let stats = idle.join().unwrap();
+        done_tx.send(()).unwrap();
+        busy.join().unwrap();
+        assert_eq!(counter.count.load(Ordering::Relaxed), 2000);
+        assert_eq!(stats.completed, 1, "B finished A's scavenger: {stats:?}");
+        assert_eq!(stats.started, 0, "it had been started on A");
+    }
+
+    #[test]
+    fn default_names_show_the_function_address() {
+        let mut name = [0u8; NAME_LEN];
+        write_fn_name(&mut name, 0x55aa_0010);
+        assert_eq!(&name[..15], b"fn@0x55aa0010\0\0");
+    }
+}

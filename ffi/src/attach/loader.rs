@@ -1,0 +1,195 @@
+//! Loading a scavenger from a shared object. Two conventions are accepted:
+//!
+//! - msh's: `int msh_scavenger_main(int argc, char **argv)`, and optionally
+//!   `int msh_scavenger_init(int argc, char **argv)`, run at load; non-zero rejects
+//!   the line.
+//! - the MSH prototype's: `int entry(void)` with globals `int argc`, `char **argv`
+//!   and `int crt_pos` that the loader fills in, and an optional `void init(void)`.
+//!
+//! Every line gets its own copy of the object's globals: the first time a path is
+//! seen it is dlopen'ed as is; later lines load a private copy from a memfd, which
+//! the dynamic loader treats as a different object.
+
+use core::ffi::{c_char, c_int, c_void};
+use std::collections::HashSet;
+use std::ffi::{CStr, CString};
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+type MainFn = unsafe extern "C" fn(c_int, *mut *mut c_char) -> c_int;
+type EntryFn = unsafe extern "C" fn() -> c_int;
+type InitFn = unsafe extern "C" fn();
+
+enum EntryPoint {
+    Msh(MainFn),
+    Prototype(EntryFn),
+}
+
+/// A loaded scavenger, ready to run once. Lives for the rest of the process.
+pub struct Loaded {
+    entry: EntryPoint,
+    argc: c_int,
+    argv: Vec<*mut c_char>,
+    /// Owns the argument strings `argv` points into.
+    _args: Vec<CString>,
+    pub name: CString,
+}
+
+// SAFETY: a Loaded is immutable after loading; the scavenger may run on any thread.
+unsafe impl Send for Loaded {}
+unsafe impl Sync for Loaded {}
+
+/// Loads the scavenger of one pool line. `seen` remembers which paths were loaded
+/// already in this process.
+pub fn load(argv: &[String], seen: &mut HashSet<String>) -> Result<Loaded, String> {
+    let path = &argv[0];
+    let handle = if seen.insert(path.clone()) {
+        open(path)?
+    } else {
+        open_private_copy(path)?
+    };
+    let args: Vec<CString> = argv
+        .iter()
+        .map(|a| {
+            CString::new(a.as_bytes()).map_err(|_| format!("argument {a:?} contains a NUL byte"))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut argv_ptrs: Vec<*mut c_char> = args.iter().map(|a| a.as_ptr() as *mut c_char).collect();
+    argv_ptrs.push(core::ptr::null_mut());
+    let argc = args.len() as c_int;
+
+    // SAFETY: symbols are looked up in the object we just loaded; their types are the
+    // documented conventions (a mismatch is the object's author's bug).
+    let entry = unsafe {
+        if let Some(main) = symbol(handle, c"msh_scavenger_main") {
+            EntryPoint::Msh(core::mem::transmute::<*mut c_void, MainFn>(main))
+        } else if let Some(entry) = symbol(handle, c"entry") {
+            let set = |name: &CStr, value: *mut c_void, size: usize| {
+                if let Some(global) = symbol(handle, name) {
+                    core::ptr::copy_nonoverlapping(
+                        &value as *const _ as *const u8,
+                        global.cast::<u8>(),
+                        size,
+                    );
+                }
+            };
+            set(
+                c"argc",
+                argc as usize as *mut c_void,
+                core::mem::size_of::<c_int>(),
+            );
+            set(
+                c"argv",
+                argv_ptrs.as_mut_ptr().cast(),
+                core::mem::size_of::<*mut c_void>(),
+            );
+            set(
+                c"crt_pos",
+                core::ptr::null_mut(),
+                core::mem::size_of::<c_int>(),
+            );
+            if let Some(init) = symbol(handle, c"init") {
+                core::mem::transmute::<*mut c_void, InitFn>(init)();
+            }
+            EntryPoint::Prototype(core::mem::transmute::<*mut c_void, EntryFn>(entry))
+        } else {
+            return Err(format!(
+                "{path} has no entry point (msh_scavenger_main or entry)"
+            ));
+        }
+    };
+    // SAFETY: as above.
+    unsafe {
+        if let Some(init) = symbol(handle, c"msh_scavenger_init") {
+            let status =
+                core::mem::transmute::<*mut c_void, MainFn>(init)(argc, argv_ptrs.as_mut_ptr());
+            if status != 0 {
+                return Err(format!(
+                    "{path}: msh_scavenger_init failed with status {status}"
+                ));
+            }
+        }
+    }
+    let file = path.rsplit('/').next().unwrap_or(path);
+    Ok(Loaded {
+        entry,
+        argc,
+        argv: argv_ptrs,
+        _args: args,
+        name: CString::new(file).unwrap_or_default(),
+    })
+}
+
+impl Loaded {
+    /// Runs the scavenger to its end (on its own coroutine stack).
+    pub fn run(&self) -> c_int {
+        // SAFETY: the entry point was resolved at load; argv is NULL-terminated and
+        // outlives the call.
+        unsafe {
+            match self.entry {
+                EntryPoint::Msh(main) => main(self.argc, self.argv.as_ptr() as *mut *mut c_char),
+                EntryPoint::Prototype(entry) => entry(),
+            }
+        }
+    }
+}
+
+fn dlerror() -> String {
+    // SAFETY: dlerror returns NULL or a NUL-terminated message.
+    unsafe {
+        let message = libc::dlerror();
+        if message.is_null() {
+            "unknown dlopen error".into()
+        } else {
+            CStr::from_ptr(message).to_string_lossy().into_owned()
+        }
+    }
+}
+
+fn open(path: &str) -> Result<*mut c_void, String> {
+    if !std::path::Path::new(path).exists() {
+        return Err(format!("{path}: no such file"));
+    }
+    let c_path = CString::new(path).map_err(|_| format!("{path:?} contains a NUL byte"))?;
+    // SAFETY: dlopen with a valid C string; RTLD_DEEPBIND keeps the scavenger's own
+    // symbols ahead of the program's (as the MSH prototype does).
+    let handle = unsafe {
+        libc::dlopen(
+            c_path.as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_DEEPBIND,
+        )
+    };
+    if handle.is_null() {
+        Err(dlerror())
+    } else {
+        Ok(handle)
+    }
+}
+
+/// Loads a copy of `path` through a memfd, so its globals are its own.
+fn open_private_copy(path: &str) -> Result<*mut c_void, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    // SAFETY: memfd_create with a valid name; the fd is owned below.
+    let fd = unsafe { libc::memfd_create(c"msh-scavenger".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!(
+            "{path}: memfd_create: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    std::fs::File::from(fd.try_clone().map_err(|e| e.to_string())?)
+        .write_all(&bytes)
+        .map_err(|e| format!("{path}: copying: {e}"))?;
+    let handle = open(&format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    drop(fd); // the mapping keeps the object alive
+    handle.map_err(|e| format!("{path}: {e}"))
+}
+
+/// `dlsym`, or None when the symbol is absent.
+fn symbol(handle: *mut c_void, name: &CStr) -> Option<*mut c_void> {
+    // SAFETY: a live handle and a NUL-terminated name.
+    let sym = unsafe { libc::dlsym(handle, name.as_ptr()) };
+    (!sym.is_null()).then_some(sym)
+}

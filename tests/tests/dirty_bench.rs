@@ -1,0 +1,99 @@
+//! `msh bench dirty --json`: the report's shape and exactness on a small mapping (the
+//! figures themselves are for humans; nothing here is timed).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn msh() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "msh-cli"])
+        .current_dir(&workspace)
+        .status()
+        .expect("run cargo");
+    assert!(status.success());
+    // Relative to the workspace, as cargo reads it (tests run in the package directory).
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| workspace.join(dir))
+        .unwrap_or(workspace.join("target"));
+    target.join("release/msh")
+}
+
+#[test]
+fn bench_dirty_json_lists_every_backend_and_is_exact() {
+    let out = Command::new(msh())
+        .args([
+            "bench",
+            "dirty",
+            "--json",
+            "--size-mib",
+            "16",
+            "--reps",
+            "1",
+            "--fractions",
+            "0.01,0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let results = report["results"].as_array().expect("results array");
+    assert_eq!(results.len(), 8, "4 backends x 2 fractions");
+    for backend in ["uffd-async", "soft-dirty", "uffd-sync", "mprotect"] {
+        let rows: Vec<_> = results.iter().filter(|r| r["backend"] == backend).collect();
+        assert_eq!(rows.len(), 2, "{backend}");
+        for row in rows {
+            assert_eq!(row["size_mib"], 16);
+            if row["available"] == true {
+                assert_eq!(row["exact"], true, "{row}");
+                for key in [
+                    "arm_ms",
+                    "first_write_ns",
+                    "baseline_write_ns",
+                    "collect_ms",
+                ] {
+                    assert!(row[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {row}");
+                }
+            } else {
+                assert!(
+                    row["reason"].as_str().is_some_and(|r| !r.is_empty()),
+                    "{row}"
+                );
+            }
+        }
+    }
+    // This project's kernel (and CI's) has userfaultfd; mprotect works everywhere.
+    let available = |b: &str| {
+        results
+            .iter()
+            .any(|r| r["backend"] == b && r["available"] == true)
+    };
+    assert!(available("mprotect"));
+}
+
+#[test]
+fn bench_dirty_rejects_bad_arguments_in_one_line() {
+    let msh = msh();
+    for args in [
+        &["--fractions", "1.5"][..],
+        &["--backends", "nope"],
+        &["--reps", "0"],
+    ] {
+        let out = Command::new(&msh)
+            .args(["bench", "dirty"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(message.trim().lines().count(), 1, "{message}");
+        assert!(message.starts_with("msh: "), "{message}");
+    }
+}

@@ -1,0 +1,147 @@
+//! `msh bench attach`: what preloading libmsh costs a program with no yield points
+//! (ptrchase, and memcached under a loopback load), and how the explicit-yield
+//! ptrchase that is *not* linked with libmsh harvests under `msh run` compared with
+//! the linked build. Runs are interleaved; figures are medians of per-run ratios.
+
+use crate::examples::{self, median, Chase, Compute};
+use crate::memcached;
+use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct AttachOptions {
+    pub runs: usize,
+    pub hops: u64,
+    /// Set+get pairs per memcached client (4 clients).
+    pub memcached_pairs: u32,
+    pub memcached: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AttachReport {
+    pub runs: usize,
+    /// Wall time under `msh run` / plain, ptrchase without yield points.
+    pub ptrchase_attach_ratio: f64,
+    /// Client wall time against memcached under `msh run` / plain.
+    pub memcached_attach_ratio: Option<f64>,
+    /// scavenger_core_fraction of the linked ptrchase_msh.
+    pub linked_scavenger_core_fraction: f64,
+    /// scavenger_core_fraction of ptrchase_yield (not linked) under `msh run`.
+    pub preloaded_scavenger_core_fraction: f64,
+    /// preloaded / linked.
+    pub preloaded_over_linked: f64,
+}
+
+/// `msh run` prefix for this executable with the compute scavenger pool.
+fn msh_run_prefix(pool: &Path, extra: &[&str]) -> Result<Vec<String>> {
+    let exe = std::env::current_exe().context("cannot find the msh executable")?;
+    let mut prefix = vec![
+        exe.display().to_string(),
+        "run".into(),
+        "--pool".into(),
+        pool.display().to_string(),
+    ];
+    prefix.extend(extra.iter().map(|s| s.to_string()));
+    prefix.push("--".into());
+    Ok(prefix)
+}
+
+fn run_chase(prefix: &[String], program: &Path, args: &[&str]) -> Result<(Chase, String)> {
+    let mut argv: Vec<String> = prefix.to_vec();
+    argv.push(program.display().to_string());
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let out = Command::new(&argv[0])
+        .args(&argv[1..])
+        .output()
+        .with_context(|| format!("cannot run {}", argv[0]))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!("{} failed: {stderr}", argv.join(" "));
+    }
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ptrchase: "))
+        .context("no ptrchase line")?;
+    Ok((serde_json::from_str(line)?, stderr))
+}
+
+fn scavenger_yields(stderr: &str) -> Result<f64> {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("msh-stats: "))
+        .context("no msh-stats line")?;
+    let stats: serde_json::Value = serde_json::from_str(line)?;
+    stats["total"]["scavenger_yields"]
+        .as_f64()
+        .context("no scavenger_yields in msh-stats")
+}
+
+pub fn run(opts: &AttachOptions, progress: &ProgressBar) -> Result<AttachReport> {
+    let build = examples::build_dir();
+    let pool: PathBuf = build.join("bench-attach.pool");
+    std::fs::write(
+        &pool,
+        format!("{}\n", build.join("compute_scav.so").display()),
+    )?;
+    let attach = msh_run_prefix(&pool, &["--abandon-at-exit"])?;
+    let attach_stats = msh_run_prefix(&pool, &["--abandon-at-exit", "--stats"])?;
+    let hops = opts.hops.to_string();
+    let chase_args = ["-n", hops.as_str()];
+    let (mut ptr_ratio, mut mc_ratio, mut linked, mut preloaded, mut relative) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.runs {
+        let (plain, _) = run_chase(&[], &build.join("ptrchase"), &chase_args)?;
+        let (attached, _) = run_chase(&attach, &build.join("ptrchase"), &chase_args)?;
+        ptr_ratio.push(attached.elapsed_ns / plain.elapsed_ns);
+        progress.inc(1);
+
+        let compute: Compute = examples::run_json("compute", &["-t".into(), "0.3".into()])?;
+        let (link, _) = run_chase(
+            &[],
+            &build.join("ptrchase_msh"),
+            &["-n", &hops, "--mode", "msh"],
+        )?;
+        let (yielding, stderr) = run_chase(
+            &attach_stats,
+            &build.join("ptrchase_yield"),
+            &["-n", &hops, "--mode", "yield"],
+        )?;
+        let link_fraction = link.units_per_s() / compute.units_per_s;
+        let yield_fraction =
+            scavenger_yields(&stderr)? / (yielding.elapsed_ns / 1e9) / compute.units_per_s;
+        linked.push(link_fraction);
+        preloaded.push(yield_fraction);
+        relative.push(yield_fraction / link_fraction);
+        progress.inc(1);
+
+        if opts.memcached {
+            let mut times = [Duration::ZERO; 2];
+            for (slot, prefix) in [(0, Vec::new()), (1, attach.clone())] {
+                let server = memcached::start(&prefix, 2)?;
+                let load = memcached::load(
+                    server.port,
+                    4,
+                    opts.memcached_pairs,
+                    Duration::from_secs(60),
+                )?;
+                server.stop()?;
+                times[slot] = load.elapsed;
+            }
+            mc_ratio.push(times[1].as_secs_f64() / times[0].as_secs_f64());
+        }
+        progress.inc(1);
+    }
+    Ok(AttachReport {
+        runs: opts.runs,
+        ptrchase_attach_ratio: median(&mut ptr_ratio),
+        memcached_attach_ratio: (!mc_ratio.is_empty()).then(|| median(&mut mc_ratio)),
+        linked_scavenger_core_fraction: median(&mut linked),
+        preloaded_scavenger_core_fraction: median(&mut preloaded),
+        preloaded_over_linked: median(&mut relative),
+    })
+}

@@ -1,0 +1,142 @@
+//! `msh bench harvest`: the 64 MiB pointer chase (primary) with the compute scavenger,
+//! alone, with msh, and as two OS threads pinned to one CPU. All runs are interleaved
+//! so that noise from the machine hits every mode alike; figures are medians of the
+//! per-run ratios.
+
+use crate::examples::{self, median, Chase, Compute};
+use anyhow::{bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+#[derive(Debug, Clone)]
+pub struct HarvestOptions {
+    /// Budget per switch; None = the runtime's default.
+    pub budget_ns: Option<u64>,
+    pub mib: u64,
+    pub hops: u64,
+    pub runs: usize,
+    /// Also measure the OS-threads baseline.
+    pub os_threads: bool,
+}
+
+impl Default for HarvestOptions {
+    fn default() -> Self {
+        HarvestOptions {
+            budget_ns: None,
+            mib: 64,
+            hops: 2_000_000,
+            runs: 5,
+            os_threads: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HarvestReport {
+    pub mode: &'static str,
+    pub budget_ns: u64,
+    pub mib: u64,
+    pub hops: u64,
+    pub runs: usize,
+    pub primary_alone_ns: f64,
+    pub primary_msh_ns: f64,
+    pub primary_slowdown: f64,
+    pub ns_per_hop_alone: f64,
+    pub ns_per_hop_msh: f64,
+    pub scavenger_alone_units_per_s: f64,
+    pub scavenger_msh_units_per_s: f64,
+    pub scavenger_core_fraction: f64,
+    pub os_threads_primary_ns: Option<f64>,
+    pub os_threads_primary_slowdown: Option<f64>,
+    pub os_threads_scavenger_core_fraction: Option<f64>,
+}
+
+fn chase_args(opts: &HarvestOptions, mode: &str) -> Vec<String> {
+    let mut args = vec![
+        "-m".into(),
+        opts.mib.to_string(),
+        "-n".into(),
+        opts.hops.to_string(),
+        "--mode".into(),
+        mode.into(),
+    ];
+    if mode == "msh" {
+        if let Some(budget) = opts.budget_ns {
+            args.extend(["-b".into(), budget.to_string()]);
+        }
+    }
+    args
+}
+
+/// Runs the benchmark; `progress` counts steps (4 per run).
+pub fn run(opts: &HarvestOptions, progress: &ProgressBar) -> Result<HarvestReport> {
+    if opts.runs == 0 || opts.hops == 0 || opts.mib == 0 {
+        bail!("--runs, --hops and --mib must be positive");
+    }
+    let mut alone_ns = Vec::new();
+    let mut msh_ns = Vec::new();
+    let mut slowdown = Vec::new();
+    let mut fraction = Vec::new();
+    let mut scav_alone = Vec::new();
+    let mut scav_msh = Vec::new();
+    let (mut os_ns, mut os_slowdown, mut os_fraction) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.runs {
+        let compute: Compute = examples::run_json("compute", &["-t".into(), "0.3".into()])?;
+        progress.inc(1);
+        let alone: Chase = examples::run_json("ptrchase", &chase_args(opts, "alone"))?;
+        progress.inc(1);
+        let with_msh: Chase = examples::run_json("ptrchase_msh", &chase_args(opts, "msh"))?;
+        progress.inc(1);
+        if with_msh.checksum != alone.checksum {
+            bail!("ptrchase under msh computed a different checksum: the switch corrupted the primary");
+        }
+        alone_ns.push(alone.elapsed_ns);
+        msh_ns.push(with_msh.elapsed_ns);
+        slowdown.push(with_msh.elapsed_ns / alone.elapsed_ns - 1.0);
+        fraction.push(with_msh.units_per_s() / compute.units_per_s);
+        scav_alone.push(compute.units_per_s);
+        scav_msh.push(with_msh.units_per_s());
+        if opts.os_threads {
+            let os: Chase = examples::run_json("ptrchase", &chase_args(opts, "os-threads"))?;
+            os_ns.push(os.elapsed_ns);
+            os_slowdown.push(os.elapsed_ns / alone.elapsed_ns - 1.0);
+            os_fraction.push(os.units_per_s() / compute.units_per_s);
+        }
+        progress.inc(1);
+    }
+    let optional = |v: &mut Vec<f64>| (!v.is_empty()).then(|| median(v));
+    let primary_alone_ns = median(&mut alone_ns);
+    let primary_msh_ns = median(&mut msh_ns);
+    Ok(HarvestReport {
+        mode: "linked",
+        budget_ns: opts.budget_ns.unwrap_or(msh_core::sched::DEFAULT_BUDGET_NS),
+        mib: opts.mib,
+        hops: opts.hops,
+        runs: opts.runs,
+        primary_alone_ns,
+        primary_msh_ns,
+        primary_slowdown: median(&mut slowdown),
+        ns_per_hop_alone: primary_alone_ns / opts.hops as f64,
+        ns_per_hop_msh: primary_msh_ns / opts.hops as f64,
+        scavenger_alone_units_per_s: median(&mut scav_alone),
+        scavenger_msh_units_per_s: median(&mut scav_msh),
+        scavenger_core_fraction: median(&mut fraction),
+        os_threads_primary_ns: optional(&mut os_ns),
+        os_threads_primary_slowdown: optional(&mut os_slowdown),
+        os_threads_scavenger_core_fraction: optional(&mut os_fraction),
+    })
+}
+
+/// Budgets swept by `--sweep`.
+pub const SWEEP_BUDGETS: [u64; 7] = [0, 50, 100, 150, 200, 300, 500];
+
+pub fn progress_bar(steps: u64, message: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(steps);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
+}

@@ -1,0 +1,5 @@
+//! `msh bench …`: measurements as ratios against a baseline taken in the same run.
+pub mod attach;
+pub mod dirty;
+pub mod harvest;
+pub mod switch;

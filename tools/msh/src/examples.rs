@@ -1,0 +1,116 @@
+//! Building and running the bundled C examples (c-examples/), which the demo and the
+//! harvest benchmark measure. Each example prints one `name: {json}` line.
+
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The source checkout: `MSH_ROOT`, or where this binary was built from.
+pub fn repo_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("MSH_ROOT") {
+        return PathBuf::from(root);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Where the examples are built.
+pub fn build_dir() -> PathBuf {
+    repo_root().join("c-examples/build")
+}
+
+/// Builds libmsh (release) and the C examples with make.
+pub fn build() -> Result<PathBuf> {
+    let root = repo_root();
+    let examples = root.join("c-examples");
+    if !examples.join("Makefile").exists() {
+        bail!(
+            "no C examples at {}: set MSH_ROOT to the msh source checkout",
+            examples.display()
+        );
+    }
+    let output = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(&examples)
+        .output()
+        .context("cannot run make (install build-essential)")?;
+    if !output.status.success() {
+        bail!(
+            "building the C examples failed:\n{}",
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    Ok(build_dir())
+}
+
+/// Runs `program ARGS` from the build directory and parses its `name: {json}` line.
+pub fn run_json<T: DeserializeOwned>(program: &str, args: &[String]) -> Result<T> {
+    let path = build_dir().join(program);
+    let output = Command::new(&path)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {}", path.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    let prefix = format!("{program}: ");
+    let alt_prefix = format!("{}: ", program.split('_').next().unwrap_or(program));
+    let line = stdout
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(&prefix)
+                .or_else(|| line.strip_prefix(&alt_prefix))
+        })
+        .with_context(|| format!("{program} printed no result line: {stdout}"))?;
+    serde_json::from_str(line).with_context(|| format!("{program}: unreadable result {line}"))
+}
+
+/// One ptrchase run.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Chase {
+    pub elapsed_ns: f64,
+    pub checksum: u64,
+    pub scavenger_units: u64,
+}
+
+impl Chase {
+    /// Scavenger work units per second of the primary's run.
+    pub fn units_per_s(&self) -> f64 {
+        self.scavenger_units as f64 / (self.elapsed_ns / 1e9)
+    }
+}
+
+/// The compute scavenger alone.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Compute {
+    pub units_per_s: f64,
+}
+
+/// The median of `values` (which must not be empty).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+}
