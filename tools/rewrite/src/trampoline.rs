@@ -259,6 +259,8 @@ fn emit_switch(
     a.lea(rdx, qword_ptr(resume))?;
     a.mov(qword_ptr(rax + off::PRIMARY_IP as i32), rdx)?;
     a.mov(qword_ptr(rax + off::RUNNING as i32), rcx)?;
+    // Counted like the header's yields do (flags are already saved).
+    a.inc(qword_ptr(rax + off::SWITCHES as i32))?;
     a.mov(rsp, qword_ptr(rcx + off::CORO_SP as i32))?;
     a.jmp(qword_ptr(rcx + off::CORO_IP as i32))?;
     a.set_label(&mut resume)?;
