@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 /// `target/<profile>/libmsh.so` (msh-ffi is a dev-dependency, so it is built first).
 fn libmsh() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let lib = exe.parent().and_then(Path::parent).unwrap().join("libmsh.so");
+    let lib = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("libmsh.so");
     assert!(lib.exists(), "{} is missing: build msh-ffi", lib.display());
     lib
 }
@@ -21,12 +25,39 @@ fn include_dir() -> String {
 fn scavenger_pool(dir: &Path) -> PathBuf {
     let compute = dir.join("compute.so");
     let source = format!("{}/../../c-examples/compute.c", env!("CARGO_MANIFEST_DIR"));
-    cc(&["-O2", "-fPIC", "-shared", "-DCOMPUTE_SCAVENGER_SO", "-I", &include_dir(), "-o", compute.to_str().unwrap(), &source]);
+    cc(&[
+        "-O2",
+        "-fPIC",
+        "-shared",
+        "-DCOMPUTE_SCAVENGER_SO",
+        "-I",
+        &include_dir(),
+        "-o",
+        compute.to_str().unwrap(),
+        &source,
+    ]);
     let scramble = dir.join("scramble.so");
     let source = format!("{FIXTURES}/scramble_scavenger.c");
-    cc(&["-O2", "-fPIC", "-shared", "-I", &include_dir(), "-o", scramble.to_str().unwrap(), &source]);
+    cc(&[
+        "-O2",
+        "-fPIC",
+        "-shared",
+        "-I",
+        &include_dir(),
+        "-o",
+        scramble.to_str().unwrap(),
+        &source,
+    ]);
     let pool = dir.join("pool.txt");
-    std::fs::write(&pool, format!("# rewritten-binary tests\n{} 100000000\n{} 100000000\n", scramble.display(), compute.display())).unwrap();
+    std::fs::write(
+        &pool,
+        format!(
+            "# rewritten-binary tests\n{} 100000000\n{} 100000000\n",
+            scramble.display(),
+            compute.display()
+        ),
+    )
+    .unwrap();
     pool
 }
 
@@ -41,11 +72,22 @@ fn run_with_libmsh(program: &Path, args: &[&str], pool: &Path) -> (Vec<u8>, u64)
         .env("MSH_AT_EXIT", "abandon")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}: {}", program.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        program.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let stats = stderr.lines().find_map(|l| l.strip_prefix("msh-stats: ")).expect("msh-stats line");
+    let stats = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("msh-stats: "))
+        .expect("msh-stats line");
     let stats: serde_json::Value = serde_json::from_str(stats).unwrap();
-    let switches = stats.pointer("/total/switches").and_then(|v| v.as_u64()).unwrap_or(0);
+    let switches = stats
+        .pointer("/total/switches")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
     (out.stdout, switches)
 }
 
@@ -60,12 +102,22 @@ fn kitchen_and_gzip_with_real_scavengers() {
     let expected = run(&kitchen, &[], &[], None, None).stdout;
     let (stdout, switches) = run_with_libmsh(&kitchen_msh, &[], &pool);
     assert_eq!(stdout, expected);
-    assert!(switches > 1000, "rewritten kitchen switched {switches} times");
+    assert!(
+        switches > 1000,
+        "rewritten kitchen switched {switches} times"
+    );
 
     let gzip_msh = dir.path().join("gzip.msh");
     rewrite_all_loads(Path::new("/usr/bin/gzip"), &gzip_msh);
     let input = format!("{FIXTURES}/kitchen.c");
-    let expected = run(Path::new("/usr/bin/gzip"), &["-9", "-c", &input], &[], None, None).stdout;
+    let expected = run(
+        Path::new("/usr/bin/gzip"),
+        &["-9", "-c", &input],
+        &[],
+        None,
+        None,
+    )
+    .stdout;
     let (stdout, switches) = run_with_libmsh(&gzip_msh, &["-9", "-c", &input], &pool);
     assert_eq!(stdout, expected);
     assert!(switches > 1000, "rewritten gzip switched {switches} times");
