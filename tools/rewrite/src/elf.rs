@@ -26,7 +26,7 @@ pub struct Section {
 
 impl Section {
     pub fn contains(&self, addr: u64) -> bool {
-        addr >= self.addr && addr < self.addr + self.size
+        addr >= self.addr && addr - self.addr < self.size
     }
 }
 
@@ -226,9 +226,10 @@ impl Image {
         let s = self
             .sections
             .iter()
-            .find(|s| s.contains(addr) && addr + len <= s.addr + s.size)?;
-        let start = (s.file_offset? + (addr - s.addr)) as usize;
-        self.data.get(start..start + len as usize)
+            .find(|s| s.contains(addr) && len <= s.size - (addr - s.addr))?;
+        let start = usize::try_from(s.file_offset?.checked_add(addr - s.addr)?).ok()?;
+        self.data
+            .get(start..start.checked_add(usize::try_from(len).ok()?)?)
     }
 
     /// File offset of a virtual address, through the `PT_LOAD` that maps it from the file.
