@@ -12,7 +12,8 @@
 //! `ret` needs grows, and its call sites then feed its callees.
 //!
 //! Assumptions, from how compilers emit code: a call that ends a function does not
-//! return; a tail call passes arguments in the SysV argument registers.
+//! return; calls and tail calls pass arguments in the SysV argument registers, so a
+//! direct call to a function of this object reads just the ones its callee reads.
 
 use crate::code::{direct_target, Code, Function};
 use crate::liveness::{self, Effect, RegSet, Successors};
@@ -126,7 +127,7 @@ pub fn solve(code: &Code) -> Vec<Option<Vec<RegSet>>> {
             Some(crate::code::UNDECODABLE) | Some(crate::code::PLT_STUB)
         )
     };
-    let models: Vec<Option<Model>> = code
+    let mut models: Vec<Option<Model>> = code
         .functions
         .iter()
         .map(|f| analysable(f).then(|| model(f, code, &mut factory)))
@@ -160,14 +161,50 @@ pub fn solve(code: &Code) -> Vec<Option<Vec<RegSet>>> {
             at_return[g] = UNKNOWN_CALLER;
         }
     }
+    // Direct calls to analysable functions read only the arguments their callee reads.
+    let arguments = liveness::call_arguments();
+    let mut calls: Vec<Vec<(usize, usize)>> = vec![Vec::new(); code.functions.len()];
+    let mut callers: Vec<Vec<usize>> = vec![Vec::new(); code.functions.len()];
+    for (fi, f) in code.functions.iter().enumerate() {
+        if models[fi].is_none() {
+            continue;
+        }
+        for (i, insn) in f.insns.iter().enumerate() {
+            if insn.flow_control() != FlowControl::Call {
+                continue;
+            }
+            let Some(&g) = direct_target(insn).and_then(|t| by_start.get(&t)) else {
+                continue;
+            };
+            if models[g].is_some() {
+                calls[fi].push((i, g));
+                callers[g].push(fi);
+            }
+        }
+    }
+    let mut entry_arguments = vec![RegSet::EMPTY; code.functions.len()];
+
     let mut live: Vec<Option<Vec<RegSet>>> = vec![None; code.functions.len()];
     let mut queued = vec![true; code.functions.len()];
     let mut worklist: Vec<usize> = (0..code.functions.len()).rev().collect();
     while let Some(fi) = worklist.pop() {
         queued[fi] = false;
-        let Some(m) = &models[fi] else { continue };
+        let Some(m) = &mut models[fi] else { continue };
+        for &(i, g) in &calls[fi] {
+            m.effects[i].uses = entry_arguments[g];
+        }
         let f = &code.functions[fi];
         let l = liveness::live_in(&m.effects, &m.successors, at_return[fi]);
+        let entry = l.first().copied().unwrap_or(arguments).0 & arguments.0;
+        if RegSet(entry) != entry_arguments[fi] {
+            entry_arguments[fi] = RegSet(entry);
+            for &caller in &callers[fi] {
+                if !queued[caller] {
+                    queued[caller] = true;
+                    worklist.push(caller);
+                }
+            }
+        }
         for (i, insn) in f.insns.iter().enumerate() {
             let Some(target) = direct_target(insn) else {
                 continue;
