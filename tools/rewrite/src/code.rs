@@ -19,6 +19,9 @@ pub struct Function {
     pub insns: Vec<Instruction>,
     /// Why none of its loads may be patched, if so.
     pub unpatchable: Option<&'static str>,
+    /// It has PIC jump tables, and every entry of every one lands inside it: its
+    /// table dispatches cannot leave it.
+    pub jump_tables_local: bool,
 }
 
 impl Function {
@@ -90,6 +93,7 @@ impl Code {
                 name: bounds.name.clone(),
                 insns,
                 unpatchable,
+                jump_tables_local: false,
             });
         }
 
@@ -128,7 +132,7 @@ impl Code {
         }
 
         let mut vector_width = 16;
-        for f in &functions {
+        for f in &mut functions {
             let mut has_indirect_jump = false;
             for insn in &f.insns {
                 note_targets(image, insn, &mut leaders);
@@ -136,11 +140,15 @@ impl Code {
                 vector_width = vector_width.max(widest_vector(insn));
             }
             if has_indirect_jump {
+                let mut targets = Vec::new();
                 for insn in &f.insns {
                     if insn.is_ip_rel_memory_operand() {
-                        scan_relative_jump_table(image, insn.ip_rel_memory_address(), &mut leaders);
+                        scan_relative_jump_table(image, insn.ip_rel_memory_address(), &mut targets);
                     }
                 }
+                f.jump_tables_local =
+                    !targets.is_empty() && targets.iter().all(|&t| f.start <= t && t < f.end);
+                leaders.extend(targets);
             }
         }
         scan_data_for_code_pointers(image, &mut leaders);
@@ -186,6 +194,20 @@ fn decode_range(bytes: &[u8], ip: u64) -> (Vec<Instruction>, bool) {
         insns.push(insn);
     }
     (insns, clean)
+}
+
+/// Is the indirect jump at `i` a PIC jump-table dispatch? GCC and Clang load the
+/// entry with `movslq (base,index,4)` a few instructions before the `jmp`.
+pub fn is_table_dispatch(f: &Function, i: usize) -> bool {
+    f.jump_tables_local
+        && f.insns[i.saturating_sub(4)..i].iter().any(|insn| {
+            insn.mnemonic() == Mnemonic::Movsxd
+                && insn.op_count() == 2
+                && insn.op_kind(1) == OpKind::Memory
+                && insn.memory_index_scale() == 4
+                && insn.memory_index() != Register::None
+                && insn.memory_base() != Register::None
+        })
 }
 
 /// The target of a direct jump, conditional jump or call.
@@ -284,7 +306,7 @@ fn note_targets(image: &Image, insn: &Instruction, leaders: &mut HashSet<u64>) {
 /// GCC and Clang emit PIC jump tables as 32-bit offsets from the table's own address,
 /// loaded by `lea table(%rip)`. Every entry that lands in code is a possible target;
 /// the scan stops at the first one that does not (over-reading only adds targets).
-fn scan_relative_jump_table(image: &Image, table: u64, leaders: &mut HashSet<u64>) {
+fn scan_relative_jump_table(image: &Image, table: u64, targets: &mut Vec<u64>) {
     if image.is_code(table) {
         return;
     }
@@ -297,7 +319,7 @@ fn scan_relative_jump_table(image: &Image, table: u64, leaders: &mut HashSet<u64
         if !image.is_code(target) {
             return;
         }
-        leaders.insert(target);
+        targets.push(target);
     }
 }
 

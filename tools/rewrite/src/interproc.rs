@@ -15,7 +15,7 @@
 //! return; calls and tail calls pass arguments in the SysV argument registers, so a
 //! direct call to a function of this object reads just the ones its callee reads.
 
-use crate::code::{direct_target, Code, Function};
+use crate::code::{direct_target, is_table_dispatch, Code, Function};
 use crate::liveness::{self, Effect, RegSet, Successors};
 use iced_x86::{FlowControl, InstructionInfoFactory};
 use std::collections::HashMap;
@@ -95,6 +95,12 @@ fn model(f: &Function, code: &Code, factory: &mut InstructionInfoFactory) -> Mod
                 },
                 // A jump table (its targets are among the local leaders) or a tail call
                 // through a pointer (whose callee may return to any of our callers).
+                // A dispatch through tables whose entries all lie in this function
+                // goes only there.
+                FlowControl::IndirectBranch if is_table_dispatch(f, i) => Successors::Exit {
+                    live: RegSet::EMPTY,
+                    local: local_leaders.clone(),
+                },
                 FlowControl::IndirectBranch => Successors::Exit {
                     live: UNKNOWN_CALLER,
                     local: local_leaders.clone(),

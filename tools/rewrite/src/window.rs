@@ -144,6 +144,7 @@ mod tests {
             name: None,
             insns,
             unpatchable: None,
+            jump_tables_local: false,
         }
     }
 
