@@ -253,7 +253,14 @@ fn emit_switch(
     }
 
     let mut resume = a.create_label();
+    let mut no_switch = a.create_label();
     a.mov(rax, fs_slot(TCB_THREAD))?;
+    // Not an msh thread, or this code runs inside a scavenger (a rewritten library
+    // both use): a primary yield would nest, so do nothing.
+    a.test(rax, rax)?;
+    a.jz(no_switch)?;
+    a.cmp(qword_ptr(rax + off::RUNNING as i32), 0)?;
+    a.jne(no_switch)?;
     a.mov(rcx, fs_slot(TCB_NEXT))?;
     a.mov(qword_ptr(rax + off::PRIMARY_SP as i32), rsp)?;
     a.lea(rdx, qword_ptr(resume))?;
@@ -266,6 +273,7 @@ fn emit_switch(
     a.set_label(&mut resume)?;
     // The scavenger comes back with an indirect jump: a valid IBT landing pad.
     a.endbr64()?;
+    a.set_label(&mut no_switch)?;
 
     if !vectors.is_empty() {
         for (i, &v) in vectors.iter().enumerate() {

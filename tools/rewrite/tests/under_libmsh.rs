@@ -122,3 +122,81 @@ fn kitchen_and_gzip_with_real_scavengers() {
     assert_eq!(stdout, expected);
     assert!(switches > 1000, "rewritten gzip switched {switches} times");
 }
+
+#[test]
+fn scavenger_running_rewritten_code_does_not_yield() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib_dir = dir.path().join("lib");
+    let msh_dir = dir.path().join("msh");
+    std::fs::create_dir_all(&lib_dir).unwrap();
+    std::fs::create_dir_all(&msh_dir).unwrap();
+    let lib = build(
+        &lib_dir,
+        "kitchen.c",
+        "libkitchen.so",
+        &["-O2", "-shared", "-fPIC", "-Dmain=kitchen_main"],
+    );
+    rewrite_all_loads(&lib, &msh_dir.join("libkitchen.so"));
+    let driver = dir.path().join("driver.c");
+    std::fs::write(&driver, "int kitchen_main(int, char **);\nint main(int c, char **v) { return kitchen_main(c, v); }\n").unwrap();
+    let exe = dir.path().join("driver");
+    cc(&[
+        "-O2",
+        "-o",
+        exe.to_str().unwrap(),
+        driver.to_str().unwrap(),
+        "-L",
+        lib_dir.to_str().unwrap(),
+        "-lkitchen",
+    ]);
+    let scavenger = dir.path().join("kitchen_scavenger.so");
+    cc(&[
+        "-O2",
+        "-fPIC",
+        "-shared",
+        "-I",
+        &include_dir(),
+        "-o",
+        scavenger.to_str().unwrap(),
+        &format!("{FIXTURES}/kitchen_scavenger.c"),
+        "-L",
+        lib_dir.to_str().unwrap(),
+        "-lkitchen",
+    ]);
+    let pool = dir.path().join("pool.txt");
+    std::fs::write(&pool, format!("{} 1000000\n", scavenger.display())).unwrap();
+
+    let expected = run(
+        &exe,
+        &[],
+        &[("LD_LIBRARY_PATH", lib_dir.to_str().unwrap())],
+        None,
+        None,
+    )
+    .stdout;
+    let out = std::process::Command::new(&exe)
+        .env("LD_LIBRARY_PATH", &msh_dir)
+        .env("LD_PRELOAD", libmsh())
+        .env("MSH_SCAV_POOL_PATH", &pool)
+        .env("MSH_STATS", "1")
+        .env("MSH_STRICT", "1")
+        .env("MSH_AT_EXIT", "abandon")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.stdout, expected);
+    let stats = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("msh-stats: "))
+        .expect("msh-stats line");
+    let stats: serde_json::Value = serde_json::from_str(stats).unwrap();
+    assert!(
+        stats["total"]["switches"].as_u64().unwrap() > 100,
+        "{stats}"
+    );
+    assert!(
+        stats["total"]["scavenger_yields"].as_u64().unwrap() > 100,
+        "{stats}"
+    );
+}
