@@ -116,6 +116,10 @@ fn run(cli: Cli) -> Result<()> {
                         "one-way switch: msh {:.2} ns, corosensei {:.2} ns, ratio {:.2} (median of {} runs)",
                         report.msh_ns, report.corosensei_ns, report.ratio, report.runs
                     );
+                    println!(
+                        "prefetch-and-yield with nothing to run, over a bare prefetch: {:.2} ns (no msh), {:.2} ns (registered primary)",
+                        report.noop_yield_ns, report.noop_yield_registered_ns
+                    );
                 }
                 Ok(())
             }

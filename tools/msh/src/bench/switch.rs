@@ -15,6 +15,11 @@ pub struct SwitchReport {
     pub msh_ns: f64,
     pub corosensei_ns: f64,
     pub ratio: f64,
+    /// Extra cost of a prefetch-and-yield with nothing to run, over a bare prefetch,
+    /// in a thread msh does not know.
+    pub noop_yield_ns: f64,
+    /// The same in a registered primary with no scavengers.
+    pub noop_yield_registered_ns: f64,
     pub round_trips: u64,
     pub runs: usize,
 }
@@ -70,6 +75,34 @@ fn corosensei_once(round_trips: u64) -> f64 {
     ns
 }
 
+/// ns per loop iteration of `prefetch` (+ yield when `with_yield`) over a small array.
+fn prefetch_loop(iterations: u64, with_yield: bool) -> f64 {
+    let data = [0u64; 64];
+    let start = Instant::now();
+    for i in 0..iterations {
+        let addr = &data[(i % 64) as usize] as *const u64;
+        if with_yield {
+            arch::prefetch_yield(black_box(addr));
+        } else {
+            // SAFETY: prefetch never faults.
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                    black_box(addr).cast(),
+                )
+            };
+        }
+    }
+    start.elapsed().as_nanos() as f64 / iterations as f64
+}
+
+/// Median extra ns of a no-op prefetch-and-yield over a bare prefetch.
+fn noop_yield_cost(iterations: u64, runs: usize) -> f64 {
+    let mut extra: Vec<f64> = (0..runs)
+        .map(|_| prefetch_loop(iterations, true) - prefetch_loop(iterations, false))
+        .collect();
+    crate::examples::median(&mut extra)
+}
+
 pub fn run(round_trips: u64, runs: usize) -> Result<SwitchReport> {
     let mut msh = Vec::with_capacity(runs);
     let mut coro = Vec::with_capacity(runs);
@@ -81,13 +114,38 @@ pub fn run(round_trips: u64, runs: usize) -> Result<SwitchReport> {
     }
     let msh_ns = crate::examples::median(&mut msh);
     let corosensei_ns = crate::examples::median(&mut coro);
+    let noop_yield_ns = noop_yield_cost(round_trips, runs);
+    let noop_yield_registered_ns = registered_noop_yield_cost(round_trips, runs)?;
     Ok(SwitchReport {
         msh_ns,
         corosensei_ns,
         ratio: msh_ns / corosensei_ns,
+        noop_yield_ns,
+        noop_yield_registered_ns,
         round_trips,
         runs,
     })
+}
+
+/// The no-op cost measured in a fresh thread registered as a primary with nothing to run.
+fn registered_noop_yield_cost(iterations: u64, runs: usize) -> Result<f64> {
+    std::thread::spawn(move || -> Result<f64> {
+        use msh_core::sched;
+        let ours = !sched::is_initialized();
+        if ours {
+            sched::init(sched::Config::default())
+                .map_err(|e| anyhow::anyhow!("msh init: {e:?}"))?;
+        }
+        sched::register().map_err(|e| anyhow::anyhow!("msh register: {e:?}"))?;
+        let cost = noop_yield_cost(iterations, runs);
+        sched::unregister().map_err(|e| anyhow::anyhow!("msh unregister: {e:?}"))?;
+        if ours {
+            let _ = sched::shutdown();
+        }
+        Ok(cost)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the measuring thread panicked"))?
 }
 
 #[cfg(test)]
