@@ -31,6 +31,8 @@ enum Command {
     Kpatch(kpatch::KpatchArgs),
     /// Run a program with scavengers: libmsh.so preloaded, every thread a primary.
     Run(run::RunArgs),
+    /// Insert prefetch+yield at profiled loads of an unmodified x86-64 ELF binary.
+    Rewrite(msh_rewrite::cli::RewriteArgs),
     /// Benchmarks, as ratios against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -106,6 +108,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo { runs } => demo::run(runs),
         Command::Run(args) => run::run(&args),
+        Command::Rewrite(args) => msh_rewrite::cli::run(&args),
         Command::Profile(args) => msh_profile::cli::run(args),
         Command::Kpatch(args) => {
             kpatch::main(args);

@@ -1,1 +1,392 @@
-//! msh rewrite (placeholder; see the issue tracker).
+//! `msh rewrite`: prefetch+yield trampolines at loads of unmodified x86-64 ELF
+//! executables and shared objects, in E9Patch's model (DESIGN.md decision 3).
+//!
+//! Pipeline: [`elf::Image`] reads the file, [`code::Code`] decodes its functions and
+//! collects every possible jump target, [`liveness`] finds what each site must save,
+//! [`window`] picks a patch window per site, [`trampoline`] encodes the code, and
+//! [`writer`] emits the new file. Every site that is not provably safe is skipped and
+//! counted under its reason in the [`Report`].
+
+pub mod cli;
+pub mod code;
+pub mod elf;
+pub mod interproc;
+pub mod liveness;
+pub mod profile;
+pub mod trampoline;
+pub mod window;
+pub mod writer;
+
+use anyhow::{bail, Context, Result};
+use code::{Code, Function};
+use iced_x86::{Instruction, InstructionInfoFactory, OpAccess, OpKind};
+use liveness::RegSet;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use trampoline::{FastPath, YieldPoint};
+
+/// Which loads to instrument.
+#[derive(Clone, Debug)]
+pub enum Selection {
+    /// Every load that can be proven safe.
+    AllLoads,
+    /// The sites of a profile recorded for this binary.
+    Profile {
+        path: PathBuf,
+        min_share: Option<f64>,
+        top: Option<usize>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub selection: Selection,
+    /// Let a window end with a call. Its return address is then in the trampoline,
+    /// which no FDE describes: unwinding through that call (C++ exceptions, thread
+    /// cancellation, backtraces) fails. Off by default; it adds ~2% coverage.
+    pub allow_call_windows: bool,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct SiteReport {
+    pub offset: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
+    /// Bytes replaced by the jump (the window).
+    pub window: u64,
+    /// Registers the switch path saves (besides %rbp, which it always pushes).
+    pub saved: String,
+    pub fast_path: &'static str,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct Report {
+    pub input: String,
+    pub output: String,
+    pub build_id: String,
+    pub mode: &'static str,
+    pub candidates: usize,
+    pub patched: usize,
+    pub skipped: BTreeMap<&'static str, usize>,
+    pub trampolines: usize,
+    pub trampoline_bytes: usize,
+    /// Widest vector register in use, saved at this width (16 = xmm, 32 = ymm).
+    pub vector_width: usize,
+    /// Number of saved registers (GPRs + vectors + flags) -> number of sites.
+    pub saved_registers_histogram: BTreeMap<usize, usize>,
+    pub fast_paths: BTreeMap<&'static str, usize>,
+    pub sites: Vec<SiteReport>,
+}
+
+impl Report {
+    fn skip(&mut self, reason: &'static str) {
+        *self.skipped.entry(reason).or_default() += 1;
+    }
+}
+
+/// The memory operand an instruction explicitly reads, if it is a load we can prefetch.
+fn explicit_load(factory: &mut InstructionInfoFactory, insn: &Instruction) -> Option<u32> {
+    let op = (0..insn.op_count()).find(|&i| insn.op_kind(i) == OpKind::Memory)?;
+    let access = factory.info(insn).op_access(op);
+    matches!(
+        access,
+        OpAccess::Read | OpAccess::CondRead | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+    )
+    .then_some(op)
+}
+
+/// Rewrites `options.input` into `options.output`. On error nothing is written.
+pub fn rewrite(options: &Options) -> Result<Report> {
+    let data = std::fs::read(&options.input)
+        .with_context(|| format!("cannot read {}", options.input.display()))?;
+    let image = elf::Image::parse(data).with_context(|| format!("{}", options.input.display()))?;
+    let code = Code::analyse(&image);
+    let mut factory = InstructionInfoFactory::new();
+    let mut report = Report {
+        input: options.input.display().to_string(),
+        output: options.output.display().to_string(),
+        build_id: image.build_id.clone(),
+        vector_width: code.vector_width.min(32),
+        ..Default::default()
+    };
+
+    // Sites per function index, as instruction indices, ascending.
+    let mut sites: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    match &options.selection {
+        Selection::AllLoads => {
+            report.mode = "all-loads";
+            // PLT stubs are the linker's, not the program's loads: not candidates.
+            for (fi, f) in code
+                .functions
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.unpatchable != Some(code::PLT_STUB))
+            {
+                for (i, insn) in f.insns.iter().enumerate() {
+                    if explicit_load(&mut factory, insn).is_some() {
+                        sites.entry(fi).or_default().push(i);
+                    }
+                }
+            }
+        }
+        Selection::Profile {
+            path,
+            min_share,
+            top,
+        } => {
+            report.mode = "profile";
+            let profile = profile::Profile::load(path)?;
+            let object = profile.object_for(&image.build_id)?;
+            for addr in profile::select_sites(object, *min_share, *top) {
+                let Some(fi) = code
+                    .functions
+                    .iter()
+                    .position(|f| f.start <= addr && addr < f.end)
+                else {
+                    if code.unowned_insns.contains(&addr) {
+                        report.candidates += 1;
+                        report.skip("no function bounds (no symbol or FDE)");
+                        continue;
+                    }
+                    if image.is_code(addr) {
+                        bail!("profile site {addr:#x} is not on an instruction boundary");
+                    }
+                    bail!("profile site {addr:#x} is not in executable code (it lies in data or outside the file)");
+                };
+                let f = &code.functions[fi];
+                let Some(i) = f.index_of(addr) else {
+                    let next = f.insns.partition_point(|x| x.ip() <= addr);
+                    let at = next
+                        .checked_sub(1)
+                        .map(|p| f.insns[p].ip())
+                        .unwrap_or(f.start);
+                    bail!("profile site {addr:#x} is not on an instruction boundary (the instruction there starts at {at:#x})");
+                };
+                if explicit_load(&mut factory, &f.insns[i]).is_none() {
+                    report.candidates += 1;
+                    report.skip("profile site is not a load");
+                    continue;
+                }
+                sites.entry(fi).or_default().push(i);
+            }
+            for list in sites.values_mut() {
+                list.sort_unstable();
+                list.dedup();
+            }
+        }
+    }
+
+    let allow_call = options.allow_call_windows;
+    let mut text_relocations = image.text_relocations.clone();
+    text_relocations.sort_unstable();
+    let rules = window::Rules {
+        leaders: &code.leaders,
+        text_relocations: &text_relocations,
+        allow_call,
+    };
+    let layout = writer::Layout::plan(&image)?;
+    let mut planned = Vec::new();
+    let liveness_by_function = interproc::solve(&code);
+
+    for (&fi, indices) in &sites {
+        let f = &code.functions[fi];
+        report.candidates += indices.len();
+        if let Some(reason) = f.unpatchable {
+            for _ in indices {
+                report.skip(reason);
+            }
+            continue;
+        }
+        if code.vector_width > 32 {
+            for _ in indices {
+                report.skip("AVX-512 state in use in the object");
+            }
+            continue;
+        }
+        let Some(live) = &liveness_by_function[fi] else {
+            for _ in indices {
+                report.skip(code::UNDECODABLE);
+            }
+            continue;
+        };
+        // Windows of this function: (window, yield points, site addresses).
+        let mut windows: Vec<(window::Window, Vec<YieldPoint>)> = Vec::new();
+        for &i in indices {
+            let insn = &f.insns[i];
+            if insn.memory_index().is_vector_register() {
+                report.skip("vector-indexed memory operand (gather)");
+                continue;
+            }
+            if let Some((w, yields)) = windows
+                .last_mut()
+                .filter(|(w, _)| w.first <= i && i <= w.last)
+            {
+                yields.push(YieldPoint {
+                    at: i - w.first,
+                    live: live[i],
+                });
+                continue;
+            }
+            let not_before = windows.last().map_or(0, |(w, _)| w.last + 1);
+            match window::find(f, i, not_before, &rules) {
+                Ok(w) => windows.push((
+                    w,
+                    vec![YieldPoint {
+                        at: i - w.first,
+                        live: live[i],
+                    }],
+                )),
+                Err(reason) => report.skip(reason),
+            }
+        }
+        for (w, yields) in windows {
+            planned.push(Planned {
+                function: fi,
+                window: w,
+                yields,
+            });
+        }
+    }
+    let (patches, blob) = encode_all(&code, &planned, &layout, &mut report);
+    if report.patched == 0 {
+        bail!(
+            "no site could be patched ({} candidates; skipped: {:?})",
+            report.candidates,
+            report.skipped
+        );
+    }
+    let out = writer::build(&image, &layout, &patches, &blob)?;
+    writer::write_atomically(&options.output, &out, &options.input)?;
+    Ok(report)
+}
+
+/// A window chosen for patching, and its yield points.
+struct Planned {
+    function: usize,
+    window: window::Window,
+    yields: Vec<YieldPoint>,
+}
+
+/// Distance between the hot and cold regions: keeps every hot-to-cold jump out of
+/// reach of a short jump, so a hot part's size does not depend on where its cold part is.
+const HOT_COLD_GAP: u64 = 256;
+
+/// Encodes every planned window: hot parts first (their sizes do not depend on where
+/// the cold parts go), then the cold parts, then the hot parts again with the real
+/// cold addresses. Returns the window patches and the segment's bytes.
+fn encode_all(
+    code: &Code,
+    planned: &[Planned],
+    layout: &writer::Layout,
+    report: &mut Report,
+) -> (Vec<writer::Patch>, Vec<u8>) {
+    let magic = elf::TRAMPOLINE_MAGIC.len() as u64;
+    let far = |address: u64| address + (1 << 30);
+    let mut hot_cursor = layout.vaddr + magic;
+    let mut sized = Vec::new();
+    for p in planned {
+        let f = &code.functions[p.function];
+        let insns = &f.insns[p.window.first..=p.window.last];
+        let resume = insns[insns.len() - 1].next_ip();
+        let placeholders = vec![far(hot_cursor); p.yields.len()];
+        match trampoline::encode_hot(hot_cursor, insns, &p.yields, resume, &placeholders) {
+            Ok(hot) => {
+                sized.push((p, hot_cursor, hot));
+                hot_cursor += sized.last().unwrap().2.bytes.len() as u64;
+            }
+            Err(_) => {
+                for _ in &p.yields {
+                    report.skip("displaced instructions cannot be relocated");
+                }
+            }
+        }
+    }
+    let cold_base = (hot_cursor + HOT_COLD_GAP).div_ceil(16) * 16;
+    let mut hot_blob = Vec::new();
+    let mut cold_blob = Vec::new();
+    let mut patches = Vec::new();
+    for (p, hot_addr, sizing) in sized {
+        let f = &code.functions[p.function];
+        let insns = &f.insns[p.window.first..=p.window.last];
+        let start = insns[0].ip();
+        let end = insns[insns.len() - 1].next_ip();
+        let cold_addr = cold_base + cold_blob.len() as u64;
+        let encoded =
+            trampoline::encode_cold(cold_addr, &p.yields, &sizing.return_ips, code.vector_width)
+                .and_then(|cold| {
+                    Ok((
+                        trampoline::encode_hot(hot_addr, insns, &p.yields, end, &cold.switch_ips)?,
+                        cold,
+                    ))
+                });
+        let (hot, cold) = match encoded {
+            Ok((hot, cold))
+                if hot.bytes.len() == sizing.bytes.len() && hot.return_ips == sizing.return_ips =>
+            {
+                (hot, cold)
+            }
+            _ => {
+                // Cannot happen while both encodings are deterministic; never emit a
+                // trampoline whose layout moved. Pad its slot and skip its sites.
+                hot_blob.resize(hot_blob.len() + sizing.bytes.len(), 0xcc);
+                for _ in &p.yields {
+                    report.skip("displaced instructions cannot be relocated");
+                }
+                continue;
+            }
+        };
+        hot_blob.extend_from_slice(&hot.bytes);
+        cold_blob.extend_from_slice(&cold.bytes);
+        let mut patch = vec![0xe9];
+        patch.extend_from_slice(&((hot_addr as i64 - (start as i64 + 5)) as i32).to_le_bytes());
+        patch.resize((end - start) as usize, 0xcc); // never executed: trap if it is
+        patches.push(writer::Patch {
+            addr: start,
+            bytes: patch,
+        });
+        report.trampolines += 1;
+        for y in &p.yields {
+            record_site(report, f, &insns[y.at], end - start, y.live);
+        }
+    }
+    report.trampoline_bytes = hot_blob.len() + cold_blob.len();
+    let mut blob = elf::TRAMPOLINE_MAGIC.to_vec();
+    blob.extend_from_slice(&hot_blob);
+    blob.resize((cold_base - layout.vaddr) as usize, 0xcc);
+    blob.extend_from_slice(&cold_blob);
+    (patches, blob)
+}
+
+fn record_site(report: &mut Report, f: &Function, load: &Instruction, window: u64, live: RegSet) {
+    let saved = trampoline::saved_registers(live);
+    let prefix = if report.vector_width >= 32 {
+        "ymm"
+    } else {
+        "xmm"
+    };
+    let names = saved.names(prefix);
+    *report
+        .saved_registers_histogram
+        .entry(names.len())
+        .or_default() += 1;
+    let path = match FastPath::for_live(live) {
+        FastPath::FlagsDead => "cmp",
+        FastPath::RcxDead => "jrcxz",
+        FastPath::RcxWrapped => "jrcxz-wrapped",
+    };
+    *report.fast_paths.entry(path).or_default() += 1;
+    report.patched += 1;
+    report.sites.push(SiteReport {
+        offset: format!("{:#x}", load.ip()),
+        symbol: f
+            .name
+            .as_ref()
+            .map(|n| format!("{n}+{:#x}", load.ip() - f.start)),
+        window,
+        saved: names.join(","),
+        fast_path: path,
+    });
+}

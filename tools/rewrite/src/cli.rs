@@ -1,0 +1,69 @@
+//! The `msh rewrite` subcommand: arguments and the one-line error contract.
+
+use crate::{rewrite, Options, Selection};
+use clap::Args;
+use std::path::PathBuf;
+
+/// Insert prefetch+yield trampolines at loads of an unmodified x86-64 ELF binary
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("sites").required(true).args(["profile", "all_loads"])))]
+pub struct RewriteArgs {
+    /// The executable or shared object to rewrite
+    pub input: PathBuf,
+    /// Where to write the rewritten binary (nothing is written on error)
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Patch the sites of this profile (from `msh profile`; its build-id must match INPUT)
+    #[arg(long, value_name = "PROFILE.json")]
+    pub profile: Option<PathBuf>,
+    /// Patch every load that can be proven safe
+    #[arg(long)]
+    pub all_loads: bool,
+    /// With --profile: only sites with at least this share of the samples (0..1)
+    #[arg(long, requires = "profile", value_name = "F")]
+    pub min_share: Option<f64>,
+    /// With --profile: only the N sites with the largest share
+    #[arg(long, requires = "profile", value_name = "N")]
+    pub top: Option<usize>,
+    /// Write a JSON report (candidates, patched, skipped by reason, registers saved per site)
+    #[arg(long, value_name = "REPORT.json")]
+    pub report: Option<PathBuf>,
+    /// Let a window end with a call (+~2% coverage; unwinding through such calls then fails)
+    #[arg(long)]
+    pub call_windows: bool,
+}
+
+/// Runs the subcommand; the caller prints the error (one line, `{:#}`).
+pub fn run(args: &RewriteArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let selection = match &args.profile {
+        Some(path) => Selection::Profile {
+            path: path.clone(),
+            min_share: args.min_share,
+            top: args.top,
+        },
+        None => Selection::AllLoads,
+    };
+    let options = Options {
+        input: args.input.clone(),
+        output: args.output.clone(),
+        selection,
+        allow_call_windows: args.call_windows,
+    };
+    let report = rewrite(&options)?;
+    eprintln!(
+        "msh rewrite: {} of {} candidate loads patched ({:.1}%), {} trampolines, {} bytes -> {}",
+        report.patched,
+        report.candidates,
+        100.0 * report.patched as f64 / report.candidates.max(1) as f64,
+        report.trampolines,
+        report.trampoline_bytes,
+        args.output.display()
+    );
+    if let Some(path) = &args.report {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json)
+            .with_context(|| format!("cannot write report {}", path.display()))?;
+    }
+    Ok(())
+}
