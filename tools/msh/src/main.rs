@@ -82,6 +82,9 @@ enum BenchCommand {
         /// Budget per switch in ns (default: the runtime's).
         #[arg(long)]
         budget_ns: Option<u64>,
+        /// Where the primary's yield point comes from.
+        #[arg(long, value_enum, default_value = "linked")]
+        mode: bench::harvest::Mode,
         /// Sweep budgets and print the trade-off curve.
         #[arg(long, conflicts_with = "budget_ns")]
         sweep: bool,
@@ -164,6 +167,7 @@ fn run(cli: Cli) -> Result<()> {
             BenchCommand::Harvest {
                 json,
                 budget_ns,
+                mode,
                 sweep,
                 mib,
                 hops,
@@ -172,6 +176,7 @@ fn run(cli: Cli) -> Result<()> {
                 use bench::harvest::{self, HarvestOptions};
                 examples::build()?;
                 let base = HarvestOptions {
+                    mode,
                     budget_ns,
                     mib,
                     hops,

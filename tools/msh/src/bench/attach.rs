@@ -37,7 +37,7 @@ pub struct AttachReport {
 }
 
 /// `msh run` prefix for this executable with the compute scavenger pool.
-fn msh_run_prefix(pool: &Path, extra: &[&str]) -> Result<Vec<String>> {
+pub(crate) fn msh_run_prefix(pool: &Path, extra: &[&str]) -> Result<Vec<String>> {
     let exe = std::env::current_exe().context("cannot find the msh executable")?;
     let mut prefix = vec![
         exe.display().to_string(),
@@ -50,7 +50,11 @@ fn msh_run_prefix(pool: &Path, extra: &[&str]) -> Result<Vec<String>> {
     Ok(prefix)
 }
 
-fn run_chase(prefix: &[String], program: &Path, args: &[&str]) -> Result<(Chase, String)> {
+pub(crate) fn run_chase(
+    prefix: &[String],
+    program: &Path,
+    args: &[&str],
+) -> Result<(Chase, String)> {
     let mut argv: Vec<String> = prefix.to_vec();
     argv.push(program.display().to_string());
     argv.extend(args.iter().map(|s| s.to_string()));
@@ -70,7 +74,7 @@ fn run_chase(prefix: &[String], program: &Path, args: &[&str]) -> Result<(Chase,
     Ok((serde_json::from_str(line)?, stderr))
 }
 
-fn scavenger_yields(stderr: &str) -> Result<f64> {
+pub(crate) fn scavenger_yields(stderr: &str) -> Result<f64> {
     let line = stderr
         .lines()
         .find_map(|l| l.strip_prefix("msh-stats: "))

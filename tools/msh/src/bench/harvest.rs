@@ -4,12 +4,22 @@
 //! per-run ratios.
 
 use crate::examples::{self, median, Chase, Compute};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+/// How the primary gets its yield point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// ptrchase_msh: MSH_PREFETCH_YIELD in the source, linked with libmsh.a.
+    Linked,
+    /// The plain ptrchase, rewritten by `msh rewrite` at its chase load, under `msh run`.
+    Rewritten,
+}
+
 #[derive(Debug, Clone)]
 pub struct HarvestOptions {
+    pub mode: Mode,
     /// Budget per switch; None = the runtime's default.
     pub budget_ns: Option<u64>,
     pub mib: u64,
@@ -22,6 +32,7 @@ pub struct HarvestOptions {
 impl Default for HarvestOptions {
     fn default() -> Self {
         HarvestOptions {
+            mode: Mode::Linked,
             budget_ns: None,
             mib: 64,
             hops: 2_000_000,
@@ -68,11 +79,69 @@ fn chase_args(opts: &HarvestOptions, mode: &str) -> Vec<String> {
     args
 }
 
+/// The plain ptrchase rewritten at the first load of `chase` (the one that misses),
+/// through a one-site version-1 profile, and a pool with the compute scavenger.
+fn prepare_rewritten() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    use msh_rewrite::{rewrite, Options, Selection};
+    let build = examples::build_dir();
+    let plain = build.join("ptrchase");
+    let scratch = rewrite(&Options {
+        input: plain.clone(),
+        output: build.join("ptrchase.all-loads"),
+        selection: Selection::AllLoads,
+        allow_call_windows: false,
+    })?;
+    let site = scratch
+        .sites
+        .iter()
+        .filter(|site| {
+            site.symbol
+                .as_deref()
+                .is_some_and(|name| name.starts_with("chase+"))
+        })
+        .min_by_key(|site| {
+            u64::from_str_radix(site.offset.trim_start_matches("0x"), 16).unwrap_or(u64::MAX)
+        })
+        .context("the rewriter found no load in ptrchase's chase()")?;
+    let profile = build.join("ptrchase.profile.json");
+    let json = serde_json::json!({
+        "version": 1,
+        "backend": "bench",
+        "objects": [{
+            "path": plain.display().to_string(),
+            "build_id": scratch.build_id,
+            "sites": [{ "offset": site.offset, "symbol": site.symbol, "share": 1.0 }],
+        }],
+    });
+    std::fs::write(&profile, json.to_string())?;
+    let rewritten = build.join("ptrchase.msh");
+    rewrite(&Options {
+        input: plain,
+        output: rewritten.clone(),
+        selection: Selection::Profile {
+            path: profile,
+            min_share: None,
+            top: None,
+        },
+        allow_call_windows: false,
+    })?;
+    let pool = build.join("bench-harvest.pool");
+    std::fs::write(
+        &pool,
+        format!("{}\n", build.join("compute_scav.so").display()),
+    )?;
+    Ok((rewritten, pool))
+}
+
 /// Runs the benchmark; `progress` counts steps (4 per run).
 pub fn run(opts: &HarvestOptions, progress: &ProgressBar) -> Result<HarvestReport> {
     if opts.runs == 0 || opts.hops == 0 || opts.mib == 0 {
         bail!("--runs, --hops and --mib must be positive");
     }
+    let rewritten = match opts.mode {
+        Mode::Linked => None,
+        Mode::Rewritten => Some(prepare_rewritten()?),
+    };
     let mut alone_ns = Vec::new();
     let mut msh_ns = Vec::new();
     let mut slowdown = Vec::new();
@@ -85,7 +154,22 @@ pub fn run(opts: &HarvestOptions, progress: &ProgressBar) -> Result<HarvestRepor
         progress.inc(1);
         let alone: Chase = examples::run_json("ptrchase", &chase_args(opts, "alone"))?;
         progress.inc(1);
-        let with_msh: Chase = examples::run_json("ptrchase_msh", &chase_args(opts, "msh"))?;
+        let with_msh: Chase = match &rewritten {
+            None => examples::run_json("ptrchase_msh", &chase_args(opts, "msh"))?,
+            Some((program, pool)) => {
+                let mut extra = vec!["--abandon-at-exit".to_string(), "--stats".to_string()];
+                if let Some(budget) = opts.budget_ns {
+                    extra.extend(["--budget-ns".to_string(), budget.to_string()]);
+                }
+                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                let prefix = super::attach::msh_run_prefix(pool, &extra)?;
+                let args = chase_args(opts, "alone");
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let (mut chase, stderr) = super::attach::run_chase(&prefix, program, &args)?;
+                chase.scavenger_units = super::attach::scavenger_yields(&stderr)? as u64;
+                chase
+            }
+        };
         progress.inc(1);
         if with_msh.checksum != alone.checksum {
             bail!("ptrchase under msh computed a different checksum: the switch corrupted the primary");
@@ -108,7 +192,10 @@ pub fn run(opts: &HarvestOptions, progress: &ProgressBar) -> Result<HarvestRepor
     let primary_alone_ns = median(&mut alone_ns);
     let primary_msh_ns = median(&mut msh_ns);
     Ok(HarvestReport {
-        mode: "linked",
+        mode: match opts.mode {
+            Mode::Linked => "linked",
+            Mode::Rewritten => "rewritten",
+        },
         budget_ns: opts.budget_ns.unwrap_or(msh_core::sched::DEFAULT_BUDGET_NS),
         mib: opts.mib,
         hops: opts.hops,
