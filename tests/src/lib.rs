@@ -83,3 +83,24 @@ pub fn run(program: &Path, args: &[&str]) -> Output {
         .output()
         .expect("cannot run test program")
 }
+
+/// Builds C example `targets` (make targets or files) into `scratch(name)` against
+/// this profile's libmsh, without a nested cargo; returns that directory.
+pub fn make_examples(name: &str, targets: &[&str]) -> PathBuf {
+    let build = scratch(name);
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(repo_root().join("c-examples"))
+        .arg(format!("BUILD={}", build.display()))
+        .arg(format!("LIBDIR={}", profile_dir().display()))
+        .arg("SKIP_CARGO=1")
+        .args(targets)
+        .output()
+        .expect("cannot run make");
+    assert!(
+        out.status.success(),
+        "make {targets:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    build
+}

@@ -5,49 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn target_dir() -> PathBuf {
-    // Relative to the workspace, as cargo reads it (tests run in the package directory).
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(|dir| workspace().join(dir))
-        .unwrap_or_else(|| workspace().join("target"))
-}
-
-/// Builds libmsh (release) and gc_boehm once.
+/// The gc_boehm example, built once against this profile's libmsh.
 fn gc_boehm() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "-p", "msh-ffi"])
-            .current_dir(workspace())
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building libmsh failed");
-        let build = target_dir().join("c-examples-dirty");
-        let out = Command::new("make")
-            .arg("-C")
-            .arg(workspace().join("c-examples"))
-            .arg(format!("BUILD={}", build.display()))
-            .arg(format!(
-                "MSH_TARGET={}",
-                target_dir().join("release").display()
-            ))
-            .arg(build.join("gc_boehm"))
-            .output()
-            .expect("run make");
-        assert!(
-            out.status.success(),
-            "building gc_boehm failed (is libgc-dev installed? .ci/run installs it):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        build.join("gc_boehm")
-    })
+    BUILT.get_or_init(|| msh_tests::make_examples("dirty", &["dirty"]).join("gc_boehm"))
 }
 
 fn run(args: &[&str]) -> (Output, String) {

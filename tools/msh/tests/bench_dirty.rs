@@ -1,25 +1,11 @@
 //! `msh bench dirty --json`: the report's shape and exactness on a small mapping (the
 //! figures themselves are for humans; nothing here is timed).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn msh() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "msh-cli"])
-        .current_dir(&workspace)
-        .status()
-        .expect("run cargo");
-    assert!(status.success());
-    // Relative to the workspace, as cargo reads it (tests run in the package directory).
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|dir| workspace.join(dir))
-        .unwrap_or(workspace.join("target"));
-    target.join("release/msh")
+    PathBuf::from(env!("CARGO_BIN_EXE_msh"))
 }
 
 #[test]
