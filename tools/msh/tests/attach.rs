@@ -138,13 +138,15 @@ fn every_thread_is_a_primary_and_the_exit_status_survives() {
     assert_eq!(stats["total"]["scavengers_completed"], 4, "{stats}");
     // main + sleeper + 3 workers registered; the workers did the switching.
     assert!(stats["total"]["threads"].as_u64().unwrap() >= 5, "{stats}");
-    let busy = stats["threads"]
-        .as_array()
-        .unwrap()
+    // Every thread reported; which ones ran the scavengers depends on timing (blocked
+    // threads lend theirs), but together they started and finished all four.
+    let threads = stats["threads"].as_array().unwrap();
+    assert!(threads.len() >= 5, "{stats}");
+    let started: u64 = threads
         .iter()
-        .filter(|t| t["switches"].as_u64() > Some(0))
-        .count();
-    assert!(busy >= 2, "scavengers ran in several threads: {stats}");
+        .map(|t| t["scavengers_started"].as_u64().unwrap())
+        .sum();
+    assert_eq!(started, 4, "{stats}");
 }
 
 #[test]
