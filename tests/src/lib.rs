@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 /// The workspace root.
 pub fn repo_root() -> PathBuf {
@@ -28,8 +29,42 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Builds `libmsh.a` and `libmsh.so` for this test's profile, once per process, and
+/// returns their directory. Cargo builds only the rlib of a dependency, so a
+/// dev-dependency on msh-ffi does not produce the C libraries on a clean checkout.
+pub fn ensure_libmsh() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = profile_dir();
+    BUILT.get_or_init(|| {
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "msh-ffi"])
+            .current_dir(repo_root());
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        if let Some(target) = dir.parent() {
+            cmd.env("CARGO_TARGET_DIR", target);
+        }
+        let status = cmd.status().expect("cannot run cargo");
+        assert!(status.success(), "cargo build -p msh-ffi failed");
+    });
+    dir
+}
+
 pub fn libmsh_a() -> PathBuf {
-    let lib = profile_dir().join("libmsh.a");
+    let lib = ensure_libmsh().join("libmsh.a");
     assert!(
         lib.exists(),
         "{} is missing: build msh-ffi first",
@@ -39,7 +74,7 @@ pub fn libmsh_a() -> PathBuf {
 }
 
 pub fn libmsh_so() -> PathBuf {
-    let lib = profile_dir().join("libmsh.so");
+    let lib = ensure_libmsh().join("libmsh.so");
     assert!(
         lib.exists(),
         "{} is missing: build msh-ffi first",
@@ -87,6 +122,7 @@ pub fn run(program: &Path, args: &[&str]) -> Output {
 /// Builds C example `targets` (make targets or files) into `scratch(name)` against
 /// this profile's libmsh, without a nested cargo; returns that directory.
 pub fn make_examples(name: &str, targets: &[&str]) -> PathBuf {
+    ensure_libmsh();
     let build = scratch(name);
     let out = Command::new("make")
         .arg("-C")

@@ -5,6 +5,7 @@ use std::process::Command;
 #[test]
 fn ptrchase_gives_the_same_checksum_alone_with_msh_and_as_os_threads() {
     let root = repo_root();
+    ensure_libmsh();
     let build = scratch("examples");
     let status = Command::new("make")
         .arg("-s")
@@ -38,6 +39,7 @@ fn ptrchase_gives_the_same_checksum_alone_with_msh_and_as_os_threads() {
 
 #[test]
 fn the_pkg_config_file_compiles_a_program() {
+    ensure_libmsh();
     let build = scratch("pkgconfig");
     let pc = build.join("msh.pc");
     let status = Command::new("make")

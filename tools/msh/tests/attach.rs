@@ -12,6 +12,7 @@ fn build() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = scratch("attach");
+        ensure_libmsh();
         let status = Command::new("make")
             .args(["-s", "-C"])
             .arg(repo_root().join("c-examples"))

@@ -4,6 +4,7 @@ use std::process::Command;
 
 #[test]
 fn the_rewritten_chase_runs_scavengers() {
+    msh_tests::ensure_libmsh();
     let out = Command::new(env!("CARGO_BIN_EXE_msh"))
         .args([
             "bench",

@@ -8,6 +8,7 @@ use std::time::Duration;
 #[test]
 fn memcached_under_msh_run_answers_correctly() {
     let dir = scratch("memcached");
+    ensure_libmsh();
     let status = Command::new("make")
         .args(["-s", "-C"])
         .arg(repo_root().join("c-examples"))

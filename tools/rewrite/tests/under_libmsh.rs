@@ -6,16 +6,9 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 
-/// `target/<profile>/libmsh.so` (msh-ffi is a dev-dependency, so it is built first).
+/// `target/<profile>/libmsh.so`, built for this profile if need be.
 fn libmsh() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let lib = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("libmsh.so");
-    assert!(lib.exists(), "{} is missing: build msh-ffi", lib.display());
-    lib
+    msh_tests::libmsh_so()
 }
 
 fn include_dir() -> String {
