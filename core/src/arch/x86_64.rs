@@ -81,6 +81,29 @@ pub unsafe fn set_next_coro(next: *mut Coro) {
     }
 }
 
+/// The primary's switch to the scavenger in `%rcx`, with its ThreadCtx in `%rsi`;
+/// resumes at the end when a scavenger switches back. One text for every yield.
+macro_rules! primary_switch {
+    () => {
+        concat!(
+            "lea -128(%rsp), %rsp\n",
+            "push %rbp\n",
+            "push %rbx\n",
+            "mov %rsp, 8(%rsi)\n",
+            "lea 2f(%rip), %rdx\n",
+            "mov %rdx, 16(%rsi)\n",
+            "mov %rcx, 0(%rsi)\n",
+            "incq 56(%rsi)\n",
+            "mov 0(%rcx), %rsp\n",
+            "jmp *8(%rcx)\n",
+            "2:\n",
+            "pop %rbx\n",
+            "pop %rbp\n",
+            "lea 128(%rsp), %rsp",
+        )
+    };
+}
+
 /// A primary's yield: switches to the next scavenger if there is one, and returns
 /// when a scavenger switches back. One compare and a branch when there is nothing.
 #[inline(always)]
@@ -92,22 +115,9 @@ pub fn primary_yield() {
         asm!(
             "cmpq $0, %fs:0x38",
             "je 9f",
-            "lea -128(%rsp), %rsp",
-            "push %rbp",
-            "push %rbx",
-            "mov %fs:0x40, %rax",
+            "mov %fs:0x40, %rsi",
             "mov %fs:0x38, %rcx",
-            "mov %rsp, 8(%rax)",
-            "lea 2f(%rip), %rdx",
-            "mov %rdx, 16(%rax)",
-            "mov %rcx, 0(%rax)",
-            "incq 56(%rax)",
-            "mov 0(%rcx), %rsp",
-            "jmp *8(%rcx)",
-            "2:",
-            "pop %rbx",
-            "pop %rbp",
-            "lea 128(%rsp), %rsp",
+            primary_switch!(),
             "9:",
             out("r12") _, out("r13") _, out("r14") _, out("r15") _,
             clobber_abi("C"),
@@ -192,20 +202,7 @@ pub fn yield_now() {
             "mov %fs:0x38, %rcx",
             "test %rcx, %rcx",
             "jz 9f",
-            "lea -128(%rsp), %rsp",
-            "push %rbp",
-            "push %rbx",
-            "mov %rsp, 8(%rsi)",
-            "lea 2f(%rip), %rdx",
-            "mov %rdx, 16(%rsi)",
-            "mov %rcx, 0(%rsi)",
-            "incq 56(%rsi)",
-            "mov 0(%rcx), %rsp",
-            "jmp *8(%rcx)",
-            "2:",
-            "pop %rbx",
-            "pop %rbp",
-            "lea 128(%rsp), %rsp",
+            primary_switch!(),
             "9:",
             out("r12") _, out("r13") _, out("r14") _, out("r15") _,
             clobber_abi("C"),

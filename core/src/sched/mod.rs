@@ -325,19 +325,27 @@ pub fn is_registered() -> bool {
     !current().is_null()
 }
 
-/// Undoes [`register`]: unfinished scavengers go back to the pool (at its front, so
-/// they resume before fresh ones start) and the thread's figures join the totals.
-pub fn unregister() -> Result<(), Error> {
+/// This thread's Primary, when the caller is a registered primary and not one of its
+/// scavengers.
+fn current_primary() -> Result<*mut Primary, Error> {
     let me = current();
     if me.is_null() {
         return Err(Error::NotRegistered);
     }
-    // SAFETY: `me` is this thread's Primary, and we run as the primary (checked), so
-    // no scavenger of ours is on a CPU.
+    // SAFETY: `me` is this thread's Primary; reading one field.
+    if unsafe { !(*me).ctx.running.is_null() } {
+        return Err(Error::InScavenger);
+    }
+    Ok(me)
+}
+
+/// Undoes [`register`]: unfinished scavengers go back to the pool (at its front, so
+/// they resume before fresh ones start) and the thread's figures join the totals.
+pub fn unregister() -> Result<(), Error> {
+    let me = current_primary()?;
+    // SAFETY: `me` is this thread's Primary, and we run as the primary, so no
+    // scavenger of ours is on a CPU.
     unsafe {
-        if !(*me).ctx.running.is_null() {
-            return Err(Error::InScavenger);
-        }
         lending::leave(me);
         arch::set_tcb(ptr::null_mut(), ptr::null_mut());
         let primary = Box::from_raw(me);
@@ -389,15 +397,9 @@ pub fn pending() -> usize {
 
 /// Runs this primary's scavengers, and any in the pool, until all have finished.
 pub fn run_pending() -> Result<(), Error> {
-    let me = current();
-    if me.is_null() {
-        return Err(Error::NotRegistered);
-    }
-    // SAFETY: `me` is this thread's Primary.
+    let me = current_primary()?;
+    // SAFETY: `me` is this thread's Primary and we run as the primary.
     unsafe {
-        if !(*me).ctx.running.is_null() {
-            return Err(Error::InScavenger);
-        }
         loop {
             refill(me);
             if arch::next_coro().is_null() {
