@@ -109,6 +109,38 @@ pub struct Unavailable {
     pub errno: i32,
 }
 
+impl Unavailable {
+    /// A self-test step failed with `err`.
+    pub(crate) fn from_error(reason: &'static str, err: Error) -> Self {
+        let errno = if let Error::Os { errno, .. } = err {
+            errno
+        } else {
+            0
+        };
+        Unavailable { reason, errno }
+    }
+
+    /// A backend's self-test wrote the second page of a scratch mapping at `base`:
+    /// exactly that page must come back.
+    pub(crate) fn expect_second_page(
+        runs: &[Run],
+        base: usize,
+        page: usize,
+        reason: &'static str,
+    ) -> Result<(), Self> {
+        if runs
+            == [Run {
+                start: base + page,
+                pages: 1,
+            }]
+        {
+            Ok(())
+        } else {
+            Err(Unavailable { reason, errno: 0 })
+        }
+    }
+}
+
 impl fmt::Display for Unavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.reason)?;

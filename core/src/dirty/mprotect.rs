@@ -301,14 +301,7 @@ impl Drop for Mprotect {
 /// Self-test: the handler installs and a protected page can be written and seen.
 pub fn probe() -> Result<(), Unavailable> {
     let page = sys::page_size();
-    let fail = |reason, e: Error| Unavailable {
-        reason,
-        errno: if let Error::Os { errno, .. } = e {
-            errno
-        } else {
-            0
-        },
-    };
+    let fail = Unavailable::from_error;
     let scratch = sys::Scratch::new(2 * page).map_err(|e| fail("cannot map a scratch page", e))?;
     let mut tracker = Mprotect::new(&[(scratch.addr, scratch.addr + 2 * page)], page)
         .map_err(|e| fail("cannot install the SIGSEGV handler or mprotect", e))?;
@@ -317,16 +310,10 @@ pub fn probe() -> Result<(), Unavailable> {
     let result = tracker.collect(0, scratch.addr, Limit::NONE, true, &mut |r| runs.push(r));
     tracker.teardown(true);
     result.map_err(|e| fail("mprotect failed", e))?;
-    if runs
-        != [Run {
-            start: scratch.addr + page,
-            pages: 1,
-        }]
-    {
-        return Err(Unavailable {
-            reason: "self-test: the SIGSEGV handler did not see the write",
-            errno: 0,
-        });
-    }
-    Ok(())
+    Unavailable::expect_second_page(
+        &runs,
+        scratch.addr,
+        page,
+        "self-test: the SIGSEGV handler did not see the write",
+    )
 }

@@ -156,14 +156,7 @@ impl Drop for SoftDirty {
 
 /// Self-test: a page written after clear_refs must show pagemap bit 55.
 pub fn probe() -> Result<(), Unavailable> {
-    let fail = |reason, e: Error| Unavailable {
-        reason,
-        errno: if let Error::Os { errno, .. } = e {
-            errno
-        } else {
-            0
-        },
-    };
+    let fail = Unavailable::from_error;
     let page = sys::page_size();
     let pagemap = Fd::open(b"/proc/self/pagemap\0", libc::O_RDONLY)
         .map_err(|e| fail("cannot open /proc/self/pagemap", e))?;

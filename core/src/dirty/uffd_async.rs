@@ -169,14 +169,7 @@ impl UffdAsync {
 
 /// Self-test: arm two fresh pages, write the second, and expect exactly it back.
 pub fn probe() -> Result<(), Unavailable> {
-    let fail = |reason, e: Error| Unavailable {
-        reason,
-        errno: if let Error::Os { errno, .. } = e {
-            errno
-        } else {
-            0
-        },
-    };
+    let fail = Unavailable::from_error;
     let page = sys::page_size();
     let scratch = sys::Scratch::new(2 * page).map_err(|e| fail("cannot map a scratch page", e))?;
     let uffd =
@@ -203,16 +196,10 @@ pub fn probe() -> Result<(), Unavailable> {
         })
         .map_err(|e| fail("PAGEMAP_SCAN failed", e))?;
     tracker.teardown(true);
-    if runs
-        != [Run {
-            start: scratch.addr + page,
-            pages: 1,
-        }]
-    {
-        return Err(Unavailable {
-            reason: "self-test: PAGEMAP_SCAN did not report exactly the written page",
-            errno: 0,
-        });
-    }
-    Ok(())
+    Unavailable::expect_second_page(
+        &runs,
+        scratch.addr,
+        page,
+        "self-test: PAGEMAP_SCAN did not report exactly the written page",
+    )
 }

@@ -299,14 +299,7 @@ impl Drop for UffdSync {
 
 /// Self-test: a real tracker on two fresh pages; write one, expect exactly it.
 pub fn probe() -> Result<(), Unavailable> {
-    let fail = |reason, e: Error| Unavailable {
-        reason,
-        errno: if let Error::Os { errno, .. } = e {
-            errno
-        } else {
-            0
-        },
-    };
+    let fail = Unavailable::from_error;
     let page = sys::page_size();
     let uffd =
         sys::open_userfaultfd(true).map_err(|e| fail("userfaultfd(2) is not available", e))?;
@@ -322,16 +315,10 @@ pub fn probe() -> Result<(), Unavailable> {
     let result = tracker.collect(0, scratch.addr, Limit::NONE, true, &mut |r| runs.push(r));
     tracker.teardown(true);
     result.map_err(|e| fail("UFFDIO_WRITEPROTECT failed", e))?;
-    if runs
-        != [Run {
-            start: scratch.addr + page,
-            pages: 1,
-        }]
-    {
-        return Err(Unavailable {
-            reason: "self-test: the handler thread did not see the write",
-            errno: 0,
-        });
-    }
-    Ok(())
+    Unavailable::expect_second_page(
+        &runs,
+        scratch.addr,
+        page,
+        "self-test: the handler thread did not see the write",
+    )
 }
