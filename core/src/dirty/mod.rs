@@ -34,6 +34,7 @@
 #![allow(clippy::manual_is_multiple_of)]
 
 mod bitmap;
+pub mod features;
 mod maps;
 mod mprotect;
 mod soft_dirty;

@@ -1,6 +1,7 @@
 //! The `msh` command's library: each subcommand in a module of its own.
 pub mod bench;
 pub mod demo;
+pub mod doctor;
 pub mod examples;
 pub mod memcached;
 pub mod run;

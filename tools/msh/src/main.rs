@@ -2,7 +2,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use msh_cli::{bench, demo, examples, run};
+use msh_cli::{bench, demo, doctor, examples, run};
 
 mod kpatch;
 
@@ -25,6 +25,8 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// What this machine offers msh: PMU, userfaultfd, PAGEMAP_SCAN, QEMU, ... and why not.
+    Doctor(doctor::DoctorArgs),
     /// Find delinquent loads (pmu, sample or sim backend); `profile show` prints a profile.
     Profile(msh_profile::cli::ProfileArgs),
     /// Kernel lock patch: move one lock (a structure field) to a policy-aware implementation.
@@ -110,6 +112,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo { runs } => demo::run(runs),
+        Command::Doctor(args) => doctor::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Rewrite(args) => msh_rewrite::cli::run(&args),
         Command::Profile(args) => msh_profile::cli::run(args),
