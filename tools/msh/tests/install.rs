@@ -119,7 +119,10 @@ fn a_c_program_builds_against_the_installed_prefix_with_pkg_config_only() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("unexpected output {stdout:?}"));
-    assert!(switches > 0, "the installed libmsh never switched: {stdout}");
+    assert!(
+        switches > 0,
+        "the installed libmsh never switched: {stdout}"
+    );
 
     // The installed msh finds the installed libmsh.so (../lib) for `msh run`.
     let pool = dir.join("empty.pool");
