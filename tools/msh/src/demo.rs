@@ -5,7 +5,17 @@ use anyhow::Result;
 use indicatif::ProgressBar;
 use std::time::Duration;
 
-pub fn run(runs: usize) -> Result<()> {
+/// `msh demo` options.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Runs per setup (the table shows medians).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub runs: u64,
+}
+
+/// Runs `msh demo`.
+pub fn run(args: &DemoArgs) -> Result<()> {
+    let runs = args.runs as usize;
     let spinner = ProgressBar::new_spinner();
     spinner.set_message("building libmsh and the C examples");
     spinner.enable_steady_tick(Duration::from_millis(120));

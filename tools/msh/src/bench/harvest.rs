@@ -17,6 +17,86 @@ pub enum Mode {
     Rewritten,
 }
 
+/// `msh bench harvest` options.
+#[derive(clap::Args, Debug)]
+pub struct HarvestArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Budget per switch in ns (default: the runtime's).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub budget_ns: Option<u64>,
+    /// Where the primary's yield point comes from.
+    #[arg(long, value_enum, default_value = "linked")]
+    pub mode: Mode,
+    /// Sweep budgets and print the trade-off curve.
+    #[arg(long, conflicts_with = "budget_ns")]
+    pub sweep: bool,
+    /// Size of the chased table.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=16_384))]
+    pub mib: u64,
+    /// Hops per run.
+    #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub hops: u64,
+    /// Runs per setup (figures are medians).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub runs: u64,
+}
+
+/// Runs `msh bench harvest`.
+pub fn run_cli(args: &HarvestArgs) -> Result<()> {
+    examples::build()?;
+    let base = HarvestOptions {
+        mode: args.mode,
+        budget_ns: args.budget_ns,
+        mib: args.mib,
+        hops: args.hops,
+        runs: args.runs as usize,
+        os_threads: true,
+    };
+    let runs = base.runs;
+    if args.sweep {
+        let budgets = SWEEP_BUDGETS;
+        let bar = progress_bar((budgets.len() * 4 * runs) as u64, "sweeping");
+        let mut rows = Vec::new();
+        for (i, budget) in budgets.into_iter().enumerate() {
+            let opts = HarvestOptions {
+                budget_ns: Some(budget),
+                os_threads: i == 0,
+                ..base.clone()
+            };
+            rows.push(run(&opts, &bar)?);
+        }
+        bar.finish_and_clear();
+        if args.json {
+            println!("{}", serde_json::to_string(&rows)?);
+        } else {
+            println!(
+                "{:>10} {:>18} {:>24}",
+                "budget_ns", "primary_slowdown", "scavenger_core_fraction"
+            );
+            for r in &rows {
+                println!(
+                    "{:>10} {:>17.1}% {:>23.1}%",
+                    r.budget_ns,
+                    r.primary_slowdown * 100.0,
+                    r.scavenger_core_fraction * 100.0
+                );
+            }
+        }
+    } else {
+        let bar = progress_bar(4 * runs as u64, "measuring");
+        let report = run(&base, &bar)?;
+        bar.finish_and_clear();
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub struct HarvestOptions {
     pub mode: Mode,
