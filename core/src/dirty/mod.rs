@@ -1,4 +1,4 @@
-//! Dirty-page tracking for garbage collectors and checkpointers (issue 6).
+//! Dirty-page tracking for garbage collectors and checkpointers.
 //!
 //! A [`Tracker`] watches one or more page-aligned ranges of private memory and answers
 //! "which pages were written since the last time I asked", exactly, in the manner of
