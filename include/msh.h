@@ -51,6 +51,18 @@
 // Context block: the calibration function, called on sample runs.
 #define MSH_CTX_CALIBRATE 88
 
+// Context block: the address of this thread's `errno`.
+#define MSH_CTX_ERRNO_ADDR 104
+
+// Context block: the primary's `errno` while a scavenger runs.
+#define MSH_CTX_PRIMARY_ERRNO 112
+
+// Context block: the primary's MXCSR while a scavenger runs.
+#define MSH_CTX_PRIMARY_MXCSR 116
+
+// Context block: the primary's x87 control word while a scavenger runs.
+#define MSH_CTX_PRIMARY_FPUCW 120
+
 // Yield context: saved stack pointer.
 #define MSH_CORO_SP 0
 
@@ -337,7 +349,9 @@ msh_status msh_global_stats(msh_stats *out);
   [sstart] "i"(MSH_CTX_SAMPLE_START), [quota] "i"(MSH_CTX_QUOTA), \
   [refill] "i"(MSH_CTX_QUOTA_REFILL), [switches] "i"(MSH_CTX_SWITCHES), \
   [syields] "i"(MSH_CTX_SCAV_YIELDS), [countdown] "i"(MSH_CTX_SAMPLE_COUNTDOWN), \
-  [calibrate] "i"(MSH_CTX_CALIBRATE), \
+  [calibrate] "i"(MSH_CTX_CALIBRATE), [errno_addr] "i"(MSH_CTX_ERRNO_ADDR), \
+  [perrno] "i"(MSH_CTX_PRIMARY_ERRNO), [pmxcsr] "i"(MSH_CTX_PRIMARY_MXCSR), \
+  [pfpucw] "i"(MSH_CTX_PRIMARY_FPUCW), \
   [csp] "i"(MSH_CORO_SP), [cip] "i"(MSH_CORO_IP), [cnext] "i"(MSH_CORO_NEXT)
 
 /* Calls the context block's calibration function (%rsi) on an aligned stack. */
@@ -363,6 +377,49 @@ msh_status msh_global_stats(msh_stats *out);
   "2:\n\t" \
   "pop %%rbp\n\t" \
   "lea 128(%%rsp), %%rsp\n\t"
+
+/* The scavenger's side of the per-thread state swap (%rsi = context block): on the
+ * way out it pushes its errno, MXCSR and x87 control word and gives the primary back
+ * its own; on resume the reverse. ldmxcsr/fldcw only when the two sides differ. */
+#define MSH__SCAV_OUT \
+  "sub $16, %%rsp\n\t" \
+  "mov %c[errno_addr](%%rsi), %%rax\n\t" \
+  "mov (%%rax), %%edx\n\t" \
+  "mov %%edx, 0(%%rsp)\n\t" \
+  "mov %c[perrno](%%rsi), %%edx\n\t" \
+  "mov %%edx, (%%rax)\n\t" \
+  "stmxcsr 4(%%rsp)\n\t" \
+  "fnstcw 8(%%rsp)\n\t" \
+  "mov 4(%%rsp), %%edx\n\t" \
+  "cmp %c[pmxcsr](%%rsi), %%edx\n\t" \
+  "jne 7f\n\t" \
+  "movzwl 8(%%rsp), %%edx\n\t" \
+  "cmp %c[pfpucw](%%rsi), %%edx\n\t" \
+  "je 8f\n" \
+  "7:\n\t" \
+  "ldmxcsr %c[pmxcsr](%%rsi)\n\t" \
+  "fldcw %c[pfpucw](%%rsi)\n" \
+  "8:\n\t"
+
+#define MSH__SCAV_IN \
+  "mov %c[errno_addr](%%rsi), %%rax\n\t" \
+  "mov (%%rax), %%edx\n\t" \
+  "mov %%edx, %c[perrno](%%rsi)\n\t" \
+  "mov 0(%%rsp), %%edx\n\t" \
+  "mov %%edx, (%%rax)\n\t" \
+  "stmxcsr %c[pmxcsr](%%rsi)\n\t" \
+  "fnstcw %c[pfpucw](%%rsi)\n\t" \
+  "mov 4(%%rsp), %%edx\n\t" \
+  "cmp %c[pmxcsr](%%rsi), %%edx\n\t" \
+  "jne 7f\n\t" \
+  "movzwl 8(%%rsp), %%edx\n\t" \
+  "cmp %c[pfpucw](%%rsi), %%edx\n\t" \
+  "je 8f\n" \
+  "7:\n\t" \
+  "ldmxcsr 4(%%rsp)\n\t" \
+  "fldcw 8(%%rsp)\n" \
+  "8:\n\t" \
+  "add $16, %%rsp\n\t"
 
 static inline __attribute__((always_inline)) void msh_prefetch_yield(const void *addr) {
   __builtin_prefetch(addr, 0, 3);
@@ -397,6 +454,7 @@ static inline __attribute__((always_inline)) void msh_yield(void) {
     "4:\n\t"
     "lea -128(%%rsp), %%rsp\n\t"
     "push %%rbp\n\t"
+    MSH__SCAV_OUT
     "mov %%rsp, %c[csp](%%rcx)\n\t"
     "lea 3f(%%rip), %%rdx\n\t"
     "mov %%rdx, %c[cip](%%rcx)\n\t"
@@ -406,10 +464,12 @@ static inline __attribute__((always_inline)) void msh_yield(void) {
     "mov %c[psp](%%rsi), %%rsp\n\t"
     "jmp *%c[pip](%%rsi)\n"
     "3:\n\t"
-    /* Resumed, perhaps on another thread: a new quota; now and then a sample run. */
+    /* Resumed, perhaps on another thread: our errno and control words, a new quota;
+     * now and then a sample run. */
+    "mov %%fs:%c[thread], %%rsi\n\t"
+    MSH__SCAV_IN
     "pop %%rbp\n\t"
     "lea 128(%%rsp), %%rsp\n\t"
-    "mov %%fs:%c[thread], %%rsi\n\t"
     "mov %c[refill](%%rsi), %%rax\n\t"
     "mov %%rax, %c[quota](%%rsi)\n\t"
     "decq %c[countdown](%%rsi)\n\t"

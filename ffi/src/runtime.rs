@@ -34,6 +34,14 @@ pub const MSH_CTX_SCAV_YIELDS: usize = 64;
 pub const MSH_CTX_SAMPLE_COUNTDOWN: usize = 80;
 /// Context block: the calibration function, called on sample runs.
 pub const MSH_CTX_CALIBRATE: usize = 88;
+/// Context block: the address of this thread's `errno`.
+pub const MSH_CTX_ERRNO_ADDR: usize = 104;
+/// Context block: the primary's `errno` while a scavenger runs.
+pub const MSH_CTX_PRIMARY_ERRNO: usize = 112;
+/// Context block: the primary's MXCSR while a scavenger runs.
+pub const MSH_CTX_PRIMARY_MXCSR: usize = 116;
+/// Context block: the primary's x87 control word while a scavenger runs.
+pub const MSH_CTX_PRIMARY_FPUCW: usize = 120;
 /// Yield context: saved stack pointer.
 pub const MSH_CORO_SP: usize = 0;
 /// Yield context: resume address.
@@ -53,6 +61,10 @@ const _: () = {
             && MSH_CTX_SAMPLE_COUNTDOWN == off::SAMPLE_COUNTDOWN
     );
     assert!(MSH_CTX_CALIBRATE == off::CALIBRATE);
+    assert!(MSH_CTX_ERRNO_ADDR == off::ERRNO_ADDR && MSH_CTX_PRIMARY_ERRNO == off::PRIMARY_ERRNO);
+    assert!(
+        MSH_CTX_PRIMARY_MXCSR == off::PRIMARY_MXCSR && MSH_CTX_PRIMARY_FPUCW == off::PRIMARY_FPUCW
+    );
     assert!(
         MSH_CORO_SP == off::CORO_SP
             && MSH_CORO_IP == off::CORO_IP

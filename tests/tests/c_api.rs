@@ -48,3 +48,17 @@ fn a_scavenger_that_overflows_its_stack_is_named_and_aborts() {
 }
 
 const SIGABRT: i32 = 6;
+
+#[test]
+fn errno_and_the_rounding_mode_travel_with_each_side_of_a_switch() {
+    let exe = scratch("c_api").join("errno_test");
+    cc_with_libmsh(&[repo_root().join("tests/c/errno_test.c")], &exe, &["-lm"]);
+    let out = run(&exe, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "errno_test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.trim_end().ends_with("0 failed"), "{stdout}");
+}

@@ -156,7 +156,7 @@ impl Scavenger {
         let arg = &mut *scav as *mut Scavenger as *mut ();
         // SAFETY: the stack is fresh, aligned and deep enough.
         scav.coro.sp = unsafe { arch::init_stack(scav.stack.top(), main, arg) };
-        scav.coro.ip = arch::coro_entry_ip();
+        scav.coro.ip = arch::scav_entry_ip();
         Ok(scav)
     }
 
@@ -294,6 +294,8 @@ pub fn register() -> Result<(), Error> {
     let mut slots = Vec::with_capacity(config.slots_per_thread);
     slots.resize_with(config.slots_per_thread, || None);
     let mut ctx = ThreadCtx::new(0);
+    // SAFETY: __errno_location has no preconditions and returns this thread's errno.
+    ctx.errno_addr = unsafe { libc::__errno_location() };
     budget::init(&mut ctx, tsc::ns_to_ticks(config.budget_ns), calibrate);
     let refill_coro = Scavenger::with_main(
         lending::refill_main,
@@ -507,11 +509,14 @@ fn relink(primary: &mut Primary, prefer: *mut Coro) -> *mut Coro {
 /// `ctx` is the calling thread's context block, which heads its Primary.
 unsafe extern "C" fn calibrate(ctx: *mut ThreadCtx) {
     // SAFETY: guaranteed by the caller; only this thread touches its Primary, and a
-    // sample run ends inside one of its scavengers.
+    // sample run ends inside one of its scavengers. The running scavenger's errno is
+    // kept across the Rust code (an allocation may set it).
     unsafe {
+        let errno = *(*ctx).errno_addr;
         if budget::on_sample(&mut *ctx) {
             lending::pick_up_lent(ctx.cast::<Primary>());
         }
+        *(*ctx).errno_addr = errno;
     }
 }
 
@@ -796,6 +801,54 @@ pub(crate) mod tests {
         assert_eq!(counter.count.load(Ordering::Relaxed), 2000);
         assert_eq!(stats.completed, 1, "B finished A's scavenger: {stats:?}");
         assert_eq!(stats.started, 0, "it had been started on A");
+    }
+
+    fn errno() -> i32 {
+        unsafe { *libc::__errno_location() }
+    }
+    fn set_errno(value: i32) {
+        unsafe { *libc::__errno_location() = value };
+    }
+
+    static SCAV_ERRNO_WRONG: AtomicU64 = AtomicU64::new(0);
+    unsafe extern "C" fn errno_scavenger(arg: *mut c_void) {
+        let counter = unsafe { &*(arg as *const Counter) };
+        while counter.count.load(Ordering::Relaxed) < counter.limit {
+            let mine = 7000 + counter.count.load(Ordering::Relaxed) as i32;
+            set_errno(mine);
+            arch::yield_now();
+            if errno() != mine {
+                SCAV_ERRNO_WRONG.fetch_add(1, Ordering::Relaxed);
+            }
+            counter.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn errno_travels_with_each_side_of_a_rust_switch() {
+        let _rt = fresh_runtime(Config {
+            budget_ns: 0,
+            ..Config::default()
+        });
+        register().unwrap();
+        let counter = Counter {
+            count: AtomicU64::new(0),
+            limit: 20_000,
+        };
+        spawn(errno_scavenger, &counter as *const _ as *mut c_void, None).unwrap();
+        let mut wrong = 0;
+        for i in 0..10_000 {
+            set_errno(100 + i);
+            arch::yield_now();
+            wrong += i32::from(errno() != 100 + i);
+        }
+        set_errno(55);
+        run_pending().unwrap();
+        assert_eq!(errno(), 55, "the finished scavenger gave errno back");
+        assert_eq!(wrong, 0, "primary saw another errno");
+        assert_eq!(SCAV_ERRNO_WRONG.load(Ordering::Relaxed), 0);
+        assert!(thread_stats().unwrap().switches >= 10_000);
+        unregister().unwrap();
     }
 
     #[test]
