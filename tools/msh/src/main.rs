@@ -135,6 +135,10 @@ fn run(cli: Cli) -> Result<()> {
                         "prefetch-and-yield with nothing to run, over a bare prefetch: {:.2} ns (no msh), {:.2} ns (registered primary)",
                         report.noop_yield_ns, report.noop_yield_registered_ns
                     );
+                    println!(
+                        "primary->scavenger->primary round trip: msh {:.2} ns (quota, errno and control words kept), MSH's protocol {:.2} ns, ratio {:.2}",
+                        report.msh_round_trip_ns, report.msh_protocol_round_trip_ns, report.round_trip_ratio
+                    );
                 }
                 Ok(())
             }
