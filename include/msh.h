@@ -9,6 +9,12 @@
 #include <stdint.h>
 #include <stdbool.h>
 
+// Default bounded wait at exit for unfinished scavengers.
+#define DEFAULT_EXIT_WAIT_MS 2000
+
+// Longest wait at exit accepted: a day.
+#define MAX_EXIT_WAIT_MS 86400000
+
 // Flag for `msh_dirty_collect*`: re-arm exactly the pages reported.
 #define MSH_DIRTY_REARM 1
 
@@ -135,15 +141,18 @@ typedef struct {
 
 // Runtime configuration. Fill it with `msh_config_init`, then change what you need.
 typedef struct {
-  // Usable bytes of each scavenger stack (at least 16 KiB; default 64 KiB).
+  // Usable bytes of each scavenger stack (16 KiB to 1 GiB; default 64 KiB).
   uintptr_t stack_size;
   // Scavenger slots per primary thread (1..=1024; default 4).
   uint32_t scavengers_per_thread;
-  // How long a scavenger may run per switch, in ns (default 150). Enforced as a
+  // How long a scavenger may run per switch, in ns (0..=10^9; default 150). Enforced as a
   // count of the scavenger's yields, calibrated against the TSC as it runs.
   uint64_t budget_ns;
   // `MSH_FLAG_*` bits.
   uint32_t flags;
+  // A scavenger that runs this many ms of CPU time without yielding is preempted
+  // and stopped (0..=60000; 0 = no watchdog; default 10).
+  uint32_t watchdog_ms;
 } msh_config;
 
 // A scavenger's body.
@@ -159,10 +168,15 @@ typedef struct {
   uint64_t scavenger_ns;
   // Scavengers that began running.
   uint64_t started;
-  // Scavengers whose function returned.
+  // Scavengers whose function returned (or that called `exit(0)`).
   uint64_t completed;
   // Threads counted.
   uint64_t threads;
+  // Scavengers msh stopped: a fault in their own code, `exit`/`_exit`/`abort`
+  // called from them, the watchdog.
+  uint64_t stopped;
+  // Of those, scavengers the watchdog preempted.
+  uint64_t preempted;
 } msh_stats;
 
 #ifdef __cplusplus

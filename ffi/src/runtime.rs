@@ -80,15 +80,18 @@ pub const MSH_FLAG_ABANDON_AT_EXIT: u32 = 1;
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct msh_config {
-    /// Usable bytes of each scavenger stack (at least 16 KiB; default 64 KiB).
+    /// Usable bytes of each scavenger stack (16 KiB to 1 GiB; default 64 KiB).
     pub stack_size: usize,
     /// Scavenger slots per primary thread (1..=1024; default 4).
     pub scavengers_per_thread: u32,
-    /// How long a scavenger may run per switch, in ns (default 150). Enforced as a
+    /// How long a scavenger may run per switch, in ns (0..=10^9; default 150). Enforced as a
     /// count of the scavenger's yields, calibrated against the TSC as it runs.
     pub budget_ns: u64,
     /// `MSH_FLAG_*` bits.
     pub flags: u32,
+    /// A scavenger that runs this many ms of CPU time without yielding is preempted
+    /// and stopped (0..=60000; 0 = no watchdog; default 10).
+    pub watchdog_ms: u32,
 }
 
 impl From<Config> for msh_config {
@@ -102,6 +105,7 @@ impl From<Config> for msh_config {
             } else {
                 0
             },
+            watchdog_ms: config.watchdog_ms as u32,
         }
     }
 }
@@ -116,6 +120,7 @@ impl msh_config {
             slots_per_thread: self.scavengers_per_thread as usize,
             budget_ns: self.budget_ns,
             abandon_at_exit: self.flags & MSH_FLAG_ABANDON_AT_EXIT != 0,
+            watchdog_ms: u64::from(self.watchdog_ms),
         })
     }
 }
@@ -132,10 +137,15 @@ pub struct msh_stats {
     pub scavenger_ns: u64,
     /// Scavengers that began running.
     pub started: u64,
-    /// Scavengers whose function returned.
+    /// Scavengers whose function returned (or that called `exit(0)`).
     pub completed: u64,
     /// Threads counted.
     pub threads: u64,
+    /// Scavengers msh stopped: a fault in their own code, `exit`/`_exit`/`abort`
+    /// called from them, the watchdog.
+    pub stopped: u64,
+    /// Of those, scavengers the watchdog preempted.
+    pub preempted: u64,
 }
 
 impl From<sched::Stats> for msh_stats {
@@ -147,6 +157,8 @@ impl From<sched::Stats> for msh_stats {
             started: s.started,
             completed: s.completed,
             threads: s.threads,
+            stopped: s.stopped,
+            preempted: s.preempted,
         }
     }
 }

@@ -79,8 +79,8 @@ enum BenchCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// Budget per switch in ns (default: the runtime's).
-        #[arg(long)]
+        /// Budget per switch in ns, 0 to 1000000000 (default: the runtime's).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(0..=msh_core::sched::MAX_BUDGET_NS))]
         budget_ns: Option<u64>,
         /// Where the primary's yield point comes from.
         #[arg(long, value_enum, default_value = "linked")]
@@ -103,7 +103,7 @@ enum BenchCommand {
 fn main() {
     if let Err(err) = run(Cli::parse()) {
         eprintln!("msh: {err:#}");
-        std::process::exit(1);
+        std::process::exit(run::exit_code(&err));
     }
 }
 
