@@ -253,3 +253,43 @@ fn bad_settings_are_named_and_missing_programs_exit_like_a_shell() {
         .unwrap();
     assert_eq!(huge.status.code(), Some(2), "{}", stderr(&huge));
 }
+
+#[test]
+fn ctrl_c_during_the_wait_at_exit_abandons_at_once() {
+    let pool = pool("interrupt", &[format!("{} forever", so("scav_bad.so"))]);
+    let start = Instant::now();
+    let child = Command::new(MSH)
+        .arg("run")
+        .arg("--pool")
+        .arg(&pool)
+        .args(["--exit-wait", "60000", "--"])
+        .arg(build().join("primary"))
+        .args(["1024", "1000"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // msh execs the program: the child's pid is the program's. Let it reach the wait.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc_kill(child.id() as i32, 2) };
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains(
+            "msh: at exit, 1 scavenger interrupted: interrupt.pool line 1 (scav_bad.so); abandoned"
+        ),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
