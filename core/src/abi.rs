@@ -183,24 +183,43 @@ impl ThreadCtx {
 
 /// Byte offsets used by hand-written asm, checked against the struct layout below.
 pub mod off {
+    /// `Coro::sp`.
     pub const CORO_SP: usize = 0;
+    /// `Coro::ip`.
     pub const CORO_IP: usize = 8;
+    /// `Coro::next`.
     pub const CORO_NEXT: usize = 16;
+    /// `ThreadCtx::running`.
     pub const RUNNING: usize = 0;
+    /// `ThreadCtx::primary_sp`.
     pub const PRIMARY_SP: usize = 8;
+    /// `ThreadCtx::primary_ip`.
     pub const PRIMARY_IP: usize = 16;
+    /// `ThreadCtx::sample_start`.
     pub const SAMPLE_START: usize = 24;
+    /// `ThreadCtx::budget_ticks`.
     pub const BUDGET_TICKS: usize = 32;
+    /// `ThreadCtx::quota`.
     pub const QUOTA: usize = 40;
+    /// `ThreadCtx::quota_refill`.
     pub const QUOTA_REFILL: usize = 48;
+    /// `ThreadCtx::switches`.
     pub const SWITCHES: usize = 56;
+    /// `ThreadCtx::scav_yields`.
     pub const SCAV_YIELDS: usize = 64;
+    /// `ThreadCtx::ticks_per_yield_x16`.
     pub const TICKS_PER_YIELD_X16: usize = 72;
+    /// `ThreadCtx::sample_countdown`.
     pub const SAMPLE_COUNTDOWN: usize = 80;
+    /// `ThreadCtx::calibrate`.
     pub const CALIBRATE: usize = 88;
+    /// `ThreadCtx::errno_addr`.
     pub const ERRNO_ADDR: usize = 104;
+    /// `ThreadCtx::primary_errno`.
     pub const PRIMARY_ERRNO: usize = 112;
+    /// `ThreadCtx::primary_mxcsr`.
     pub const PRIMARY_MXCSR: usize = 116;
+    /// `ThreadCtx::primary_fpucw`.
     pub const PRIMARY_FPUCW: usize = 120;
     /// Bytes a suspended scavenger keeps on top of its stack (`errno`, MXCSR, x87
     /// control word; see the module documentation).

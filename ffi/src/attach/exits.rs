@@ -13,13 +13,17 @@ use core::ffi::c_int;
 use core::sync::atomic::AtomicUsize;
 use msh_core::sched::{self, StopReason};
 
-/// Ends the caller's scavenger or guarded load, if it is in one.
-fn end_caller(reason: StopReason, call: &str) {
+/// Ends the caller's scavenger or guarded load, if it is in one. Otherwise it
+/// allocates nothing and takes no lock: `_exit` must stay async-signal-safe.
+fn end_caller(reason: StopReason) {
     if sched::in_scavenger() {
         sched::stop_running(reason);
     }
     if guarded::active() {
-        guarded::escape(call);
+        guarded::escape(&match reason {
+            StopReason::Exit { call, status } => format!("{call}({status})"),
+            _ => "abort()".to_string(),
+        });
     }
 }
 
@@ -28,13 +32,10 @@ fn end_caller(reason: StopReason, call: &str) {
 #[no_mangle]
 pub unsafe extern "C" fn exit(status: c_int) -> ! {
     static REAL: AtomicUsize = AtomicUsize::new(0);
-    end_caller(
-        StopReason::Exit {
-            call: "exit",
-            status,
-        },
-        &format!("exit({status})"),
-    );
+    end_caller(StopReason::Exit {
+        call: "exit",
+        status,
+    });
     // SAFETY: glibc's exit has this signature.
     unsafe {
         core::mem::transmute::<usize, unsafe extern "C" fn(c_int) -> !>(real(&REAL, c"exit"))(
@@ -48,13 +49,10 @@ pub unsafe extern "C" fn exit(status: c_int) -> ! {
 #[no_mangle]
 pub unsafe extern "C" fn _exit(status: c_int) -> ! {
     static REAL: AtomicUsize = AtomicUsize::new(0);
-    end_caller(
-        StopReason::Exit {
-            call: "_exit",
-            status,
-        },
-        &format!("_exit({status})"),
-    );
+    end_caller(StopReason::Exit {
+        call: "_exit",
+        status,
+    });
     // SAFETY: glibc's _exit has this signature.
     unsafe {
         core::mem::transmute::<usize, unsafe extern "C" fn(c_int) -> !>(real(&REAL, c"_exit"))(
@@ -68,13 +66,10 @@ pub unsafe extern "C" fn _exit(status: c_int) -> ! {
 #[no_mangle]
 pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
     static REAL: AtomicUsize = AtomicUsize::new(0);
-    end_caller(
-        StopReason::Exit {
-            call: "_Exit",
-            status,
-        },
-        &format!("_Exit({status})"),
-    );
+    end_caller(StopReason::Exit {
+        call: "_Exit",
+        status,
+    });
     // SAFETY: glibc's _Exit has this signature.
     unsafe {
         core::mem::transmute::<usize, unsafe extern "C" fn(c_int) -> !>(real(&REAL, c"_Exit"))(
@@ -88,7 +83,7 @@ pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
 #[no_mangle]
 pub unsafe extern "C" fn abort() -> ! {
     static REAL: AtomicUsize = AtomicUsize::new(0);
-    end_caller(StopReason::Abort, "abort()");
+    end_caller(StopReason::Abort);
     // SAFETY: glibc's abort has this signature.
     unsafe { core::mem::transmute::<usize, unsafe extern "C" fn() -> !>(real(&REAL, c"abort"))() }
 }
