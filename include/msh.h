@@ -9,6 +9,12 @@
 #include <stdint.h>
 #include <stdbool.h>
 
+// Default bounded wait at exit for unfinished scavengers.
+#define DEFAULT_EXIT_WAIT_MS 2000
+
+// Longest wait at exit accepted: a day.
+#define MAX_EXIT_WAIT_MS 86400000
+
 // Flag for `msh_dirty_collect*`: re-arm exactly the pages reported.
 #define MSH_DIRTY_REARM 1
 
@@ -50,6 +56,18 @@
 
 // Context block: the calibration function, called on sample runs.
 #define MSH_CTX_CALIBRATE 88
+
+// Context block: the address of this thread's `errno`.
+#define MSH_CTX_ERRNO_ADDR 104
+
+// Context block: the primary's `errno` while a scavenger runs.
+#define MSH_CTX_PRIMARY_ERRNO 112
+
+// Context block: the primary's MXCSR while a scavenger runs.
+#define MSH_CTX_PRIMARY_MXCSR 116
+
+// Context block: the primary's x87 control word while a scavenger runs.
+#define MSH_CTX_PRIMARY_FPUCW 120
 
 // Yield context: saved stack pointer.
 #define MSH_CORO_SP 0
@@ -123,15 +141,18 @@ typedef struct {
 
 // Runtime configuration. Fill it with `msh_config_init`, then change what you need.
 typedef struct {
-  // Usable bytes of each scavenger stack (at least 16 KiB; default 64 KiB).
+  // Usable bytes of each scavenger stack (16 KiB to 1 GiB; default 64 KiB).
   uintptr_t stack_size;
   // Scavenger slots per primary thread (1..=1024; default 4).
   uint32_t scavengers_per_thread;
-  // How long a scavenger may run per switch, in ns (default 150). Enforced as a
+  // How long a scavenger may run per switch, in ns (0..=10^9; default 150). Enforced as a
   // count of the scavenger's yields, calibrated against the TSC as it runs.
   uint64_t budget_ns;
   // `MSH_FLAG_*` bits.
   uint32_t flags;
+  // A scavenger that runs this many ms of CPU time without yielding is preempted
+  // and stopped (0..=60000; 0 = no watchdog; default 10).
+  uint32_t watchdog_ms;
 } msh_config;
 
 // A scavenger's body.
@@ -147,10 +168,15 @@ typedef struct {
   uint64_t scavenger_ns;
   // Scavengers that began running.
   uint64_t started;
-  // Scavengers whose function returned.
+  // Scavengers whose function returned (or that called `exit(0)`).
   uint64_t completed;
   // Threads counted.
   uint64_t threads;
+  // Scavengers msh stopped: a fault in their own code, `exit`/`_exit`/`abort`
+  // called from them, the watchdog.
+  uint64_t stopped;
+  // Of those, scavengers the watchdog preempted.
+  uint64_t preempted;
 } msh_stats;
 
 #ifdef __cplusplus
@@ -337,7 +363,9 @@ msh_status msh_global_stats(msh_stats *out);
   [sstart] "i"(MSH_CTX_SAMPLE_START), [quota] "i"(MSH_CTX_QUOTA), \
   [refill] "i"(MSH_CTX_QUOTA_REFILL), [switches] "i"(MSH_CTX_SWITCHES), \
   [syields] "i"(MSH_CTX_SCAV_YIELDS), [countdown] "i"(MSH_CTX_SAMPLE_COUNTDOWN), \
-  [calibrate] "i"(MSH_CTX_CALIBRATE), \
+  [calibrate] "i"(MSH_CTX_CALIBRATE), [errno_addr] "i"(MSH_CTX_ERRNO_ADDR), \
+  [perrno] "i"(MSH_CTX_PRIMARY_ERRNO), [pmxcsr] "i"(MSH_CTX_PRIMARY_MXCSR), \
+  [pfpucw] "i"(MSH_CTX_PRIMARY_FPUCW), \
   [csp] "i"(MSH_CORO_SP), [cip] "i"(MSH_CORO_IP), [cnext] "i"(MSH_CORO_NEXT)
 
 /* Calls the context block's calibration function (%rsi) on an aligned stack. */
@@ -363,6 +391,49 @@ msh_status msh_global_stats(msh_stats *out);
   "2:\n\t" \
   "pop %%rbp\n\t" \
   "lea 128(%%rsp), %%rsp\n\t"
+
+/* The scavenger's side of the per-thread state swap (%rsi = context block): on the
+ * way out it pushes its errno, MXCSR and x87 control word and gives the primary back
+ * its own; on resume the reverse. ldmxcsr/fldcw only when the two sides differ. */
+#define MSH__SCAV_OUT \
+  "sub $16, %%rsp\n\t" \
+  "mov %c[errno_addr](%%rsi), %%rax\n\t" \
+  "mov (%%rax), %%edx\n\t" \
+  "mov %%edx, 0(%%rsp)\n\t" \
+  "mov %c[perrno](%%rsi), %%edx\n\t" \
+  "mov %%edx, (%%rax)\n\t" \
+  "stmxcsr 4(%%rsp)\n\t" \
+  "fnstcw 8(%%rsp)\n\t" \
+  "mov 4(%%rsp), %%edx\n\t" \
+  "cmp %c[pmxcsr](%%rsi), %%edx\n\t" \
+  "jne 7f\n\t" \
+  "movzwl 8(%%rsp), %%edx\n\t" \
+  "cmp %c[pfpucw](%%rsi), %%edx\n\t" \
+  "je 8f\n" \
+  "7:\n\t" \
+  "ldmxcsr %c[pmxcsr](%%rsi)\n\t" \
+  "fldcw %c[pfpucw](%%rsi)\n" \
+  "8:\n\t"
+
+#define MSH__SCAV_IN \
+  "mov %c[errno_addr](%%rsi), %%rax\n\t" \
+  "mov (%%rax), %%edx\n\t" \
+  "mov %%edx, %c[perrno](%%rsi)\n\t" \
+  "mov 0(%%rsp), %%edx\n\t" \
+  "mov %%edx, (%%rax)\n\t" \
+  "stmxcsr %c[pmxcsr](%%rsi)\n\t" \
+  "fnstcw %c[pfpucw](%%rsi)\n\t" \
+  "mov 4(%%rsp), %%edx\n\t" \
+  "cmp %c[pmxcsr](%%rsi), %%edx\n\t" \
+  "jne 7f\n\t" \
+  "movzwl 8(%%rsp), %%edx\n\t" \
+  "cmp %c[pfpucw](%%rsi), %%edx\n\t" \
+  "je 8f\n" \
+  "7:\n\t" \
+  "ldmxcsr 4(%%rsp)\n\t" \
+  "fldcw 8(%%rsp)\n" \
+  "8:\n\t" \
+  "add $16, %%rsp\n\t"
 
 static inline __attribute__((always_inline)) void msh_prefetch_yield(const void *addr) {
   __builtin_prefetch(addr, 0, 3);
@@ -397,6 +468,7 @@ static inline __attribute__((always_inline)) void msh_yield(void) {
     "4:\n\t"
     "lea -128(%%rsp), %%rsp\n\t"
     "push %%rbp\n\t"
+    MSH__SCAV_OUT
     "mov %%rsp, %c[csp](%%rcx)\n\t"
     "lea 3f(%%rip), %%rdx\n\t"
     "mov %%rdx, %c[cip](%%rcx)\n\t"
@@ -406,10 +478,12 @@ static inline __attribute__((always_inline)) void msh_yield(void) {
     "mov %c[psp](%%rsi), %%rsp\n\t"
     "jmp *%c[pip](%%rsi)\n"
     "3:\n\t"
-    /* Resumed, perhaps on another thread: a new quota; now and then a sample run. */
+    /* Resumed, perhaps on another thread: our errno and control words, a new quota;
+     * now and then a sample run. */
+    "mov %%fs:%c[thread], %%rsi\n\t"
+    MSH__SCAV_IN
     "pop %%rbp\n\t"
     "lea 128(%%rsp), %%rsp\n\t"
-    "mov %%fs:%c[thread], %%rsi\n\t"
     "mov %c[refill](%%rsi), %%rax\n\t"
     "mov %%rax, %c[quota](%%rsi)\n\t"
     "decq %c[countdown](%%rsi)\n\t"

@@ -53,6 +53,31 @@
 //! The TSC is never read on the ordinary path, because here a TSC read issued while
 //! the primary's prefetch is in flight often waits for it (measured: 4-7x longer on
 //! average), which would turn every budget into "until the miss completes".
+//!
+//! # Per-thread state a scavenger shares with its primary
+//!
+//! A scavenger runs on its primary's thread, so everything the C library or the CPU
+//! keeps per thread is shared. What a switch keeps, and why (DESIGN decision 6):
+//!
+//! | state | kept? | how, or why not |
+//! |---|---|---|
+//! | general registers, flags, vector registers | yes | clobbered by the switch; each side's compiler (or trampoline) saves what is live |
+//! | `errno` | yes | swapped by the scavenger side (below): a server that checks `errno == EAGAIN` after a yield sees its own |
+//! | MXCSR (SSE rounding, exception masks, FTZ/DAZ) | yes | swapped by the scavenger side when the two differ |
+//! | x87 control word (precision, rounding) | yes | likewise |
+//! | x87 status/tag words, MXCSR exception flags | no | sticky flags are read by almost nobody; carried with the MXCSR only when the control bits differ |
+//! | direction flag | no need | the SysV ABI has it clear at every call, and a yield is a call site |
+//! | signal mask, alternate signal stack | no | changing them costs a system call per switch; a scavenger must not change them |
+//! | `%fs` base and the C library's other thread-locals (`uselocale`, `h_errno`, `dlerror`, `strtok`/`rand` state, stdio locks owned) | no | shared by design: a scavenger uses the primary's thread; scavengers must not `uselocale` or leave a lock held across a yield |
+//! | thread attributes (CPU affinity, priority, cancellation state, timers) | no | properties of the thread, not of the code running on it |
+//!
+//! The primary's fast path is untouched: the scavenger does the swap. On resume it
+//! stores the primary's `errno`, MXCSR and x87 control word in the [`ThreadCtx`]
+//! and loads its own from the top of its stack ([`off::SCAV_SAVE_AREA`] bytes:
+//! `errno` at 0, MXCSR at 4, control word at 8); on the way out it does the reverse.
+//! `ldmxcsr`/`fldcw` are issued only when the two sides' words differ. A fresh
+//! scavenger starts with `errno` 0 and its primary's control words; one that ends
+//! (returns, faults, exits, is preempted) gives the primary back its own.
 
 use core::ptr;
 
@@ -119,6 +144,16 @@ pub struct ThreadCtx {
     pub calibrate: Option<unsafe extern "C" fn(*mut ThreadCtx)>,
     /// Not used by asm: the quota a sample run was given.
     pub sample_yields: u64,
+    /// This thread's `errno` (`__errno_location()`), swapped by the scavenger side.
+    pub errno_addr: *mut i32,
+    /// The primary's `errno` while a scavenger runs.
+    pub primary_errno: i32,
+    /// The primary's MXCSR while a scavenger runs.
+    pub primary_mxcsr: u32,
+    /// The primary's x87 control word while a scavenger runs (upper 16 bits zero).
+    pub primary_fpucw: u32,
+    /// Padding to a multiple of 8 bytes.
+    pub reserved: u32,
 }
 
 impl ThreadCtx {
@@ -137,27 +172,58 @@ impl ThreadCtx {
             sample_countdown: 1,
             calibrate: None,
             sample_yields: 0,
+            errno_addr: ptr::null_mut(),
+            primary_errno: 0,
+            primary_mxcsr: 0x1f80,
+            primary_fpucw: 0x37f,
+            reserved: 0,
         }
     }
 }
 
 /// Byte offsets used by hand-written asm, checked against the struct layout below.
 pub mod off {
+    /// `Coro::sp`.
     pub const CORO_SP: usize = 0;
+    /// `Coro::ip`.
     pub const CORO_IP: usize = 8;
+    /// `Coro::next`.
     pub const CORO_NEXT: usize = 16;
+    /// `ThreadCtx::running`.
     pub const RUNNING: usize = 0;
+    /// `ThreadCtx::primary_sp`.
     pub const PRIMARY_SP: usize = 8;
+    /// `ThreadCtx::primary_ip`.
     pub const PRIMARY_IP: usize = 16;
+    /// `ThreadCtx::sample_start`.
     pub const SAMPLE_START: usize = 24;
+    /// `ThreadCtx::budget_ticks`.
     pub const BUDGET_TICKS: usize = 32;
+    /// `ThreadCtx::quota`.
     pub const QUOTA: usize = 40;
+    /// `ThreadCtx::quota_refill`.
     pub const QUOTA_REFILL: usize = 48;
+    /// `ThreadCtx::switches`.
     pub const SWITCHES: usize = 56;
+    /// `ThreadCtx::scav_yields`.
     pub const SCAV_YIELDS: usize = 64;
+    /// `ThreadCtx::ticks_per_yield_x16`.
     pub const TICKS_PER_YIELD_X16: usize = 72;
+    /// `ThreadCtx::sample_countdown`.
     pub const SAMPLE_COUNTDOWN: usize = 80;
+    /// `ThreadCtx::calibrate`.
     pub const CALIBRATE: usize = 88;
+    /// `ThreadCtx::errno_addr`.
+    pub const ERRNO_ADDR: usize = 104;
+    /// `ThreadCtx::primary_errno`.
+    pub const PRIMARY_ERRNO: usize = 112;
+    /// `ThreadCtx::primary_mxcsr`.
+    pub const PRIMARY_MXCSR: usize = 116;
+    /// `ThreadCtx::primary_fpucw`.
+    pub const PRIMARY_FPUCW: usize = 120;
+    /// Bytes a suspended scavenger keeps on top of its stack (`errno`, MXCSR, x87
+    /// control word; see the module documentation).
+    pub const SCAV_SAVE_AREA: usize = 16;
 }
 
 // The asm relies on these: a layout change must fail the build, not corrupt a stack.
@@ -178,4 +244,8 @@ const _: () = {
     assert!(offset_of!(ThreadCtx, ticks_per_yield_x16) == off::TICKS_PER_YIELD_X16);
     assert!(offset_of!(ThreadCtx, sample_countdown) == off::SAMPLE_COUNTDOWN);
     assert!(offset_of!(ThreadCtx, calibrate) == off::CALIBRATE);
+    assert!(offset_of!(ThreadCtx, errno_addr) == off::ERRNO_ADDR);
+    assert!(offset_of!(ThreadCtx, primary_errno) == off::PRIMARY_ERRNO);
+    assert!(offset_of!(ThreadCtx, primary_mxcsr) == off::PRIMARY_MXCSR);
+    assert!(offset_of!(ThreadCtx, primary_fpucw) == off::PRIMARY_FPUCW);
 };

@@ -16,12 +16,14 @@ pub mod budget;
 pub mod dirty;
 // Under `--cfg loom` only the pool is built: loom replaces its lock.
 #[cfg(not(loom))]
-mod overflow;
+mod fault;
 pub mod pool;
 #[cfg(not(loom))]
 pub mod sched;
 pub mod stack;
 pub mod tsc;
+#[cfg(not(loom))]
+mod watchdog;
 
 pub use arch::{prefetch_yield, primary_yield, yield_now};
 #[cfg(not(loom))]

@@ -79,6 +79,11 @@ impl<T> Pool<T> {
         self.len() == 0
     }
 
+    /// Calls `visit` on every item, front to back, under the lock.
+    pub fn for_each(&self, mut visit: impl FnMut(&T)) {
+        self.queue.lock().iter().for_each(&mut visit);
+    }
+
     /// Removes everything (at shutdown).
     pub fn drain(&self) -> VecDeque<T> {
         core::mem::take(&mut *self.queue.lock())
@@ -98,6 +103,9 @@ mod tests {
         assert_eq!(pool.push(3), Err((PoolError::Full, 3)));
         assert_eq!(pool.pop(), Some(0));
         assert_eq!(pool.pop(), Some(1));
+        let mut seen = alloc::vec::Vec::new();
+        pool.for_each(|item| seen.push(*item));
+        assert_eq!(seen, [2]);
         assert_eq!(pool.len(), 1);
         assert_eq!(pool.drain().len(), 1);
         assert!(pool.is_empty());

@@ -34,6 +34,14 @@ pub const MSH_CTX_SCAV_YIELDS: usize = 64;
 pub const MSH_CTX_SAMPLE_COUNTDOWN: usize = 80;
 /// Context block: the calibration function, called on sample runs.
 pub const MSH_CTX_CALIBRATE: usize = 88;
+/// Context block: the address of this thread's `errno`.
+pub const MSH_CTX_ERRNO_ADDR: usize = 104;
+/// Context block: the primary's `errno` while a scavenger runs.
+pub const MSH_CTX_PRIMARY_ERRNO: usize = 112;
+/// Context block: the primary's MXCSR while a scavenger runs.
+pub const MSH_CTX_PRIMARY_MXCSR: usize = 116;
+/// Context block: the primary's x87 control word while a scavenger runs.
+pub const MSH_CTX_PRIMARY_FPUCW: usize = 120;
 /// Yield context: saved stack pointer.
 pub const MSH_CORO_SP: usize = 0;
 /// Yield context: resume address.
@@ -53,6 +61,10 @@ const _: () = {
             && MSH_CTX_SAMPLE_COUNTDOWN == off::SAMPLE_COUNTDOWN
     );
     assert!(MSH_CTX_CALIBRATE == off::CALIBRATE);
+    assert!(MSH_CTX_ERRNO_ADDR == off::ERRNO_ADDR && MSH_CTX_PRIMARY_ERRNO == off::PRIMARY_ERRNO);
+    assert!(
+        MSH_CTX_PRIMARY_MXCSR == off::PRIMARY_MXCSR && MSH_CTX_PRIMARY_FPUCW == off::PRIMARY_FPUCW
+    );
     assert!(
         MSH_CORO_SP == off::CORO_SP
             && MSH_CORO_IP == off::CORO_IP
@@ -68,15 +80,18 @@ pub const MSH_FLAG_ABANDON_AT_EXIT: u32 = 1;
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct msh_config {
-    /// Usable bytes of each scavenger stack (at least 16 KiB; default 64 KiB).
+    /// Usable bytes of each scavenger stack (16 KiB to 1 GiB; default 64 KiB).
     pub stack_size: usize,
     /// Scavenger slots per primary thread (1..=1024; default 4).
     pub scavengers_per_thread: u32,
-    /// How long a scavenger may run per switch, in ns (default 150). Enforced as a
+    /// How long a scavenger may run per switch, in ns (0..=10^9; default 150). Enforced as a
     /// count of the scavenger's yields, calibrated against the TSC as it runs.
     pub budget_ns: u64,
     /// `MSH_FLAG_*` bits.
     pub flags: u32,
+    /// A scavenger that runs this many ms of CPU time without yielding is preempted
+    /// and stopped (0..=60000; 0 = no watchdog; default 10).
+    pub watchdog_ms: u32,
 }
 
 impl From<Config> for msh_config {
@@ -90,6 +105,7 @@ impl From<Config> for msh_config {
             } else {
                 0
             },
+            watchdog_ms: config.watchdog_ms as u32,
         }
     }
 }
@@ -104,6 +120,7 @@ impl msh_config {
             slots_per_thread: self.scavengers_per_thread as usize,
             budget_ns: self.budget_ns,
             abandon_at_exit: self.flags & MSH_FLAG_ABANDON_AT_EXIT != 0,
+            watchdog_ms: u64::from(self.watchdog_ms),
         })
     }
 }
@@ -120,10 +137,15 @@ pub struct msh_stats {
     pub scavenger_ns: u64,
     /// Scavengers that began running.
     pub started: u64,
-    /// Scavengers whose function returned.
+    /// Scavengers whose function returned (or that called `exit(0)`).
     pub completed: u64,
     /// Threads counted.
     pub threads: u64,
+    /// Scavengers msh stopped: a fault in their own code, `exit`/`_exit`/`abort`
+    /// called from them, the watchdog.
+    pub stopped: u64,
+    /// Of those, scavengers the watchdog preempted.
+    pub preempted: u64,
 }
 
 impl From<sched::Stats> for msh_stats {
@@ -135,6 +157,8 @@ impl From<sched::Stats> for msh_stats {
             started: s.started,
             completed: s.completed,
             threads: s.threads,
+            stopped: s.stopped,
+            preempted: s.preempted,
         }
     }
 }

@@ -1,10 +1,12 @@
 /* api_test.c: the C API's contract, from C. Each check prints "ok - NAME" or
  * "not ok - NAME" (TAP style); the exit code is the number of failures.
- * `api_test overflow` instead runs a scavenger that overflows its stack: msh must
- * name it and abort. */
+ * `api_test overflow` instead runs a scavenger that overflows its stack, and
+ * `api_test contain` scavengers that segfault, call exit(7) and never yield: msh must
+ * name and stop each, and the primary runs on to its own exit status (0). */
 #include <msh.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int failures;
@@ -44,12 +46,40 @@ static int overflow(void) {
   config.stack_size = 16 * 1024;
   if (msh_init(&config) || msh_thread_register() || msh_spawn_named("deep", deep, NULL)) return 1;
   msh_run_pending();
-  printf("the overflow went unnoticed\n");
-  return 1;
+  msh_stats stats;
+  msh_thread_stats(&stats);
+  printf("primary ran on: stopped %llu, completed %llu\n", (unsigned long long)stats.stopped,
+         (unsigned long long)stats.completed);
+  return stats.stopped == 1 && stats.completed == 0 ? 0 : 1;
+}
+
+static int *volatile null_ptr;
+static volatile unsigned long spins;
+static void segfaults(void *arg) { (void)arg; msh_yield(); *null_ptr = 1; }
+static void exits(void *arg) { (void)arg; msh_yield(); exit(7); }
+static void spins_forever(void *arg) { (void)arg; msh_yield(); for (;;) spins++; }
+
+static int contain(void) {
+  msh_config config;
+  msh_config_init(&config);
+  config.scavengers_per_thread = 3;
+  if (msh_init(&config) || msh_thread_register()) return 1;
+  msh_spawn_named("segfaults", segfaults, NULL);
+  msh_spawn_named("exits", exits, NULL);
+  msh_spawn_named("spins", spins_forever, NULL);
+  int x = 0;
+  for (int i = 0; i < 100000; i++) MSH_PREFETCH_YIELD(&x);
+  msh_stats stats;
+  msh_thread_stats(&stats);
+  printf("primary ran on: stopped %llu, preempted %llu\n", (unsigned long long)stats.stopped,
+         (unsigned long long)stats.preempted);
+  if (msh_shutdown()) return 1;
+  return stats.stopped == 3 && stats.preempted == 1 ? 0 : 1;
 }
 
 int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "overflow")) return overflow();
+  if (argc > 1 && !strcmp(argv[1], "contain")) return contain();
 
   /* Yields are no-ops before anything is set up. */
   int x = 0;

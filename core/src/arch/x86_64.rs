@@ -104,6 +104,64 @@ macro_rules! primary_switch {
     };
 }
 
+/// The scavenger's side of the per-thread state swap (see `abi`, "Per-thread
+/// state"), on its way out: pushes its `errno`, MXCSR and x87 control word and
+/// gives the primary back its own. `%rsi` = ThreadCtx; clobbers `%rax`, `%rdx`.
+macro_rules! scav_out {
+    () => {
+        concat!(
+            "sub $16, %rsp\n",
+            "mov 104(%rsi), %rax\n",
+            "mov (%rax), %edx\n",
+            "mov %edx, 0(%rsp)\n",
+            "mov 112(%rsi), %edx\n",
+            "mov %edx, (%rax)\n",
+            "stmxcsr 4(%rsp)\n",
+            "fnstcw 8(%rsp)\n",
+            "mov 4(%rsp), %edx\n",
+            "xor 116(%rsi), %edx\n",
+            "and $-64, %edx\n",
+            "jnz 7f\n",
+            "movzwl 8(%rsp), %edx\n",
+            "cmp %dx, 120(%rsi)\n",
+            "je 8f\n",
+            "7:\n",
+            "ldmxcsr 116(%rsi)\n",
+            "fldcw 120(%rsi)\n",
+            "8:",
+        )
+    };
+}
+
+/// The scavenger's side of the swap on resume: keeps the primary's `errno` and
+/// control words in the ThreadCtx and takes back its own from the top of its stack.
+/// `%rsi` = ThreadCtx; clobbers `%rax`, `%rdx`.
+macro_rules! scav_in {
+    () => {
+        concat!(
+            "mov 104(%rsi), %rax\n",
+            "mov (%rax), %edx\n",
+            "mov %edx, 112(%rsi)\n",
+            "mov 0(%rsp), %edx\n",
+            "mov %edx, (%rax)\n",
+            "stmxcsr 116(%rsi)\n",
+            "fnstcw 120(%rsi)\n",
+            "mov 4(%rsp), %edx\n",
+            "xor 116(%rsi), %edx\n",
+            "and $-64, %edx\n",
+            "jnz 7f\n",
+            "movzwl 8(%rsp), %edx\n",
+            "cmp %dx, 120(%rsi)\n",
+            "je 8f\n",
+            "7:\n",
+            "ldmxcsr 4(%rsp)\n",
+            "fldcw 8(%rsp)\n",
+            "8:\n",
+            "add $16, %rsp",
+        )
+    };
+}
+
 /// A primary's yield: switches to the next scavenger if there is one, and returns
 /// when a scavenger switches back. One compare and a branch when there is nothing.
 #[inline(always)]
@@ -171,6 +229,7 @@ pub fn yield_now() {
             "lea -128(%rsp), %rsp",
             "push %rbp",
             "push %rbx",
+            scav_out!(),
             "mov %rsp, 0(%rcx)",
             "lea 3f(%rip), %rdx",
             "mov %rdx, 8(%rcx)",
@@ -180,12 +239,13 @@ pub fn yield_now() {
             "mov 8(%rsi), %rsp",
             "jmp *16(%rsi)",
             "3:",
-            // Resumed, perhaps on another thread: a new quota, and now and then a
-            // sample run.
+            // Resumed, perhaps on another thread: our errno and control words, a new
+            // quota, and now and then a sample run.
+            "mov %fs:0x40, %rsi",
+            scav_in!(),
             "pop %rbx",
             "pop %rbp",
             "lea 128(%rsp), %rsp",
-            "mov %fs:0x40, %rsi",
             "mov 48(%rsi), %rax",
             "mov %rax, 40(%rsi)",
             "decq 80(%rsi)",
@@ -211,20 +271,26 @@ pub fn yield_now() {
     }
 }
 
-/// Leaves the running scavenger for good and resumes the primary where it yielded.
-/// The scavenger's stack is not touched again.
+/// Leaves the running scavenger for good and resumes the primary where it yielded,
+/// with its `errno` and control words. The scavenger's stack is not touched again.
 ///
 /// # Safety
 /// Must run on a scavenger's stack, with `ctx` the calling thread's context block
 /// and `ctx.running` already cleared and `%fs:0x38` set by the caller.
 pub unsafe fn resume_primary(ctx: *mut ThreadCtx) -> ! {
     // SAFETY: primary_sp/primary_ip were stored by the primary's last switch on this
-    // thread, and the primary's stack is intact below them.
+    // thread, and the primary's stack is intact below them; errno_addr is this
+    // thread's errno.
     unsafe {
         asm!(
-            "mov 8({ctx}), %rsp",
-            "jmp *16({ctx})",
-            ctx = in(reg) ctx,
+            "mov 104(%rdi), %rax",
+            "mov 112(%rdi), %edx",
+            "mov %edx, (%rax)",
+            "ldmxcsr 116(%rdi)",
+            "fldcw 120(%rdi)",
+            "mov 8(%rdi), %rsp",
+            "jmp *16(%rdi)",
+            in("rdi") ctx,
             options(att_syntax, noreturn)
         )
     }
@@ -242,17 +308,20 @@ pub unsafe fn suspend_to_primary(own: *mut Coro, ctx: *mut ThreadCtx, next: *mut
     // registers the primary may change are declared clobbered.
     unsafe {
         asm!(
+            "mov %rdx, %fs:0x38",
             "lea -128(%rsp), %rsp",
             "push %rbp",
             "push %rbx",
+            scav_out!(),
             "mov %rsp, 0(%rdi)",
             "lea 2f(%rip), %rax",
             "mov %rax, 8(%rdi)",
-            "mov %rdx, %fs:0x38",
             "movq $0, 0(%rsi)",
             "mov 8(%rsi), %rsp",
             "jmp *16(%rsi)",
             "2:",
+            "mov %fs:0x40, %rsi",
+            scav_in!(),
             "pop %rbx",
             "pop %rbp",
             "lea 128(%rsp), %rsp",
@@ -296,6 +365,31 @@ pub unsafe fn init_stack(top: *mut u8, main: CoroMain, arg: *mut ()) -> u64 {
 /// Where every fresh coroutine starts (see [`init_stack`]).
 pub fn coro_entry_ip() -> u64 {
     coro_entry as *const () as u64
+}
+
+/// Where a fresh scavenger starts when a primary switches to it: as [`coro_entry`],
+/// after keeping the primary's `errno` and control words in the ThreadCtx (the
+/// scavenger starts with `errno` 0 and the primary's control words).
+pub fn scav_entry_ip() -> u64 {
+    scav_entry as *const () as u64
+}
+
+#[unsafe(naked)]
+unsafe extern "C" fn scav_entry() -> ! {
+    core::arch::naked_asm!(
+        "mov %fs:0x40, %rsi",
+        "mov 104(%rsi), %rax",
+        "mov (%rax), %edx",
+        "mov %edx, 112(%rsi)",
+        "movl $0, (%rax)",
+        "stmxcsr 116(%rsi)",
+        "fnstcw 120(%rsi)",
+        "mov (%rsp), %rdi",
+        "xor %ebp, %ebp",
+        "call *8(%rsp)",
+        "ud2",
+        options(att_syntax)
+    )
 }
 
 #[unsafe(naked)]

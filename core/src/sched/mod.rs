@@ -7,7 +7,9 @@
 //! never both at once), so it needs no lock.
 
 mod lending;
+pub mod stop;
 pub use lending::{lend, reclaim};
+pub use stop::{in_scavenger, stop_running, StopReason};
 
 use crate::abi::{Coro, ThreadCtx};
 use crate::arch;
@@ -19,7 +21,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::ffi::c_void;
 use core::ptr;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{compiler_fence, AtomicU64, AtomicUsize, Ordering};
 
 /// A scavenger's body: `func(arg)`, run on its own stack until it returns.
 pub type JobFn = unsafe extern "C" fn(*mut c_void);
@@ -31,7 +33,16 @@ pub const DEFAULT_BUDGET_NS: u64 = 150;
 /// Default number of scavenger slots per primary thread.
 pub const DEFAULT_SLOTS: usize = 4;
 /// Bytes kept for a scavenger's name (with the terminating NUL).
-pub const NAME_LEN: usize = 64;
+pub const NAME_LEN: usize = 160;
+/// Default watchdog interval: a scavenger that runs this long (CPU time) without
+/// yielding is preempted.
+pub const DEFAULT_WATCHDOG_MS: u64 = 10;
+/// Largest budget accepted: one second per switch.
+pub const MAX_BUDGET_NS: u64 = 1_000_000_000;
+/// Largest scavenger stack accepted.
+pub const MAX_STACK_SIZE: usize = 1 << 30;
+/// Largest watchdog interval accepted.
+pub const MAX_WATCHDOG_MS: u64 = 60_000;
 
 /// Runtime configuration, fixed between `init` and `shutdown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +55,9 @@ pub struct Config {
     pub budget_ns: u64,
     /// At shutdown, drop unfinished scavengers instead of running them to completion.
     pub abandon_at_exit: bool,
+    /// Preempt (and stop) a scavenger that runs this many ms of CPU time without
+    /// yielding; 0 turns the watchdog off.
+    pub watchdog_ms: u64,
 }
 
 impl Default for Config {
@@ -53,6 +67,7 @@ impl Default for Config {
             slots_per_thread: DEFAULT_SLOTS,
             budget_ns: DEFAULT_BUDGET_NS,
             abandon_at_exit: false,
+            watchdog_ms: DEFAULT_WATCHDOG_MS,
         }
     }
 }
@@ -97,8 +112,12 @@ pub struct Stats {
     pub scav_ns: u64,
     /// Scavengers that began running.
     pub started: u64,
-    /// Scavengers whose function returned.
+    /// Scavengers whose function returned (or that called `exit(0)`).
     pub completed: u64,
+    /// Scavengers stopped by msh: a fault, `exit`/`abort`, the watchdog.
+    pub stopped: u64,
+    /// Of those, scavengers the watchdog preempted.
+    pub preempted: u64,
     /// Threads counted in these figures.
     pub threads: u64,
 }
@@ -112,6 +131,9 @@ pub struct Scavenger {
     func: JobFn,
     arg: *mut c_void,
     started: bool,
+    /// The executable segment holding the scavenger's own code, `(start, end)`:
+    /// faults there are contained (see `stop`). `(0, 0)`: none.
+    code: (usize, usize),
     name: [u8; NAME_LEN],
 }
 
@@ -125,8 +147,11 @@ impl Scavenger {
         arg: *mut c_void,
         name: Option<&[u8]>,
         stack_size: usize,
+        code: usize,
     ) -> Result<Box<Self>, Error> {
-        Self::with_main(coro_main, func, arg, name, stack_size)
+        let mut scav = Self::with_main(coro_main, func, arg, name, stack_size)?;
+        scav.code = crate::fault::text_containing(code);
+        Ok(scav)
     }
 
     /// A coroutine that starts in `main(self)` rather than in `func(arg)`'s runner.
@@ -144,6 +169,7 @@ impl Scavenger {
             func,
             arg,
             started: false,
+            code: (0, 0),
             name: [0; NAME_LEN],
         });
         match name {
@@ -156,7 +182,7 @@ impl Scavenger {
         let arg = &mut *scav as *mut Scavenger as *mut ();
         // SAFETY: the stack is fresh, aligned and deep enough.
         scav.coro.sp = unsafe { arch::init_stack(scav.stack.top(), main, arg) };
-        scav.coro.ip = arch::coro_entry_ip();
+        scav.coro.ip = arch::scav_entry_ip();
         Ok(scav)
     }
 
@@ -193,7 +219,18 @@ pub struct Primary {
     zombie: Option<Box<Scavenger>>,
     started: u64,
     completed: u64,
-    altstack: Option<crate::overflow::AltStack>,
+    stopped: u64,
+    preempted: u64,
+    /// Set while msh's own code runs on a scavenger's behalf (it may hold the pool's
+    /// lock or the allocator's): a fault or a tick then is not contained.
+    in_runtime: bool,
+    /// Why the signal handler redirected the running scavenger to stop (see `stop`).
+    pending_stop: Option<StopReason>,
+    /// `(running, switches)` at the watchdog's last tick.
+    watch_snapshot: (usize, u64),
+    watchdog_ms: u64,
+    watchdog: Option<crate::watchdog::Timer>,
+    altstack: Option<crate::fault::AltStack>,
     /// Runs when another primary has lent scavengers (see `lending`).
     refill_coro: Box<Scavenger>,
 }
@@ -209,6 +246,8 @@ struct GlobalStats {
     scav_ns: AtomicU64,
     started: AtomicU64,
     completed: AtomicU64,
+    stopped: AtomicU64,
+    preempted: AtomicU64,
     threads: AtomicU64,
 }
 
@@ -218,6 +257,8 @@ static GLOBAL: GlobalStats = GlobalStats {
     scav_ns: AtomicU64::new(0),
     started: AtomicU64::new(0),
     completed: AtomicU64::new(0),
+    stopped: AtomicU64::new(0),
+    preempted: AtomicU64::new(0),
     threads: AtomicU64::new(0),
 };
 
@@ -225,9 +266,15 @@ fn config() -> Result<Config, Error> {
     CONFIG.read().ok_or(Error::NotInitialized)
 }
 
-/// Starts the runtime. Calibrates the TSC and installs the stack-overflow reporter.
+/// Starts the runtime. Calibrates the TSC and installs the fault handlers (and the
+/// watchdog's, when it is on).
 pub fn init(config: Config) -> Result<(), Error> {
-    if config.slots_per_thread == 0 || config.slots_per_thread > 1024 {
+    if config.slots_per_thread == 0
+        || config.slots_per_thread > 1024
+        || config.budget_ns > MAX_BUDGET_NS
+        || config.stack_size > MAX_STACK_SIZE
+        || config.watchdog_ms > MAX_WATCHDOG_MS
+    {
         return Err(Error::Invalid);
     }
     let mut slot = CONFIG.write();
@@ -235,7 +282,10 @@ pub fn init(config: Config) -> Result<(), Error> {
         return Err(Error::AlreadyInitialized);
     }
     tsc::ticks_per_us();
-    crate::overflow::install()?;
+    crate::fault::install()?;
+    if config.watchdog_ms > 0 {
+        crate::watchdog::install()?;
+    }
     *slot = Some(config);
     Ok(())
 }
@@ -294,6 +344,8 @@ pub fn register() -> Result<(), Error> {
     let mut slots = Vec::with_capacity(config.slots_per_thread);
     slots.resize_with(config.slots_per_thread, || None);
     let mut ctx = ThreadCtx::new(0);
+    // SAFETY: __errno_location has no preconditions and returns this thread's errno.
+    ctx.errno_addr = unsafe { libc::__errno_location() };
     budget::init(&mut ctx, tsc::ns_to_ticks(config.budget_ns), calibrate);
     let refill_coro = Scavenger::with_main(
         lending::refill_main,
@@ -308,7 +360,17 @@ pub fn register() -> Result<(), Error> {
         zombie: None,
         started: 0,
         completed: 0,
-        altstack: crate::overflow::AltStack::install_if_missing(),
+        stopped: 0,
+        preempted: 0,
+        in_runtime: false,
+        pending_stop: None,
+        watch_snapshot: (0, 0),
+        watchdog_ms: config.watchdog_ms,
+        // Without a timer (none left: EAGAIN) the thread runs unwatched.
+        watchdog: (config.watchdog_ms > 0)
+            .then(|| crate::watchdog::Timer::start(config.watchdog_ms).ok())
+            .flatten(),
+        altstack: crate::fault::AltStack::install_if_missing(),
         refill_coro,
     }));
     // SAFETY: `primary` stays allocated until `unregister` clears the slots.
@@ -346,6 +408,8 @@ pub fn unregister() -> Result<(), Error> {
     // SAFETY: `me` is this thread's Primary, and we run as the primary, so no
     // scavenger of ours is on a CPU.
     unsafe {
+        // No tick may find the Primary half gone.
+        drop((*me).watchdog.take());
         lending::leave(me);
         arch::set_tcb(ptr::null_mut(), ptr::null_mut());
         let primary = Box::from_raw(me);
@@ -365,6 +429,10 @@ pub fn unregister() -> Result<(), Error> {
         GLOBAL
             .completed
             .fetch_add(primary.completed, Ordering::Relaxed);
+        GLOBAL.stopped.fetch_add(primary.stopped, Ordering::Relaxed);
+        GLOBAL
+            .preempted
+            .fetch_add(primary.preempted, Ordering::Relaxed);
         GLOBAL.threads.fetch_add(1, Ordering::Relaxed);
         drop(primary.zombie);
         drop(primary.altstack);
@@ -376,8 +444,20 @@ pub fn unregister() -> Result<(), Error> {
 /// Queues a scavenger running `func(arg)`. If the caller is a primary (not one of its
 /// scavengers) with a free slot, it starts at the caller's next yield.
 pub fn spawn(func: JobFn, arg: *mut c_void, name: Option<&[u8]>) -> Result<(), Error> {
+    spawn_with_code(func, arg, name, func as usize)
+}
+
+/// As [`spawn`], for a scavenger whose own code is the loaded object containing
+/// `code` rather than `func`'s (a wrapper that calls into it): a fault in that
+/// object's text is contained, a fault anywhere else aborts.
+pub fn spawn_with_code(
+    func: JobFn,
+    arg: *mut c_void,
+    name: Option<&[u8]>,
+    code: usize,
+) -> Result<(), Error> {
     let config = config()?;
-    let scav = Scavenger::new(func, arg, name, config.stack_size)?;
+    let scav = Scavenger::new(func, arg, name, config.stack_size, code)?;
     POOL.push(scav)
         .map_err(|(PoolError::Full, _)| Error::PoolFull)?;
     let me = current();
@@ -410,6 +490,39 @@ pub fn run_pending() -> Result<(), Error> {
     }
 }
 
+/// Runs this primary's scavengers, and any in the pool, while `go_on()` holds (it
+/// is asked between switches). Returns whether all finished. A scavenger that does
+/// not yield holds this up until the watchdog stops it.
+pub fn run_pending_while(mut go_on: impl FnMut() -> bool) -> Result<bool, Error> {
+    let me = current_primary()?;
+    // SAFETY: `me` is this thread's Primary and we run as the primary.
+    unsafe {
+        loop {
+            refill(me);
+            if arch::next_coro().is_null() {
+                return Ok(true);
+            }
+            if !go_on() {
+                return Ok(false);
+            }
+            arch::primary_yield();
+        }
+    }
+}
+
+/// Calls `visit` with the name of every unfinished scavenger of this thread and of
+/// the pool.
+pub fn for_each_unfinished(mut visit: impl FnMut(&[u8])) {
+    let me = current();
+    if !me.is_null() {
+        // SAFETY: `me` is this thread's Primary; we only read its slots.
+        for scav in unsafe { (*me).slots.iter().flatten() } {
+            visit(scav.name());
+        }
+    }
+    POOL.for_each(|scav| visit(scav.name()));
+}
+
 /// Figures of the calling thread, or `None` if it is not a primary.
 pub fn thread_stats() -> Option<Stats> {
     let me = current();
@@ -417,13 +530,16 @@ pub fn thread_stats() -> Option<Stats> {
         return None;
     }
     // SAFETY: `me` is this thread's Primary; we only read.
-    let (ctx, started, completed) = unsafe { (&(*me).ctx, (*me).started, (*me).completed) };
+    let primary = unsafe { &*me };
+    let ctx = &primary.ctx;
     Some(Stats {
         switches: ctx.switches,
         scav_yields: ctx.scav_yields,
         scav_ns: tsc::ticks_to_ns(budget::scavenger_ticks(ctx)),
-        started,
-        completed,
+        started: primary.started,
+        completed: primary.completed,
+        stopped: primary.stopped,
+        preempted: primary.preempted,
         threads: 1,
     })
 }
@@ -437,18 +553,10 @@ pub fn global_stats() -> Stats {
         scav_ns: GLOBAL.scav_ns.load(Ordering::Relaxed) + mine.scav_ns,
         started: GLOBAL.started.load(Ordering::Relaxed) + mine.started,
         completed: GLOBAL.completed.load(Ordering::Relaxed) + mine.completed,
+        stopped: GLOBAL.stopped.load(Ordering::Relaxed) + mine.stopped,
+        preempted: GLOBAL.preempted.load(Ordering::Relaxed) + mine.preempted,
         threads: GLOBAL.threads.load(Ordering::Relaxed) + mine.threads,
     }
-}
-
-/// The scavenger running on this thread, if any (for the overflow reporter).
-pub(crate) fn running_scavenger() -> *const Scavenger {
-    let me = current();
-    if me.is_null() {
-        return ptr::null();
-    }
-    // SAFETY: reading a pointer field of this thread's Primary.
-    unsafe { (*me).ctx.running as *const Scavenger }
 }
 
 /// Fills empty slots from the pool and relinks the ring.
@@ -507,11 +615,19 @@ fn relink(primary: &mut Primary, prefer: *mut Coro) -> *mut Coro {
 /// `ctx` is the calling thread's context block, which heads its Primary.
 unsafe extern "C" fn calibrate(ctx: *mut ThreadCtx) {
     // SAFETY: guaranteed by the caller; only this thread touches its Primary, and a
-    // sample run ends inside one of its scavengers.
+    // sample run ends inside one of its scavengers. The running scavenger's errno is
+    // kept across the Rust code (an allocation may set it).
     unsafe {
+        let me = ctx.cast::<Primary>();
+        let errno = *(*ctx).errno_addr;
+        (*me).in_runtime = true;
+        compiler_fence(Ordering::SeqCst);
         if budget::on_sample(&mut *ctx) {
-            lending::pick_up_lent(ctx.cast::<Primary>());
+            lending::pick_up_lent(me);
         }
+        compiler_fence(Ordering::SeqCst);
+        (*me).in_runtime = false;
+        *(*ctx).errno_addr = errno;
     }
 }
 
@@ -531,21 +647,27 @@ unsafe extern "C" fn coro_main(scav: *mut ()) -> ! {
             (*me).started += 1;
         }
         ((*scav).func)((*scav).arg);
-        retire(current(), scav)
+        let me = current();
+        (*me).in_runtime = true;
+        compiler_fence(Ordering::SeqCst);
+        retire(me, scav, true)
     }
 }
 
-/// A scavenger whose function returned leaves its slot to the next in the pool and
-/// switches back to the primary for good.
+/// A scavenger that has ended (returned, or stopped: see `stop`) leaves its slot to
+/// the next in the pool and switches back to the primary for good.
 ///
 /// # Safety
-/// Runs on `scav`'s stack, with `me` the current thread's Primary.
-unsafe fn retire(me: *mut Primary, scav: *mut Scavenger) -> ! {
+/// Runs on `scav`'s stack, with `me` the current thread's Primary, whose
+/// `in_runtime` the caller has set.
+unsafe fn retire(me: *mut Primary, scav: *mut Scavenger, completed: bool) -> ! {
     // SAFETY: guaranteed by the caller; the primary is suspended, so we have its
     // state to ourselves.
     unsafe {
         let primary = &mut *me;
-        primary.completed += 1;
+        if completed {
+            primary.completed += 1;
+        }
         let index = primary
             .slots
             .iter()
@@ -563,8 +685,10 @@ unsafe fn retire(me: *mut Primary, scav: *mut Scavenger) -> ! {
         let ctx = &mut primary.ctx;
         budget::cancel_sample(ctx);
         ctx.running = ptr::null_mut();
+        compiler_fence(Ordering::SeqCst);
+        primary.in_runtime = false;
         arch::set_next_coro(next);
-        arch::resume_primary(ctx)
+        arch::resume_primary(&mut primary.ctx)
     }
 }
 
@@ -796,6 +920,54 @@ pub(crate) mod tests {
         assert_eq!(counter.count.load(Ordering::Relaxed), 2000);
         assert_eq!(stats.completed, 1, "B finished A's scavenger: {stats:?}");
         assert_eq!(stats.started, 0, "it had been started on A");
+    }
+
+    fn errno() -> i32 {
+        unsafe { *libc::__errno_location() }
+    }
+    fn set_errno(value: i32) {
+        unsafe { *libc::__errno_location() = value };
+    }
+
+    static SCAV_ERRNO_WRONG: AtomicU64 = AtomicU64::new(0);
+    unsafe extern "C" fn errno_scavenger(arg: *mut c_void) {
+        let counter = unsafe { &*(arg as *const Counter) };
+        while counter.count.load(Ordering::Relaxed) < counter.limit {
+            let mine = 7000 + counter.count.load(Ordering::Relaxed) as i32;
+            set_errno(mine);
+            arch::yield_now();
+            if errno() != mine {
+                SCAV_ERRNO_WRONG.fetch_add(1, Ordering::Relaxed);
+            }
+            counter.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn errno_travels_with_each_side_of_a_rust_switch() {
+        let _rt = fresh_runtime(Config {
+            budget_ns: 0,
+            ..Config::default()
+        });
+        register().unwrap();
+        let counter = Counter {
+            count: AtomicU64::new(0),
+            limit: 20_000,
+        };
+        spawn(errno_scavenger, &counter as *const _ as *mut c_void, None).unwrap();
+        let mut wrong = 0;
+        for i in 0..10_000 {
+            set_errno(100 + i);
+            arch::yield_now();
+            wrong += i32::from(errno() != 100 + i);
+        }
+        set_errno(55);
+        run_pending().unwrap();
+        assert_eq!(errno(), 55, "the finished scavenger gave errno back");
+        assert_eq!(wrong, 0, "primary saw another errno");
+        assert_eq!(SCAV_ERRNO_WRONG.load(Ordering::Relaxed), 0);
+        assert!(thread_stats().unwrap().switches >= 10_000);
+        unregister().unwrap();
     }
 
     #[test]

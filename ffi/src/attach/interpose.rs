@@ -15,7 +15,7 @@ use libc::{
 use msh_core::sched;
 
 /// The next definition of `name` after this library's, cached.
-fn real(cache: &AtomicUsize, name: &core::ffi::CStr) -> usize {
+pub(super) fn real(cache: &AtomicUsize, name: &core::ffi::CStr) -> usize {
     let cached = cache.load(Ordering::Relaxed);
     if cached != 0 {
         return cached;

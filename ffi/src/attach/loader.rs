@@ -28,6 +28,8 @@ enum EntryPoint {
 /// A loaded scavenger, ready to run once. Lives for the rest of the process.
 pub struct Loaded {
     entry: EntryPoint,
+    /// Address of the entry point: the object holding it is the scavenger's own code.
+    pub code: usize,
     argc: c_int,
     argv: Vec<*mut c_char>,
     /// Owns the argument strings `argv` points into.
@@ -40,14 +42,12 @@ unsafe impl Send for Loaded {}
 unsafe impl Sync for Loaded {}
 
 /// Loads the scavenger of one pool line. `seen` remembers which paths were loaded
-/// already in this process.
+/// already in this process. The object's constructors and init functions run
+/// guarded (see `guarded`): one that calls `exit` or `abort` costs its line, not
+/// the process.
 pub fn load(argv: &[String], seen: &mut HashSet<String>) -> Result<Loaded, String> {
-    let path = &argv[0];
-    let handle = if seen.insert(path.clone()) {
-        open(path)?
-    } else {
-        open_private_copy(path)?
-    };
+    let path = argv[0].clone();
+    let first = seen.insert(path.clone());
     let args: Vec<CString> = argv
         .iter()
         .map(|a| {
@@ -57,13 +57,52 @@ pub fn load(argv: &[String], seen: &mut HashSet<String>) -> Result<Loaded, Strin
     let mut argv_ptrs: Vec<*mut c_char> = args.iter().map(|a| a.as_ptr() as *mut c_char).collect();
     argv_ptrs.push(core::ptr::null_mut());
     let argc = args.len() as c_int;
+    // The Vec's buffer does not move when the Vec does.
+    let argv_addr = argv_ptrs.as_mut_ptr() as usize;
+    let guarded_path = path.clone();
+    let (entry, code) = super::guarded::run(move || {
+        let handle = if first {
+            open(&guarded_path)?
+        } else {
+            open_private_copy(&guarded_path)?
+        };
+        // SAFETY: argv points into `args`/`argv_ptrs`, alive until `load` returns.
+        unsafe { resolve(handle, &guarded_path, argc, argv_addr as *mut *mut c_char) }
+    })
+    .map_err(|why| format!("{path}: a constructor or init function did not return: {why}"))??;
+    let file = path.rsplit('/').next().unwrap_or(&path);
+    Ok(Loaded {
+        entry,
+        code,
+        argc,
+        argv: argv_ptrs,
+        _args: args,
+        name: CString::new(file).unwrap_or_default(),
+    })
+}
 
-    // SAFETY: symbols are looked up in the object we just loaded; their types are the
-    // documented conventions (a mismatch is the object's author's bug).
-    let entry = unsafe {
-        if let Some(main) = symbol(handle, c"msh_scavenger_main") {
-            EntryPoint::Msh(core::mem::transmute::<*mut c_void, MainFn>(main))
-        } else if let Some(entry) = symbol(handle, c"entry") {
+/// Finds the entry point in `handle` (a function symbol, never data), fills the
+/// prototype convention's globals and runs the init functions. Returns the entry
+/// point and its address.
+///
+/// # Safety
+/// `argv` is a NULL-terminated array of `argc` strings that outlives the scavenger.
+unsafe fn resolve(
+    handle: *mut c_void,
+    path: &str,
+    argc: c_int,
+    argv: *mut *mut c_char,
+) -> Result<(EntryPoint, usize), String> {
+    // SAFETY: symbols are looked up in the object we just loaded and checked to be
+    // functions; their types are the documented conventions (a mismatch is the
+    // object's author's bug).
+    unsafe {
+        let (entry, code) = if let Some(main) = function(handle, c"msh_scavenger_main", path)? {
+            (
+                EntryPoint::Msh(core::mem::transmute::<*mut c_void, MainFn>(main)),
+                main as usize,
+            )
+        } else if let Some(entry) = function(handle, c"entry", path)? {
             let set = |name: &CStr, value: *mut c_void, size: usize| {
                 if let Some(global) = symbol(handle, name) {
                     core::ptr::copy_nonoverlapping(
@@ -78,46 +117,34 @@ pub fn load(argv: &[String], seen: &mut HashSet<String>) -> Result<Loaded, Strin
                 argc as usize as *mut c_void,
                 core::mem::size_of::<c_int>(),
             );
-            set(
-                c"argv",
-                argv_ptrs.as_mut_ptr().cast(),
-                core::mem::size_of::<*mut c_void>(),
-            );
+            set(c"argv", argv.cast(), core::mem::size_of::<*mut c_void>());
             set(
                 c"crt_pos",
                 core::ptr::null_mut(),
                 core::mem::size_of::<c_int>(),
             );
-            if let Some(init) = symbol(handle, c"init") {
+            if let Some(init) = function(handle, c"init", path)? {
                 core::mem::transmute::<*mut c_void, InitFn>(init)();
             }
-            EntryPoint::Prototype(core::mem::transmute::<*mut c_void, EntryFn>(entry))
+            (
+                EntryPoint::Prototype(core::mem::transmute::<*mut c_void, EntryFn>(entry)),
+                entry as usize,
+            )
         } else {
             return Err(format!(
                 "{path} has no entry point (msh_scavenger_main or entry)"
             ));
-        }
-    };
-    // SAFETY: as above.
-    unsafe {
-        if let Some(init) = symbol(handle, c"msh_scavenger_init") {
-            let status =
-                core::mem::transmute::<*mut c_void, MainFn>(init)(argc, argv_ptrs.as_mut_ptr());
+        };
+        if let Some(init) = function(handle, c"msh_scavenger_init", path)? {
+            let status = core::mem::transmute::<*mut c_void, MainFn>(init)(argc, argv);
             if status != 0 {
                 return Err(format!(
                     "{path}: msh_scavenger_init failed with status {status}"
                 ));
             }
         }
+        Ok((entry, code))
     }
-    let file = path.rsplit('/').next().unwrap_or(path);
-    Ok(Loaded {
-        entry,
-        argc,
-        argv: argv_ptrs,
-        _args: args,
-        name: CString::new(file).unwrap_or_default(),
-    })
 }
 
 impl Loaded {
@@ -151,14 +178,10 @@ fn open(path: &str) -> Result<*mut c_void, String> {
         return Err(format!("{path}: no such file"));
     }
     let c_path = CString::new(path).map_err(|_| format!("{path:?} contains a NUL byte"))?;
-    // SAFETY: dlopen with a valid C string; RTLD_DEEPBIND keeps the scavenger's own
-    // symbols ahead of the program's (as the MSH prototype does).
-    let handle = unsafe {
-        libc::dlopen(
-            c_path.as_ptr(),
-            libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_DEEPBIND,
-        )
-    };
+    // SAFETY: dlopen with a valid C string. Not RTLD_DEEPBIND (which the MSH
+    // prototype uses): the object's calls to exit/_exit/abort must reach libmsh's
+    // (see `exits`), and with it they would bind to the C library's first.
+    let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
     if handle.is_null() {
         Err(dlerror())
     } else {
@@ -185,6 +208,37 @@ fn open_private_copy(path: &str) -> Result<*mut c_void, String> {
     let handle = open(&format!("/proc/self/fd/{}", fd.as_raw_fd()));
     drop(fd); // the mapping keeps the object alive
     handle.map_err(|e| format!("{path}: {e}"))
+}
+
+/// A function symbol of `handle`: None when absent, an error when the name is
+/// taken by something that is not a function (jumping into data would crash).
+fn function(handle: *mut c_void, name: &CStr, path: &str) -> Result<Option<*mut c_void>, String> {
+    let Some(addr) = symbol(handle, name) else {
+        return Ok(None);
+    };
+    const RTLD_DL_SYMENT: c_int = 1;
+    const STT_FUNC: u8 = 2;
+    const STT_GNU_IFUNC: u8 = 10;
+    let mut info = core::mem::MaybeUninit::<libc::Dl_info>::zeroed();
+    let mut sym: *mut libc::Elf64_Sym = core::ptr::null_mut();
+    // SAFETY: dladdr1 with valid out-pointers; the symbol entry it returns lives in
+    // the loaded object.
+    let kind = unsafe {
+        let found = libc::dladdr1(
+            addr,
+            info.as_mut_ptr(),
+            (&mut sym as *mut *mut libc::Elf64_Sym).cast(),
+            RTLD_DL_SYMENT,
+        );
+        (found != 0 && !sym.is_null()).then(|| (*sym).st_info & 0xf)
+    };
+    match kind {
+        Some(STT_FUNC | STT_GNU_IFUNC) => Ok(Some(addr)),
+        _ => Err(format!(
+            "{path}: {} is not a function",
+            name.to_string_lossy()
+        )),
+    }
 }
 
 /// `dlsym`, or None when the symbol is absent.

@@ -6,9 +6,18 @@
 //! It fails open: a missing pool, a bad line, a scavenger without an entry point or
 //! whose init fails gets one line on stderr naming the file, the line and the cause,
 //! and the program runs as it would without msh (or, with `MSH_STRICT=1`, exits with
-//! status 2). At exit, unfinished scavengers run to completion unless
-//! `MSH_AT_EXIT=abandon`; with `MSH_STATS=1` one `msh-stats: {json}` line follows.
+//! status 2). A scavenger that faults in its own code, calls `exit` or `abort`, or
+//! does not yield within the watchdog interval is stopped with one line naming its
+//! pool line; the program runs on. At exit, unfinished scavengers run for at most
+//! `MSH_EXIT_WAIT_MS` (Ctrl-C cuts that short) and are then abandoned with one line
+//! naming them, unless `MSH_AT_EXIT=abandon`; with `MSH_STATS=1` one
+//! `msh-stats: {json}` line follows.
+//!
+//! Programs the process execs do not attach (libmsh removes its variables and its
+//! `LD_PRELOAD` entry from the environment at load) unless `MSH_FOLLOW_EXEC=1`.
 
+mod exits;
+mod guarded;
 mod interpose;
 mod loader;
 pub mod pool_file;
@@ -52,8 +61,65 @@ fn fail_open(settings: &Settings, message: &str) {
     }
 }
 
+/// Removes libmsh's variables and its `LD_PRELOAD` entry from the environment, so
+/// that programs this one execs run without msh.
+fn forget_environment() {
+    let ours: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| settings::is_ours(name))
+        .collect();
+    for name in ours {
+        std::env::remove_var(name);
+    }
+    let Some(preload) = std::env::var_os("LD_PRELOAD") else {
+        return;
+    };
+    let me = own_path();
+    let kept: Vec<&str> = preload
+        .to_str()
+        .unwrap_or("")
+        .split([' ', ':'])
+        .filter(|entry| !entry.is_empty())
+        .filter(|entry| {
+            let canonical = std::fs::canonicalize(entry).ok();
+            me.as_ref().is_none_or(|me| canonical.as_ref() != Some(me))
+        })
+        .collect();
+    if kept.is_empty() {
+        std::env::remove_var("LD_PRELOAD");
+    } else {
+        std::env::set_var("LD_PRELOAD", kept.join(" "));
+    }
+}
+
+/// This library's file, canonical.
+fn own_path() -> Option<std::path::PathBuf> {
+    let mut info = core::mem::MaybeUninit::<libc::Dl_info>::zeroed();
+    // SAFETY: dladdr on an address in this library, with a valid out-pointer.
+    let found = unsafe { libc::dladdr(on_load as *const c_void, info.as_mut_ptr()) };
+    // SAFETY: filled by dladdr when it returns non-zero.
+    let info = unsafe { info.assume_init() };
+    if found == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dli_fname is a NUL-terminated path.
+    let path = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
+    use std::os::unix::ffi::OsStrExt;
+    std::fs::canonicalize(std::ffi::OsStr::from_bytes(path.to_bytes())).ok()
+}
+
 fn attach() {
-    let settings = match settings::from_env(|name| std::env::var_os(name)) {
+    if std::env::var_os("MSH_FOLLOW_EXEC").as_deref() != Some("1".as_ref()) {
+        // What we need is read below, before anything execs.
+        let settings = settings::from_env(|name| std::env::var_os(name));
+        forget_environment();
+        return attach_with(settings);
+    }
+    attach_with(settings::from_env(|name| std::env::var_os(name)));
+}
+
+fn attach_with(settings: Result<Option<Settings>, String>) {
+    let settings = match settings {
         Ok(Some(settings)) => settings,
         Ok(None) => return,
         Err(cause) => {
@@ -64,7 +130,11 @@ fn attach() {
             return;
         }
     };
+    for warning in &settings.warnings {
+        warn(warning);
+    }
     let pool = settings.pool_path.to_string_lossy().into_owned();
+    let pool_file = pool.rsplit('/').next().unwrap_or(&pool).to_string();
     let text = match std::fs::read_to_string(&settings.pool_path) {
         Ok(text) => text,
         Err(err) => {
@@ -103,9 +173,13 @@ fn attach() {
                 continue;
             }
         };
-        let name = loaded.name.to_bytes();
+        let name = format!(
+            "{pool_file} line {} ({})",
+            line.line,
+            loaded.name.to_string_lossy()
+        );
         let arg = loaded as *const loader::Loaded as *mut c_void;
-        match sched::spawn(run_loaded, arg, Some(name)) {
+        match sched::spawn_with_code(run_loaded, arg, Some(name.as_bytes()), loaded.code) {
             Ok(()) => spawned += 1,
             Err(err) => fail_open(
                 &settings,
@@ -159,9 +233,9 @@ extern "C" fn at_exit() {
         // handlers, so by now it has usually unregistered and handed its scavengers
         // back to the pool.
         if !settings.config.abandon_at_exit && (sched::is_registered() || sched::pending() > 0) {
-            // Run what is left — the pool and this thread's ring — to completion.
+            // Run what is left — the pool and this thread's ring — for a while.
             let temporary = !sched::is_registered() && sched::register().is_ok();
-            let _ = sched::run_pending();
+            finish_or_abandon(settings.exit_wait_ms);
             if temporary {
                 if sched::thread_stats().is_some_and(|s| s.switches > 0) {
                     report::record_thread();
@@ -173,4 +247,46 @@ extern "C" fn at_exit() {
             report::print();
         }
     });
+}
+
+/// Set by the SIGINT handler installed while waiting at exit.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Runs unfinished scavengers for at most `wait_ms` (Ctrl-C ends the wait), then
+/// names those left on one line: they are abandoned.
+fn finish_or_abandon(wait_ms: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    INTERRUPTED.store(false, Ordering::Relaxed);
+    // SAFETY: a handler that only stores to an atomic; the old one is restored below.
+    let previous = unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        )
+    };
+    let finished = sched::run_pending_while(|| {
+        !INTERRUPTED.load(Ordering::Relaxed) && std::time::Instant::now() < deadline
+    });
+    // SAFETY: restoring the disposition we replaced.
+    unsafe { libc::signal(libc::SIGINT, previous) };
+    if finished != Ok(false) {
+        return;
+    }
+    let mut names = Vec::new();
+    sched::for_each_unfinished(|name| names.push(String::from_utf8_lossy(name).into_owned()));
+    let why = if INTERRUPTED.load(Ordering::Relaxed) {
+        "interrupted".to_string()
+    } else {
+        format!("still running after {wait_ms} ms (MSH_EXIT_WAIT_MS)")
+    };
+    warn(&format!(
+        "at exit, {} scavenger{} {why}: {}; abandoned",
+        names.len(),
+        if names.len() == 1 { "" } else { "s" },
+        names.join(", ")
+    ));
 }

@@ -19,6 +19,8 @@ fn as_json(stats: sched::Stats) -> Value {
         "scavenger_ns": stats.scav_ns,
         "scavengers_started": stats.started,
         "scavengers_completed": stats.completed,
+        "scavengers_stopped": stats.stopped,
+        "scavengers_preempted": stats.preempted,
     })
 }
 

@@ -41,7 +41,7 @@ enum Command {
 fn main() {
     if let Err(err) = run(Cli::parse()) {
         eprintln!("msh: {err:#}");
-        std::process::exit(1);
+        std::process::exit(run::exit_code(&err));
     }
 }
 

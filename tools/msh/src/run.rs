@@ -1,5 +1,7 @@
 //! `msh run`: starts a program with libmsh.so preloaded and the scavenger pool set.
-//! The program's output and exit status are its own: msh execs it.
+//! The program's output and exit status are its own: msh execs it. A program that
+//! cannot be started exits as a shell would: 127 when it is not found, 126 when it
+//! cannot be executed.
 
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
@@ -12,19 +14,34 @@ pub struct RunArgs {
     /// The scavenger pool: one `PATH ARGS…` line per scavenger; `#` starts a comment.
     #[arg(long, value_name = "FILE")]
     pub pool: PathBuf,
-    /// Scavenger slots per primary thread.
-    #[arg(long, value_name = "N")]
+    /// Scavenger slots per primary thread (1 to 1024).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub scavengers_per_thread: Option<u32>,
-    /// Budget per switch, in ns.
-    #[arg(long, value_name = "N")]
+    /// Budget per switch, in ns (0 to 1000000000).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(0..=msh_core::sched::MAX_BUDGET_NS))]
     pub budget_ns: Option<u64>,
+    /// At exit, run unfinished scavengers for at most this many ms, then abandon them
+    /// with one line naming them (Ctrl-C abandons them at once). Default 2000.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub exit_wait: Option<u64>,
+    /// Preempt and stop a scavenger that runs this many ms of CPU time without
+    /// yielding (0 turns the watchdog off). Default 10.
+    #[arg(long, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(0..=msh_core::sched::MAX_WATCHDOG_MS))]
+    pub watchdog_ms: Option<u64>,
+    /// Programs the program execs get scavengers too (by default libmsh removes its
+    /// variables from their environment, so `sh -c 'a; b'` runs a and b plainly).
+    #[arg(long)]
+    pub follow_exec: bool,
     /// Print `msh-stats: {json}` on stderr at exit.
     #[arg(long)]
     pub stats: bool,
     /// Exit with status 2 on a pool error instead of running without msh.
     #[arg(long)]
     pub strict: bool,
-    /// At exit, drop unfinished scavengers instead of running them to the end.
+    /// At exit, drop unfinished scavengers at once instead of running them (for at
+    /// most --exit-wait ms).
     #[arg(long)]
     pub abandon_at_exit: bool,
     /// The main thread is not a primary (only threads it creates are).
@@ -78,6 +95,15 @@ pub fn command(args: &RunArgs) -> Result<Command> {
     if let Some(ns) = args.budget_ns {
         command.env("MSH_BUDGET_NS", ns.to_string());
     }
+    if let Some(ms) = args.exit_wait {
+        command.env("MSH_EXIT_WAIT_MS", ms.to_string());
+    }
+    if let Some(ms) = args.watchdog_ms {
+        command.env("MSH_WATCHDOG_MS", ms.to_string());
+    }
+    if args.follow_exec {
+        command.env("MSH_FOLLOW_EXEC", "1");
+    }
     let flag = |on: bool| if on { "1" } else { "0" };
     command
         .env("MSH_STATS", flag(args.stats))
@@ -94,9 +120,40 @@ pub fn command(args: &RunArgs) -> Result<Command> {
     Ok(command)
 }
 
+/// A failure that must end msh with a particular exit status (`main` maps it).
+#[derive(Debug)]
+pub struct StartFailure {
+    /// The status to exit with.
+    pub code: i32,
+    /// The one-line message.
+    pub message: String,
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StartFailure {}
+
+/// The status msh exits with for `err`: a shell's for a program that could not be
+/// started, 1 otherwise.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    err.downcast_ref::<StartFailure>().map_or(1, |e| e.code)
+}
+
 /// Replaces this process with the program; returns only on failure.
 pub fn run(args: &RunArgs) -> Result<()> {
     let mut command = command(args)?;
     let err = command.exec();
-    bail!("cannot run {}: {err}", args.command[0].to_string_lossy())
+    let code = match err.kind() {
+        std::io::ErrorKind::NotFound => 127,
+        _ => 126,
+    };
+    Err(StartFailure {
+        code,
+        message: format!("cannot run {}: {err}", args.command[0].to_string_lossy()),
+    }
+    .into())
 }

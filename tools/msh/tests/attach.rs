@@ -269,7 +269,11 @@ fn msh_run_names_what_it_cannot_run() {
         .arg("/nonexistent/program")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(127),
+        "a shell's status for 'not found'"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.starts_with("msh: cannot run /nonexistent/program"),

@@ -15,11 +15,11 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
         /// Round trips per run.
-        #[arg(long, default_value_t = 20_000_000)]
+        #[arg(long, default_value_t = 20_000_000, value_parser = clap::value_parser!(u64).range(1000..=10_000_000_000))]
         round_trips: u64,
         /// Runs (the result is the median).
-        #[arg(long, default_value_t = 7)]
-        runs: usize,
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        runs: u64,
     },
     /// Dirty-page tracking: every backend on a large mapping (arm, first write, collect, exactness).
     Dirty(dirty::DirtyArgs),
@@ -37,7 +37,7 @@ pub fn run(command: &BenchCommand) -> Result<()> {
             round_trips,
             runs,
         } => {
-            let report = switch::run(*round_trips, *runs)?;
+            let report = switch::run(*round_trips, *runs as usize)?;
             if *json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -48,6 +48,10 @@ pub fn run(command: &BenchCommand) -> Result<()> {
                 println!(
                     "prefetch-and-yield with nothing to run, over a bare prefetch: {:.2} ns (no msh), {:.2} ns (registered primary)",
                     report.noop_yield_ns, report.noop_yield_registered_ns
+                );
+                println!(
+                    "primary->scavenger->primary round trip: msh {:.2} ns (quota, errno and control words kept), MSH's protocol {:.2} ns, ratio {:.2}",
+                    report.msh_round_trip_ns, report.msh_protocol_round_trip_ns, report.round_trip_ratio
                 );
             }
             Ok(())

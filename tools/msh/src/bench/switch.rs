@@ -1,7 +1,12 @@
 //! `msh bench switch`: one one-way switch between two coroutines, msh's jmp-based
-//! switch against corosensei's, measured in the same run.
+//! switch against corosensei's; and a primary→scavenger→primary round trip through
+//! msh's scheduler (quota bookkeeping, errno and control words kept) against MSH's
+//! own protocol, written here from its description. All measured in the same run,
+//! interleaved.
 
-use anyhow::Result;
+mod round_trip;
+
+use anyhow::{bail, Result};
 use corosensei::Coroutine;
 use msh_core::abi::Coro;
 use msh_core::arch;
@@ -20,6 +25,17 @@ pub struct SwitchReport {
     pub noop_yield_ns: f64,
     /// The same in a registered primary with no scavengers.
     pub noop_yield_registered_ns: f64,
+    /// One primary→scavenger→primary round trip through msh's runtime: the
+    /// primary's prefetch-and-yield sequence, the scavenger's `yield_now` with its
+    /// quota bookkeeping and the errno/control-word swap (budget 0: every scavenger
+    /// yield switches back).
+    pub msh_round_trip_ns: f64,
+    /// The same round trip with MSH's protocol: a context block reached from the
+    /// thread pointer, store `%rsp` and the resume address, load the other side's,
+    /// `jmp`; no quota, no errno.
+    pub msh_protocol_round_trip_ns: f64,
+    /// `msh_round_trip_ns / msh_protocol_round_trip_ns`.
+    pub round_trip_ratio: f64,
     pub round_trips: u64,
     pub runs: usize,
 }
@@ -103,17 +119,33 @@ fn noop_yield_cost(iterations: u64, runs: usize) -> f64 {
     crate::examples::median(&mut extra)
 }
 
+/// Most runs and round trips accepted: beyond these a run takes hours.
+const MAX_RUNS: usize = 1000;
+const MAX_ROUND_TRIPS: u64 = 10_000_000_000;
+
 pub fn run(round_trips: u64, runs: usize) -> Result<SwitchReport> {
+    if !(1..=MAX_RUNS).contains(&runs) {
+        bail!("--runs {runs}: expected 1 to {MAX_RUNS}");
+    }
+    if !(1..=MAX_ROUND_TRIPS).contains(&round_trips) {
+        bail!("--round-trips {round_trips}: expected 1 to {MAX_ROUND_TRIPS}");
+    }
     let mut msh = Vec::with_capacity(runs);
     let mut coro = Vec::with_capacity(runs);
+    let mut sched_rt = Vec::with_capacity(runs);
+    let mut protocol_rt = Vec::with_capacity(runs);
     msh_once(round_trips / 10 + 1);
     corosensei_once(round_trips / 10 + 1);
     for _ in 0..runs {
         msh.push(msh_once(round_trips));
         coro.push(corosensei_once(round_trips));
+        protocol_rt.push(round_trip::msh_protocol(round_trips)?);
+        sched_rt.push(round_trip::msh_runtime(round_trips)?);
     }
     let msh_ns = crate::examples::median(&mut msh);
     let corosensei_ns = crate::examples::median(&mut coro);
+    let msh_round_trip_ns = crate::examples::median(&mut sched_rt);
+    let msh_protocol_round_trip_ns = crate::examples::median(&mut protocol_rt);
     let noop_yield_ns = noop_yield_cost(round_trips, runs);
     let noop_yield_registered_ns = registered_noop_yield_cost(round_trips, runs)?;
     Ok(SwitchReport {
@@ -122,6 +154,9 @@ pub fn run(round_trips: u64, runs: usize) -> Result<SwitchReport> {
         ratio: msh_ns / corosensei_ns,
         noop_yield_ns,
         noop_yield_registered_ns,
+        msh_round_trip_ns,
+        msh_protocol_round_trip_ns,
+        round_trip_ratio: msh_round_trip_ns / msh_protocol_round_trip_ns,
         round_trips,
         runs,
     })
@@ -151,9 +186,21 @@ fn registered_noop_yield_cost(iterations: u64, runs: usize) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn both_switches_run_and_give_positive_times() {
+    fn every_switch_runs_and_gives_positive_times() {
         let report = super::run(10_000, 3).unwrap();
         assert!(report.msh_ns > 0.0 && report.corosensei_ns > 0.0);
         assert!(report.ratio.is_finite());
+        assert!(report.msh_round_trip_ns > 0.0 && report.msh_protocol_round_trip_ns > 0.0);
+        assert!(report.round_trip_ratio.is_finite());
+    }
+
+    #[test]
+    fn zero_or_huge_counts_are_refused() {
+        assert!(super::run(10, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("--runs 0"));
+        assert!(super::run(0, 1).is_err());
+        assert!(super::run(u64::MAX, 1).is_err());
     }
 }
