@@ -1,0 +1,2 @@
+//! msh trace (skeleton)
+#![warn(missing_docs)]
