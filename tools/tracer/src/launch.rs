@@ -65,13 +65,21 @@ pub fn find_plugin(given: Option<&Path>) -> Result<PathBuf> {
         dir.join(PLUGIN_FILE),
         dir.join("deps").join(PLUGIN_FILE),
         dir.join("..").join(PLUGIN_FILE),
+        dir.join("..").join("deps").join(PLUGIN_FILE),
     ];
-    candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
-        format!(
-            "the tracer plugin {PLUGIN_FILE} is not next to {}: build it with `cargo build --release -p msh-tracer-plugin` (or set {PLUGIN_ENV})",
-            exe.display()
-        )
-    })
+    // Cargo refreshes target/<profile>/ only when the plugin itself is built, and deps/
+    // when a crate depending on it is: take the newest.
+    candidates
+        .iter()
+        .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p)))
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, p)| p.clone())
+        .with_context(|| {
+            format!(
+                "the tracer plugin {PLUGIN_FILE} is not next to {}: build it with `cargo build --release -p msh-tracer-plugin` (or set {PLUGIN_ENV})",
+                exe.display()
+            )
+        })
 }
 
 /// What qemu-x86_64 will be asked to run.

@@ -31,6 +31,30 @@ struct Global {
     host_maps: Vec<String>,
     /// Every host mapping lies at or above this address; the guest's lie below.
     host_floor: u64,
+    /// [`decode_meminfo`] agrees with QEMU's own functions (checked at install).
+    inline_meminfo: bool,
+}
+
+/// QEMU 7.2's meminfo word: the MemOpIdx (memory op << 4 | MMU index) in the low 16
+/// bits, the access direction (1 read, 2 write) above; the op's low 3 bits are log2 of
+/// the size. Decoding it here saves two calls into QEMU per access; [`install`] checks
+/// this against QEMU's functions and falls back to them if they disagree.
+#[inline(always)]
+fn decode_meminfo(info: MemInfo) -> (c_uint, bool) {
+    ((info >> 4) & 7, (info >> 16) & 2 != 0)
+}
+
+/// Whether [`decode_meminfo`] matches QEMU's accessors on every op, MMU index and
+/// direction QEMU can encode.
+fn inline_decoding_agrees(api: &Api) -> bool {
+    (1u32..=3).all(|rw| {
+        (0u32..1 << 12).all(|oi| {
+            let info = oi | rw << 16;
+            // SAFETY: pure functions of the word.
+            let theirs = unsafe { ((api.mem_size_shift)(info), (api.mem_is_store)(info)) };
+            decode_meminfo(info) == theirs
+        })
+    })
 }
 
 static GLOBAL: OnceLock<Global> = OnceLock::new();
@@ -145,8 +169,12 @@ fn record(vcpu: c_uint, info: MemInfo, addr: u64, ip: u64) {
     if v.slot == NO_SLOT && !v.acquire(g) {
         return;
     }
-    // SAFETY: these only decode the meminfo word QEMU passed us.
-    let (shift, is_write) = unsafe { ((g.api.mem_size_shift)(info), (g.api.mem_is_store)(info)) };
+    let (shift, is_write) = if g.inline_meminfo {
+        decode_meminfo(info)
+    } else {
+        // SAFETY: these only decode the meminfo word QEMU passed us.
+        unsafe { ((g.api.mem_size_shift)(info), (g.api.mem_is_store)(info)) }
+    };
     // SAFETY: count < capacity, and the slot holds capacity records.
     unsafe {
         v.records.add(v.count as usize).write(Access {
@@ -611,6 +639,7 @@ fn install(id: PluginId, info: &Info, args: &[&str]) -> Result<(), String> {
         .parse()
         .map_err(|_| "shm=FD: not a descriptor number")?;
     let api = Api::resolve()?;
+    let inline_meminfo = inline_decoding_agrees(&api);
     let ring = map_region(fd)?;
     let config = ring.header().config;
     let host_maps: Vec<String> = std::fs::read_to_string("/proc/self/maps")
@@ -631,6 +660,7 @@ fn install(id: PluginId, info: &Info, args: &[&str]) -> Result<(), String> {
         id,
         host_maps,
         host_floor,
+        inline_meminfo,
     };
     if GLOBAL.set(global).is_err() {
         return Err("installed twice".into());
