@@ -5,8 +5,8 @@
 //! - `pmu` ([`pmu`]): precise hardware load-miss sampling; needs a hardware PMU.
 //! - `sample` ([`sample`]): software cpu-clock sampling through perf_event_open;
 //!   each sample is charged to the load just before the sampled IP (skid of one).
-//! - `sim` ([`sim`]): valgrind's lackey traces every access; a set-associative
-//!   L1/L2/LLC model gives exact per-load miss counts and ratios.
+//! - `sim` ([`sim`]): msh's tracer (qemu-x86_64 + a TCG plugin) streams every access
+//!   into a set-associative L1/L2/LLC model: exact per-load miss counts and ratios.
 //! - `auto`: `pmu` when the machine has one, else `sample`.
 pub mod cli;
 pub mod collect;
