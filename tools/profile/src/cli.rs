@@ -33,6 +33,10 @@ pub struct ProfileArgs {
     /// cpu-clock samples per second (sample backend).
     #[arg(long, value_name = "HZ", default_value_t = crate::sample::DEFAULT_FREQUENCY_HZ)]
     pub frequency: u64,
+    /// Sample without user registers: smaller samples, but no load addresses, so no
+    /// footprints (sample backend).
+    #[arg(long)]
+    pub no_registers: bool,
     /// A load is delinquent with at least this share of the run's samples/misses.
     #[arg(long, value_name = "F", default_value_t = DEFAULT_MIN_SHARE)]
     pub min_share: f64,
@@ -102,6 +106,7 @@ fn options(args: &ProfileArgs) -> Result<Options> {
         backend: args.backend,
         duration,
         frequency_hz: args.frequency,
+        sample_registers: !args.no_registers,
         thresholds: Thresholds {
             min_share: args.min_share,
             min_miss_ratio: args.min_miss_ratio,

@@ -8,9 +8,11 @@
 //! - `sim` ([`sim`]): valgrind's lackey traces every access; a set-associative
 //!   L1/L2/LLC model gives exact per-load miss counts and ratios.
 //! - `auto`: `pmu` when the machine has one, else `sample`.
+pub mod address;
 pub mod cli;
 pub mod collect;
 pub mod elf;
+pub mod footprint;
 pub mod launch;
 pub mod maps;
 pub mod perf;
@@ -51,6 +53,8 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// cpu-clock samples per second (`sample`).
     pub frequency_hz: u64,
+    /// Sample user registers to recover load addresses (`sample`; on by default).
+    pub sample_registers: bool,
     pub thresholds: Thresholds,
     /// Cache hierarchy for `sim`; `None` reads the host's from sysfs.
     pub cache: Option<sim::cache::HierarchyConfig>,
@@ -62,6 +66,7 @@ impl Default for Options {
             backend: Backend::Auto,
             duration: None,
             frequency_hz: sample::DEFAULT_FREQUENCY_HZ,
+            sample_registers: true,
             thresholds: Thresholds::default(),
             cache: None,
         }
@@ -106,6 +111,7 @@ pub fn profile(what: &What, options: &Options) -> Result<(Profile, RunReport)> {
         Backend::Sample => sample::run(
             target(what)?,
             options.frequency_hz,
+            options.sample_registers,
             options.duration,
             options.thresholds,
         ),
@@ -119,6 +125,7 @@ pub fn profile(what: &What, options: &Options) -> Result<(Profile, RunReport)> {
                 sample::run(
                     target(what)?,
                     options.frequency_hz,
+                    options.sample_registers,
                     options.duration,
                     options.thresholds,
                 )

@@ -55,6 +55,7 @@ fn llc_read_miss(precise_ip: u8) -> EventSpec {
         sample_period: DEFAULT_MISS_PERIOD,
         precise_ip,
         sample_addr: true,
+        sample_regs: false,
         mmap_data: false,
         inherit: true,
     }
