@@ -236,6 +236,7 @@ fn absorb(record: Record, collection: &mut Collection, side_band: &mut Vec<(u64,
             user,
             regs,
             addr,
+            ..
         } => {
             collection.total_samples += 1;
             collection.threads.insert(tid);

@@ -92,6 +92,9 @@ impl EventSpec {
         attr.set_comm(1);
         attr.set_task(1);
         attr.set_sample_id_all(1);
+        // Sample times on CLOCK_MONOTONIC, the clock msh trace's other events use.
+        attr.set_use_clockid(1);
+        attr.clockid = libc::CLOCK_MONOTONIC;
         attr.set_precise_ip(self.precise_ip as u64);
         // Wake the reader when a quarter of the buffer is full.
         attr.set_watermark(1);
@@ -187,6 +190,8 @@ pub enum Record {
         /// User registers, when sampled and the sample interrupted user code.
         regs: Option<Regs>,
         user: bool,
+        /// CLOCK_MONOTONIC at the sample, in ns.
+        time: u64,
     },
     Mmap {
         pid: u32,
@@ -399,6 +404,7 @@ pub fn parse_record(record: &[u8], layout: SampleLayout) -> Record {
                 addr: layout.addr.then(|| u64_at(body, 24)),
                 regs: layout.regs.then(|| sample_regs(body, regs_at)).flatten(),
                 user: misc & b::PERF_RECORD_MISC_CPUMODE_MASK == b::PERF_RECORD_MISC_USER,
+                time: u64_at(body, 16),
             }
         }
         b::PERF_RECORD_MMAP2 => {
@@ -506,7 +512,8 @@ mod tests {
                 ip: 0x401136,
                 addr: None,
                 regs: None,
-                user: true
+                user: true,
+                time: 99,
             }
         );
         // The same sample with a data address and the registers (ABI 2 = 64-bit).
