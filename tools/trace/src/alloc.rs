@@ -152,6 +152,8 @@ pub struct Attributor<'a> {
     next_end: usize,
     blocks: BTreeMap<u64, usize>,
     regions: BTreeMap<u64, usize>,
+    /// The allocation that ended last at each address.
+    ended: BTreeMap<u64, usize>,
     now: u64,
 }
 
@@ -172,6 +174,7 @@ impl<'a> Attributor<'a> {
             next_end: 0,
             blocks: BTreeMap::new(),
             regions: BTreeMap::new(),
+            ended: BTreeMap::new(),
             now: 0,
         }
     }
@@ -194,6 +197,19 @@ impl<'a> Attributor<'a> {
         None
     }
 
+    /// For an access known only to lie in `[earliest, latest]` (`latest` in
+    /// non-decreasing order across calls): the allocation live at `latest`, else one
+    /// that ended inside the window (the access came before its end).
+    pub fn find_in_window(&mut self, earliest: u64, latest: u64, address: u64) -> Option<u64> {
+        if let Some(id) = self.find(latest, address) {
+            return Some(id);
+        }
+        let (_, &i) = self.ended.range(..=address).next_back()?;
+        let a = &self.allocations[i];
+        (address < a.address + a.size && a.end_ns.is_some_and(|end| end > earliest) && a.start_ns <= latest)
+            .then_some(a.id)
+    }
+
     /// Applies starts and ends up to `time`. An allocation is live over
     /// `[start_ns, end_ns)`; ends at a time are applied before starts at it, so an
     /// address freed and reused at the same instant belongs to the new allocation.
@@ -211,6 +227,7 @@ impl<'a> Attributor<'a> {
                     if map.get(&a.address) == Some(&i) {
                         map.remove(&a.address);
                     }
+                    self.ended.insert(a.address, i);
                 }
                 (_, Some(s)) if s <= time => {
                     let i = self.starts[self.next_start];
@@ -270,6 +287,14 @@ mod tests {
         assert_eq!(at.find(45, 0x1000), None); // moved away
         assert_eq!(at.find(45, 0x2000 + 100), Some(3));
         assert_eq!(at.find(60, 0x2000 + 200), Some(4));
+
+        // An access somewhere in [15, 35] at the reused address: the block live at 35.
+        let mut at = Attributor::new(&a);
+        assert_eq!(at.find_in_window(15, 35, 0x1000), Some(2));
+        // In [15, 25]: nothing is live at 25, the first block ended inside the window.
+        let mut at = Attributor::new(&a);
+        assert_eq!(at.find_in_window(15, 25, 0x1000), Some(1));
+        assert_eq!(at.find_in_window(21, 25, 0x1000), None);
     }
 
     #[test]

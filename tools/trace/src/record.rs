@@ -159,14 +159,19 @@ pub fn record(options: &RecordOptions) -> Result<RecordSummary> {
     let log = events::read(&event_file.0, run.pid, start_ns)?;
     let allocations = lifetimes(&log.events);
 
-    accesses.sort_by_key(|a| a.time_ns);
+    // Attribution walks the accesses in order of the latest time each can have.
+    accesses.sort_by_key(|a| a.latest_ns);
     let mut attributor = Attributor::new(&allocations);
     let mut attributed = 0;
     let rows: Vec<AccessRow> = accesses
         .iter()
         .map(|a| {
             let time_ns = a.time_ns.saturating_sub(start_ns);
-            let allocation_id = attributor.find(time_ns, a.address);
+            let allocation_id = attributor.find_in_window(
+                a.earliest_ns.saturating_sub(start_ns),
+                a.latest_ns.saturating_sub(start_ns),
+                a.address,
+            );
             attributed += allocation_id.is_some() as u64;
             AccessRow {
                 time_ns,

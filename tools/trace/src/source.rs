@@ -45,8 +45,13 @@ impl SourceKind {
 /// One access, time on CLOCK_MONOTONIC (absolute ns).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Access {
-    /// CLOCK_MONOTONIC, ns.
+    /// CLOCK_MONOTONIC, ns (for `exact`, interpolated within its batch).
     pub time_ns: u64,
+    /// The access happened in `[earliest_ns, latest_ns]` (both `time_ns` where the
+    /// source times each access; the batch's window for `exact`).
+    pub earliest_ns: u64,
+    /// See `earliest_ns`.
+    pub latest_ns: u64,
     /// The data address.
     pub address: u64,
     /// None when the source cannot tell.
@@ -337,6 +342,8 @@ impl AccessSource for Sample {
             };
             sink(Access {
                 time_ns: s.time,
+                earliest_ns: s.time,
+                latest_ns: s.time,
                 address,
                 is_write: Some(false),
                 ip: Some(load_ip),
@@ -435,6 +442,8 @@ impl AccessSource for Exact {
             for (i, a) in batch.accesses.iter().enumerate() {
                 sink(Access {
                     time_ns: from + span * (i as u64 + 1) / n,
+                    earliest_ns: from,
+                    latest_ns: batch.time_ns,
                     address: a.addr,
                     is_write: Some(a.is_write),
                     ip: Some(a.ip),
