@@ -40,19 +40,20 @@ pub fn lifetimes(events: &[AllocEvent]) -> Vec<Allocation> {
     let mut out: Vec<Allocation> = Vec::new();
     let mut blocks: HashMap<u64, usize> = HashMap::new();
     let mut regions: BTreeMap<u64, usize> = BTreeMap::new();
-    let start = |out: &mut Vec<Allocation>, e: &AllocEvent, kind: &'static str, address: u64, size: u64| {
-        out.push(Allocation {
-            id: out.len() as u64 + 1,
-            kind,
-            address,
-            size,
-            start_ns: e.time_ns,
-            end_ns: None,
-            thread: e.thread,
-            stack: e.stack.clone(),
-        });
-        out.len() - 1
-    };
+    let start =
+        |out: &mut Vec<Allocation>, e: &AllocEvent, kind: &'static str, address: u64, size: u64| {
+            out.push(Allocation {
+                id: out.len() as u64 + 1,
+                kind,
+                address,
+                size,
+                start_ns: e.time_ns,
+                end_ns: None,
+                thread: e.thread,
+                stack: e.stack.clone(),
+            });
+            out.len() - 1
+        };
     for e in events {
         match e.kind {
             Kind::Malloc | Kind::Calloc | Kind::Aligned | Kind::Realloc => {
@@ -93,7 +94,13 @@ pub fn lifetimes(events: &[AllocEvent]) -> Vec<Allocation> {
                     regions.insert(e.addr, i);
                 } else if delta < 0 {
                     let shrink = delta.unsigned_abs();
-                    unmap(&mut out, &mut regions, e.addr.wrapping_sub(shrink), shrink, e.time_ns);
+                    unmap(
+                        &mut out,
+                        &mut regions,
+                        e.addr.wrapping_sub(shrink),
+                        shrink,
+                        e.time_ns,
+                    );
                 }
             }
         }
@@ -109,7 +116,13 @@ fn end_block(out: &mut [Allocation], blocks: &mut HashMap<u64, usize>, addr: u64
 
 /// Ends every region overlapping `[addr, addr+len)`; the parts outside it live on as
 /// new allocations with the same kind, thread and stack.
-fn unmap(out: &mut Vec<Allocation>, regions: &mut BTreeMap<u64, usize>, addr: u64, len: u64, time: u64) {
+fn unmap(
+    out: &mut Vec<Allocation>,
+    regions: &mut BTreeMap<u64, usize>,
+    addr: u64,
+    len: u64,
+    time: u64,
+) {
     if len == 0 {
         return;
     }
@@ -124,7 +137,10 @@ fn unmap(out: &mut Vec<Allocation>, regions: &mut BTreeMap<u64, usize>, addr: u6
         let i = regions.remove(&a).expect("listed");
         out[i].end_ns = Some(time);
         let old = out[i].clone();
-        let pieces = [(old.address, addr.min(old.address + old.size)), (end.max(old.address), old.address + old.size)];
+        let pieces = [
+            (old.address, addr.min(old.address + old.size)),
+            (end.max(old.address), old.address + old.size),
+        ];
         for (lo, hi) in pieces {
             if lo < hi && (lo, hi) != (old.address, old.address + old.size) {
                 out.push(Allocation {
@@ -206,7 +222,9 @@ impl<'a> Attributor<'a> {
         }
         let (_, &i) = self.ended.range(..=address).next_back()?;
         let a = &self.allocations[i];
-        (address < a.address + a.size && a.end_ns.is_some_and(|end| end > earliest) && a.start_ns <= latest)
+        (address < a.address + a.size
+            && a.end_ns.is_some_and(|end| end > earliest)
+            && a.start_ns <= latest)
             .then_some(a.id)
     }
 
@@ -216,14 +234,24 @@ impl<'a> Attributor<'a> {
     fn advance(&mut self, time: u64) {
         self.now = time;
         loop {
-            let end_at = self.ends.get(self.next_end).map(|&i| self.allocations[i].end_ns.unwrap());
-            let start_at = self.starts.get(self.next_start).map(|&i| self.allocations[i].start_ns);
+            let end_at = self
+                .ends
+                .get(self.next_end)
+                .map(|&i| self.allocations[i].end_ns.unwrap());
+            let start_at = self
+                .starts
+                .get(self.next_start)
+                .map(|&i| self.allocations[i].start_ns);
             match (end_at, start_at) {
                 (Some(e), s) if e <= time && s.is_none_or(|s| e <= s) => {
                     let i = self.ends[self.next_end];
                     self.next_end += 1;
                     let a = &self.allocations[i];
-                    let map = if a.is_block() { &mut self.blocks } else { &mut self.regions };
+                    let map = if a.is_block() {
+                        &mut self.blocks
+                    } else {
+                        &mut self.regions
+                    };
                     if map.get(&a.address) == Some(&i) {
                         map.remove(&a.address);
                     }
@@ -236,7 +264,11 @@ impl<'a> Attributor<'a> {
                     if a.size == 0 || a.end_ns == Some(a.start_ns) {
                         continue;
                     }
-                    let map = if a.is_block() { &mut self.blocks } else { &mut self.regions };
+                    let map = if a.is_block() {
+                        &mut self.blocks
+                    } else {
+                        &mut self.regions
+                    };
                     map.insert(a.address, i);
                 }
                 _ => break,
@@ -267,7 +299,7 @@ mod tests {
         let events = [
             ev(10, Kind::Malloc, 0x1000, 64, 0, 0),
             ev(20, Kind::Free, 0x1000, 0, 0, 0),
-            ev(30, Kind::Malloc, 0x1000, 32, 0, 0),  // same address, new block
+            ev(30, Kind::Malloc, 0x1000, 32, 0, 0), // same address, new block
             ev(40, Kind::Realloc, 0x2000, 128, 0x1000, 0), // moved
             ev(50, Kind::Realloc, 0x2000, 256, 0x2000, 0), // in place: still a new block
         ];
@@ -275,7 +307,10 @@ mod tests {
         assert_eq!(a.len(), 4);
         assert_eq!((a[0].start_ns, a[0].end_ns), (10, Some(20)));
         assert_eq!((a[1].address, a[1].end_ns), (0x1000, Some(40)));
-        assert_eq!((a[2].address, a[2].kind, a[2].end_ns), (0x2000, "realloc", Some(50)));
+        assert_eq!(
+            (a[2].address, a[2].kind, a[2].end_ns),
+            (0x2000, "realloc", Some(50))
+        );
         assert_eq!((a[3].size, a[3].end_ns), (256, None));
 
         let mut at = Attributor::new(&a);

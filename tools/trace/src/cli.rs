@@ -132,7 +132,10 @@ fn list(args: &ListArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(());
     }
-    println!("{:<4} {:<24} {:<8} {:>10} {:>12} {:>10}  command", "id", "name", "source", "wall s", "allocations", "accesses");
+    println!(
+        "{:<4} {:<24} {:<8} {:>10} {:>12} {:>10}  command",
+        "id", "name", "source", "wall s", "allocations", "accesses"
+    );
     for r in runs {
         println!(
             "{:<4} {:<24} {:<8} {:>10.3} {:>12} {:>10}  {}",
@@ -156,7 +159,11 @@ fn stat(args: &StatArgs) -> Result<()> {
     }
     let mut out = Vec::new();
     for r in &runs {
-        let baseline_ns = if args.baseline { Some(untraced_wall_ns(&r.command)?) } else { None };
+        let baseline_ns = if args.baseline {
+            Some(untraced_wall_ns(&r.command)?)
+        } else {
+            None
+        };
         out.push(serde_json::json!({
             "run": r,
             "baseline_wall_ns": baseline_ns,

@@ -203,10 +203,15 @@ pub fn insert_run(
 ) -> Result<i64> {
     let tx = conn.transaction()?;
     let taken: Option<i64> = tx
-        .query_row("SELECT id FROM runs WHERE name = ?1", [&run.name], |r| r.get(0))
+        .query_row("SELECT id FROM runs WHERE name = ?1", [&run.name], |r| {
+            r.get(0)
+        })
         .optional()?;
     if taken.is_some() {
-        bail!("a run named {:?} is already in the database (choose another --run-name)", run.name);
+        bail!(
+            "a run named {:?} is already in the database (choose another --run-name)",
+            run.name
+        );
     }
     tx.execute(
         "INSERT INTO runs(name, command, started_at, wall_ns, user_ns, sys_ns, max_rss_kib, exit,
@@ -317,7 +322,11 @@ fn insert_summaries(
         let s = by_site.entry(site.as_str()).or_default();
         s.allocations += 1;
         s.bytes += a.size;
-        let life = a.end_ns.unwrap_or(run_end).saturating_sub(a.start_ns).max(1);
+        let life = a
+            .end_ns
+            .unwrap_or(run_end)
+            .saturating_sub(a.start_ns)
+            .max(1);
         s.byte_seconds += a.size as f64 * life as f64 / 1e9;
         match touched.get(&a.id) {
             Some(&(n, r, w, first, last)) => {
@@ -336,7 +345,11 @@ fn insert_summaries(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
     for (site, s) in by_site {
-        let density = if s.byte_seconds > 0.0 { s.samples as f64 / s.byte_seconds } else { 0.0 };
+        let density = if s.byte_seconds > 0.0 {
+            s.samples as f64 / s.byte_seconds
+        } else {
+            0.0
+        };
         insert.execute(params![
             run_id,
             site,
@@ -430,11 +443,13 @@ pub fn runs(conn: &Connection) -> Result<Vec<RunInfo>> {
 pub fn pick_run(conn: &Connection, name: Option<&str>) -> Result<RunInfo> {
     let all = runs(conn)?;
     match name {
-        Some(name) => all
+        Some(name) => all.into_iter().find(|r| r.name == name).with_context(|| {
+            format!("no run named {name:?} in the database (msh trace list shows them)")
+        }),
+        None => all
             .into_iter()
-            .find(|r| r.name == name)
-            .with_context(|| format!("no run named {name:?} in the database (msh trace list shows them)")),
-        None => all.into_iter().last().context("the database has no runs yet"),
+            .last()
+            .context("the database has no runs yet"),
     }
 }
 

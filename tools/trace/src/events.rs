@@ -112,7 +112,12 @@ fn count_records(payload: &[u8]) -> usize {
     n
 }
 
-fn decode_events(header: &wire::ChunkHeader, payload: &[u8], start_ns: u64, out: &mut Vec<AllocEvent>) {
+fn decode_events(
+    header: &wire::ChunkHeader,
+    payload: &[u8],
+    start_ns: u64,
+    out: &mut Vec<AllocEvent>,
+) {
     // TSC to CLOCK_MONOTONIC: linear between the chunk's two readings.
     let tsc_span = header.flush_tsc.saturating_sub(header.first_tsc);
     let ns_span = header.flush_ns.saturating_sub(header.first_ns);
@@ -187,7 +192,14 @@ mod tests {
 
     #[test]
     fn converts_times_keeps_one_process_and_stops_at_a_torn_chunk() {
-        let mut bytes = chunk(7, 8, &[(rec(Kind::Malloc, 1000, 0x10), vec![1]), (rec(Kind::Free, 3000, 0x10), vec![2])]);
+        let mut bytes = chunk(
+            7,
+            8,
+            &[
+                (rec(Kind::Malloc, 1000, 0x10), vec![1]),
+                (rec(Kind::Free, 3000, 0x10), vec![2]),
+            ],
+        );
         bytes.extend(chunk(9, 9, &[(rec(Kind::Malloc, 2000, 0x20), vec![3])]));
         let mut torn = chunk(7, 8, &[(rec(Kind::Malloc, 2000, 0x30), vec![3])]);
         torn.truncate(torn.len() - 4);

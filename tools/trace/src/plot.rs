@@ -46,7 +46,10 @@ pub fn run(args: &PlotArgs) -> Result<()> {
     let format = match args.output.extension().and_then(|e| e.to_str()) {
         Some("png") => Format::Png,
         Some("svg") => Format::Svg,
-        _ => bail!("-o {}: the plot is written as .png or .svg", args.output.display()),
+        _ => bail!(
+            "-o {}: the plot is written as .png or .svg",
+            args.output.display()
+        ),
     };
     let mut outputs = msh_files::Outputs::new(&[&args.db])?;
     let out = outputs.plan(&args.output, "-o")?;
@@ -54,7 +57,11 @@ pub fn run(args: &PlotArgs) -> Result<()> {
     let run = db::pick_run(&conn, args.run.as_deref())?;
     let view = View {
         time: args.time.as_deref().map(parse_time_range).transpose()?,
-        address: args.address.as_deref().map(parse_address_range).transpose()?,
+        address: args
+            .address
+            .as_deref()
+            .map(parse_address_range)
+            .transpose()?,
     };
     let data = load(&conn, &run, &view)?;
     let bytes = render(&data, format, (args.width, args.height))?;
@@ -97,7 +104,9 @@ fn parse_bound(text: &str, what: &str) -> Result<u64> {
 
 /// Parses `A..B` as ns since the run's start (units ns, us, ms, s; bare numbers are ms).
 pub fn parse_time_range(text: &str) -> Result<Range<u64>> {
-    let (a, b) = text.split_once("..").with_context(|| format!("--time {text:?}: expected A..B"))?;
+    let (a, b) = text
+        .split_once("..")
+        .with_context(|| format!("--time {text:?}: expected A..B"))?;
     let range = parse_bound(a, "--time")?..parse_bound(b, "--time")?;
     if range.is_empty() {
         bail!("--time {text:?}: the range is empty");
@@ -113,9 +122,12 @@ pub fn parse_address_range(text: &str) -> Result<Range<u64>> {
             Some(hex) => u64::from_str_radix(hex, 16),
             None => s.parse(),
         };
-        v.ok().with_context(|| format!("--address: {s:?} is not an address"))
+        v.ok()
+            .with_context(|| format!("--address: {s:?} is not an address"))
     };
-    let (a, b) = text.split_once("..").with_context(|| format!("--address {text:?}: expected A..B"))?;
+    let (a, b) = text
+        .split_once("..")
+        .with_context(|| format!("--address {text:?}: expected A..B"))?;
     let range = parse(a)?..parse(b)?;
     if range.is_empty() {
         bail!("--address {text:?}: the range is empty");
@@ -140,15 +152,25 @@ pub struct PlotData {
 pub fn load(conn: &Connection, run: &db::RunInfo, view: &View) -> Result<PlotData> {
     let time = view.time.clone().unwrap_or(0..(run.wall_ns.max(1) as u64));
     let address = view.address.clone().unwrap_or(0..u64::MAX);
-    let (a_lo, a_hi) = (address.start.min(i64::MAX as u64) as i64, address.end.min(i64::MAX as u64) as i64);
+    let (a_lo, a_hi) = (
+        address.start.min(i64::MAX as u64) as i64,
+        address.end.min(i64::MAX as u64) as i64,
+    );
     let mut stmt = conn.prepare(
         "SELECT time_ns, address, is_write FROM accesses
          WHERE run_id = ?1 AND time_ns >= ?2 AND time_ns < ?3 AND address >= ?4 AND address < ?5",
     )?;
     let accesses = stmt
-        .query_map(rusqlite::params![run.id, time.start as i64, time.end as i64, a_lo, a_hi], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, Option<bool>>(2)?))
-        })?
+        .query_map(
+            rusqlite::params![run.id, time.start as i64, time.end as i64, a_lo, a_hi],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Option<bool>>(2)?,
+                ))
+            },
+        )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut stmt = conn.prepare(
         "SELECT a.start_ns, coalesce(a.end_ns, ?2), a.address, a.size, a.site, count(x.rowid) AS n
@@ -167,7 +189,9 @@ pub fn load(conn: &Connection, run: &db::RunInfo, view: &View) -> Result<PlotDat
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?
         .into_iter()
-        .filter(|a| a.2 < address.end && a.2 + a.3 > address.start && a.0 < time.end && a.1 > time.start)
+        .filter(|a| {
+            a.2 < address.end && a.2 + a.3 > address.start && a.0 < time.end && a.1 > time.start
+        })
         .collect();
     Ok(PlotData {
         title: format!(
@@ -286,7 +310,8 @@ pub fn render(data: &PlotData, format: Format, size: (u32, u32)) -> Result<Vec<u
             {
                 let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
                 draw(&root, data).map_err(|e| anyhow::anyhow!("cannot draw the plot: {e}"))?;
-                root.present().map_err(|e| anyhow::anyhow!("cannot draw the plot: {e}"))?;
+                root.present()
+                    .map_err(|e| anyhow::anyhow!("cannot draw the plot: {e}"))?;
             }
             Ok(svg.into_bytes())
         }
@@ -295,7 +320,8 @@ pub fn render(data: &PlotData, format: Format, size: (u32, u32)) -> Result<Vec<u
             {
                 let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
                 draw(&root, data).map_err(|e| anyhow::anyhow!("cannot draw the plot: {e}"))?;
-                root.present().map_err(|e| anyhow::anyhow!("cannot draw the plot: {e}"))?;
+                root.present()
+                    .map_err(|e| anyhow::anyhow!("cannot draw the plot: {e}"))?;
             }
             encode_png(&rgb, size)
         }
@@ -310,8 +336,10 @@ fn encode_png(rgb: &[u8], size: (u32, u32)) -> Result<Vec<u8>> {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
         let image: BitMapElement<(i32, i32)> =
             BitMapElement::with_ref((0, 0), size, rgb).context("bitmap size mismatch")?;
-        root.draw(&image).map_err(|e| anyhow::anyhow!("cannot encode the PNG: {e}"))?;
-        root.present().map_err(|e| anyhow::anyhow!("cannot encode the PNG: {e}"))?;
+        root.draw(&image)
+            .map_err(|e| anyhow::anyhow!("cannot encode the PNG: {e}"))?;
+        root.present()
+            .map_err(|e| anyhow::anyhow!("cannot encode the PNG: {e}"))?;
     }
     let start = svg.find("base64,").context("no embedded PNG")? + "base64,".len();
     let end = start + svg[start..].find('"').context("no embedded PNG")?;
@@ -329,7 +357,10 @@ fn base64_decode(text: &str) -> Result<Vec<u8>> {
             _ => return None,
         } as u32)
     };
-    let bytes: Vec<u8> = text.bytes().filter(|&c| c != b'=' && !c.is_ascii_whitespace()).collect();
+    let bytes: Vec<u8> = text
+        .bytes()
+        .filter(|&c| c != b'=' && !c.is_ascii_whitespace())
+        .collect();
     let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
     for chunk in bytes.chunks(4) {
         let mut acc = 0u32;
@@ -354,7 +385,8 @@ where
     let mut spans: Vec<(u64, u64)> = data.accesses.iter().map(|a| (a.1, a.1 + 64)).collect();
     spans.extend(data.allocations.iter().map(|a| (a.2, a.2 + a.3)));
     let axis = AddressAxis::new(spans);
-    let has_rw = data.accesses.iter().any(|a| a.2 == Some(true)) && data.accesses.iter().any(|a| a.2 == Some(false));
+    let has_rw = data.accesses.iter().any(|a| a.2 == Some(true))
+        && data.accesses.iter().any(|a| a.2 == Some(false));
     let channels: Vec<(&str, Option<bool>)> = if has_rw {
         vec![("reads", Some(false)), ("writes", Some(true))]
     } else {
@@ -388,7 +420,8 @@ where
                 continue;
             }
             let Some(y) = axis.position(a) else { continue };
-            let x = ((t - data.time.start.min(t)) as f64 / (data.time.end - data.time.start) as f64 * w as f64) as usize;
+            let x = ((t - data.time.start.min(t)) as f64 / (data.time.end - data.time.start) as f64
+                * w as f64) as usize;
             let row = ((1.0 - y) * h as f64) as usize;
             let cell = &mut counts[row.min(h - 1) * w + x.min(w - 1)];
             *cell += 1;
@@ -398,7 +431,10 @@ where
         // Collapsed gaps: a line and the skipped length.
         for pair in axis.segments.windows(2) {
             let y = pair[0].3;
-            chart.draw_series(std::iter::once(PathElement::new(vec![(t0, y), (t1, y)], BLACK.mix(0.5))))?;
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(t0, y), (t1, y)],
+                BLACK.mix(0.5),
+            )))?;
             chart.draw_series(std::iter::once(Text::new(
                 format!("… {} skipped …", human_bytes(pair[1].0 - pair[0].1)),
                 (t0, y),
@@ -415,21 +451,28 @@ where
                 rgb[3 * i..3 * i + 3].copy_from_slice(&[r, g, b]);
             }
         }
-        let image: BitMapElement<(f64, f64)> =
-            BitMapElement::with_owned_buffer((area.get_x_range().start, 1.0), (*w as u32, *h as u32), rgb)
-                .ok_or("bitmap size mismatch")?;
+        let image: BitMapElement<(f64, f64)> = BitMapElement::with_owned_buffer(
+            (area.get_x_range().start, 1.0),
+            (*w as u32, *h as u32),
+            rgb,
+        )
+        .ok_or("bitmap size mismatch")?;
         area.draw(&image)?;
     }
     // Allocations on top of the rasters.
     for (area, _, _, _, t0, t1) in &rasters {
         for (i, (start, end, address, size, site)) in data.allocations.iter().enumerate() {
-            let (Some(y0), Some(y1)) = (axis.position(*address), axis.position(address + size - 1)) else {
+            let (Some(y0), Some(y1)) = (axis.position(*address), axis.position(address + size - 1))
+            else {
                 continue;
             };
             let x0 = (*start as f64 / 1e6).max(*t0);
             let x1 = (*end as f64 / 1e6).min(*t1);
             let colour = Palette99::pick(i).to_rgba();
-            area.draw(&Rectangle::new([(x0, y0), (x1, y1)], colour.stroke_width(2)))?;
+            area.draw(&Rectangle::new(
+                [(x0, y0), (x1, y1)],
+                colour.stroke_width(2),
+            ))?;
             area.draw(&Text::new(
                 format!("{site} ({})", human_bytes(*size)),
                 (x0, y1),
@@ -453,20 +496,35 @@ where
 {
     let (_, h) = area.dim_in_pixel();
     let (top, bottom) = (60i32, h as i32 - 60);
-    area.draw(&Text::new("samples/bin", (10, top - 30), ("sans-serif", 12)))?;
+    area.draw(&Text::new(
+        "samples/bin",
+        (10, top - 30),
+        ("sans-serif", 12),
+    ))?;
     let steps = (bottom - top).max(1);
     for i in 0..steps {
         let f = 1.0 - i as f64 / steps as f64;
         let c = ViridisRGB::get_color_normalized(f, 0.0, 1.0);
-        area.draw(&Rectangle::new([(10, top + i), (35, top + i + 1)], c.filled()))?;
+        area.draw(&Rectangle::new(
+            [(10, top + i), (35, top + i + 1)],
+            c.filled(),
+        ))?;
     }
     for k in 0..=4 {
         let f = k as f64 / 4.0;
         let count = ((max as f64).ln_1p() * f).exp_m1().round() as u64;
         let y = bottom - (f * steps as f64) as i32;
-        area.draw(&Text::new(format!("{count}"), (40, y - 6), ("sans-serif", 11)))?;
+        area.draw(&Text::new(
+            format!("{count}"),
+            (40, y - 6),
+            ("sans-serif", 11),
+        ))?;
     }
-    area.draw(&Text::new("log scale", (10, bottom + 10), ("sans-serif", 11)))?;
+    area.draw(&Text::new(
+        "log scale",
+        (10, bottom + 10),
+        ("sans-serif", 11),
+    ))?;
     Ok(())
 }
 
@@ -499,19 +557,32 @@ mod tests {
         let y_heap = axis.position(heap.0 + 0x8000).unwrap();
         let y_mmap = axis.position(mmap.0 + 0x100_0000).unwrap();
         assert!(y_heap < y_mmap);
-        assert!(axis.segments[0].3 - axis.segments[0].2 >= 0.07, "a small segment stays visible");
-        assert_eq!(axis.position(0x6000_0000_0000), None, "a collapsed gap has no place");
+        assert!(
+            axis.segments[0].3 - axis.segments[0].2 >= 0.07,
+            "a small segment stays visible"
+        );
+        assert_eq!(
+            axis.position(0x6000_0000_0000),
+            None,
+            "a collapsed gap has no place"
+        );
         let back = axis.address_at(y_mmap);
         assert!(back.abs_diff(mmap.0 + 0x100_0000) < 0x1000);
     }
 
     #[test]
     fn ranges_parse_with_units_and_refuse_nonsense() {
-        assert_eq!(parse_time_range("100ms..2s").unwrap(), 100_000_000..2_000_000_000);
+        assert_eq!(
+            parse_time_range("100ms..2s").unwrap(),
+            100_000_000..2_000_000_000
+        );
         assert_eq!(parse_time_range("5..10").unwrap(), 5_000_000..10_000_000);
         assert!(parse_time_range("2s..1s").is_err());
         assert!(parse_time_range("abc").is_err());
-        assert_eq!(parse_address_range("0x1000..0x2000").unwrap(), 0x1000..0x2000);
+        assert_eq!(
+            parse_address_range("0x1000..0x2000").unwrap(),
+            0x1000..0x2000
+        );
         assert!(parse_address_range("0x2000..0x1000").is_err());
     }
 
@@ -520,15 +591,30 @@ mod tests {
         let data = PlotData {
             title: "test".into(),
             accesses: (0..10_000u64)
-                .map(|i| (i * 1000, 0x7f00_0000_0000 + (i * 4096) % (1 << 24), Some(i % 3 == 0)))
+                .map(|i| {
+                    (
+                        i * 1000,
+                        0x7f00_0000_0000 + (i * 4096) % (1 << 24),
+                        Some(i % 3 == 0),
+                    )
+                })
                 .collect(),
-            allocations: vec![(0, 10_000_000, 0x7f00_0000_0000, 1 << 24, "main+0x10 (t)".into())],
+            allocations: vec![(
+                0,
+                10_000_000,
+                0x7f00_0000_0000,
+                1 << 24,
+                "main+0x10 (t)".into(),
+            )],
             time: 0..10_000_000,
         };
         let png = render(&data, Format::Png, (800, 500)).unwrap();
         assert_eq!(&png[1..4], b"PNG");
         let svg = String::from_utf8(render(&data, Format::Svg, (800, 500)).unwrap()).unwrap();
-        assert!(svg.contains("<svg") && svg.contains(";base64,iVBOR"), "the raster is an embedded PNG");
+        assert!(
+            svg.contains("<svg") && svg.contains(";base64,iVBOR"),
+            "the raster is an embedded PNG"
+        );
         assert!(svg.contains("main+0x10 (t)"), "the allocation is labelled");
         assert!(svg.contains("reads") && svg.contains("writes"));
     }

@@ -56,8 +56,14 @@ pub fn find_interposer() -> Result<PathBuf> {
         return Ok(path);
     }
     let exe = std::env::current_exe().context("cannot find the running executable")?;
-    let dir = exe.parent().context("the running executable has no directory")?;
-    for candidate in [dir.join("libmshtrace.so"), dir.join("../libmshtrace.so"), dir.join("../lib/libmshtrace.so")] {
+    let dir = exe
+        .parent()
+        .context("the running executable has no directory")?;
+    for candidate in [
+        dir.join("libmshtrace.so"),
+        dir.join("../libmshtrace.so"),
+        dir.join("../lib/libmshtrace.so"),
+    ] {
         if candidate.is_file() {
             return Ok(candidate);
         }
@@ -76,11 +82,22 @@ impl EventFile {
         use std::os::unix::fs::OpenOptionsExt;
         let dir = std::env::temp_dir();
         for attempt in 0..100u32 {
-            let path = dir.join(format!("msh-trace-{}-{}-{attempt}.events", std::process::id(), source::now_ns()));
-            match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+            let path = dir.join(format!(
+                "msh-trace-{}-{}-{attempt}.events",
+                std::process::id(),
+                source::now_ns()
+            ));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
                 Ok(_) => return Ok(EventFile(path)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", path.display()))
+                }
             }
         }
         bail!("cannot create a temporary file in {}", dir.display())
@@ -109,7 +126,12 @@ fn utc_now() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + (month <= 2) as i64;
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn exit_text(status: std::process::ExitStatus) -> String {
@@ -132,7 +154,12 @@ pub fn record(options: &RecordOptions) -> Result<RecordSummary> {
     let interposer = find_interposer()?;
     let kind = options.source.unwrap_or_else(source::best);
     let mut access_source = source::open(kind, options.source_options)?;
-    let display = options.command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
+    let display = options
+        .command
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
     let event_file = EventFile::create()?;
     let mut preload = OsString::from(&interposer);
     if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|p| !p.is_empty()) {
@@ -141,7 +168,10 @@ pub fn record(options: &RecordOptions) -> Result<RecordSummary> {
     }
     let env = vec![
         (OsString::from("LD_PRELOAD"), preload),
-        (OsString::from("MSH_TRACE_FILE"), event_file.0.clone().into_os_string()),
+        (
+            OsString::from("MSH_TRACE_FILE"),
+            event_file.0.clone().into_os_string(),
+        ),
     ];
     let mut argv = options.command.clone();
     argv[0] = program.into_os_string();
@@ -197,7 +227,10 @@ pub fn record(options: &RecordOptions) -> Result<RecordSummary> {
     let name = match &options.name {
         Some(name) => name.clone(),
         None => {
-            let base = Path::new(&options.command[0]).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let base = Path::new(&options.command[0])
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let n: i64 = conn.query_row("SELECT count(*) FROM runs", [], |r| r.get(0))?;
             format!("{base}-{}", n + 1)
         }
@@ -207,8 +240,10 @@ pub fn record(options: &RecordOptions) -> Result<RecordSummary> {
         command: display,
         started_at,
         wall_ns: run.wall_ns,
-        user_ns: run.rusage.ru_utime.tv_sec as u64 * 1_000_000_000 + run.rusage.ru_utime.tv_usec as u64 * 1000,
-        sys_ns: run.rusage.ru_stime.tv_sec as u64 * 1_000_000_000 + run.rusage.ru_stime.tv_usec as u64 * 1000,
+        user_ns: run.rusage.ru_utime.tv_sec as u64 * 1_000_000_000
+            + run.rusage.ru_utime.tv_usec as u64 * 1000,
+        sys_ns: run.rusage.ru_stime.tv_sec as u64 * 1_000_000_000
+            + run.rusage.ru_stime.tv_usec as u64 * 1000,
         max_rss_kib: run.rusage.ru_maxrss as u64,
         exit: exit_text(run.exit),
         access_source: kind.name().into(),

@@ -69,7 +69,15 @@ pub fn html(run: &RunInfo, data: &plot::PlotData, sites: &[SiteSummary]) -> Resu
         .step_by(step)
         .filter_map(|&(t, a, w)| {
             let y = axis.position(a)?;
-            Some(serde_json::json!([t, (y * 1e6).round() / 1e6, match w { Some(true) => 1, Some(false) => 0, None => 2 }]))
+            Some(serde_json::json!([
+                t,
+                (y * 1e6).round() / 1e6,
+                match w {
+                    Some(true) => 1,
+                    Some(false) => 0,
+                    None => 2,
+                }
+            ]))
         })
         .collect();
     let segments: Vec<serde_json::Value> = axis
@@ -84,7 +92,10 @@ pub fn html(run: &RunInfo, data: &plot::PlotData, sites: &[SiteSummary]) -> Resu
     });
     let mut rows = String::new();
     for s in sites {
-        let opt = |v: Option<i64>| v.map(|v| format!("{:.3}", v as f64 / 1e6)).unwrap_or_default();
+        let opt = |v: Option<i64>| {
+            v.map(|v| format!("{:.3}", v as f64 / 1e6))
+                .unwrap_or_default()
+        };
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3e}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             escape(&s.site),

@@ -117,7 +117,9 @@ pub fn open(kind: SourceKind, options: SourceOptions) -> Result<Box<dyn AccessSo
             msh_tracer::find_qemu(None, std::env::var_os("PATH").as_deref())
                 .context("the exact source needs qemu-x86_64")?;
             msh_tracer::find_plugin(None).context("the exact source needs the tracer plugin")?;
-            Box::new(Exact { every: options.every })
+            Box::new(Exact {
+                every: options.every,
+            })
         }
         SourceKind::Pmu => bail!("{}", pmu_unavailable()),
         SourceKind::Damon => bail!("{}", damon_unavailable()),
@@ -165,7 +167,10 @@ fn damon_unavailable() -> String {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -188,7 +193,9 @@ impl Sample {
             bail!("--frequency must be between 1 and 100000 Hz, not {frequency_hz}");
         }
         let spec = EventSpec::cpu_clock(1_000_000_000 / frequency_hz);
-        perf::probe(&spec).map_err(|e| anyhow::anyhow!("access source sample: perf_event_open of cpu-clock: {e}"))?;
+        perf::probe(&spec).map_err(|e| {
+            anyhow::anyhow!("access source sample: perf_event_open of cpu-clock: {e}")
+        })?;
         Ok(Sample {
             period_ns: 1_000_000_000 / frequency_hz,
         })
@@ -212,7 +219,9 @@ impl AccessSource for Sample {
     ) -> Result<SourceRun> {
         let spec = EventSpec::cpu_clock(self.period_ns);
         let mut command = Command::new(&argv[0]);
-        command.args(&argv[1..]).envs(env.iter().map(|(k, v)| (k, v)));
+        command
+            .args(&argv[1..])
+            .envs(env.iter().map(|(k, v)| (k, v)));
         // SAFETY: the closure runs in the forked child before exec and only makes the
         // async-signal-safe ptrace system call.
         unsafe {
@@ -225,9 +234,12 @@ impl AccessSource for Sample {
         }
         let display = argv[0].to_string_lossy().into_owned();
         let started = Instant::now();
-        let child = command.spawn().with_context(|| format!("cannot run {display}"))?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot run {display}"))?;
         let pid = child.id() as i32;
-        msh_profile::launch::wait_for_exec_stop(pid).with_context(|| format!("cannot start {display}"))?;
+        msh_profile::launch::wait_for_exec_stop(pid)
+            .with_context(|| format!("cannot start {display}"))?;
         let mut processes = ProcessTree::default();
         processes.insert(pid as u32, AddressSpace::read_proc(pid).unwrap_or_default());
         let mut events = Vec::new();
@@ -265,7 +277,13 @@ impl AccessSource for Sample {
                 user: true,
                 time,
                 ..
-            } => samples.push(RawSample { time, pid, tid, ip, regs }),
+            } => samples.push(RawSample {
+                time,
+                pid,
+                tid,
+                ip,
+                regs,
+            }),
             Record::Mmap {
                 pid,
                 start,
@@ -290,7 +308,11 @@ impl AccessSource for Sample {
         };
         let mut pollfds: Vec<libc::pollfd> = events
             .iter()
-            .map(|e| libc::pollfd { fd: e.raw_fd(), events: libc::POLLIN, revents: 0 })
+            .map(|e| libc::pollfd {
+                fd: e.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
             .collect();
         let (status, rusage) = loop {
             // SAFETY: pollfds is a valid array for the call.
@@ -322,9 +344,13 @@ impl AccessSource for Sample {
                 unaddressed += 1;
                 continue;
             }
-            let load = *loads.entry((s.pid, s.ip)).or_insert_with(|| match locate(&processes, &mut objects, s.pid, s.ip).0 {
-                Located::Found(image, vaddr) => image.load_before(vaddr).map(|l| (l, s.ip - (vaddr - l.ip()))),
-                _ => None,
+            let load = *loads.entry((s.pid, s.ip)).or_insert_with(|| {
+                match locate(&processes, &mut objects, s.pid, s.ip).0 {
+                    Located::Found(image, vaddr) => image
+                        .load_before(vaddr)
+                        .map(|l| (l, s.ip - (vaddr - l.ip()))),
+                    _ => None,
+                }
             });
             let Some((load, load_ip)) = load else {
                 unaddressed += 1;
@@ -485,7 +511,10 @@ fn children_rusage() -> libc::rusage {
 
 fn sub_tv(a: libc::timeval, b: libc::timeval) -> libc::timeval {
     let ns = tv_ns(a).saturating_sub(tv_ns(b));
-    libc::timeval { tv_sec: (ns / 1_000_000_000) as i64, tv_usec: ((ns % 1_000_000_000) / 1000) as i64 }
+    libc::timeval {
+        tv_sec: (ns / 1_000_000_000) as i64,
+        tv_usec: ((ns % 1_000_000_000) / 1000) as i64,
+    }
 }
 
 /// CLOCK_MONOTONIC now, for the run's start.

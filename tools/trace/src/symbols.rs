@@ -46,9 +46,14 @@ impl Symbolizer {
             return Some(format!("{object}+{:#x}", offset + 1));
         }
         // symbolize names the call instruction's byte: name the return address.
-        Some(match symbol.rsplit_once("+0x").and_then(|(f, o)| Some((f, u64::from_str_radix(o, 16).ok()?))) {
-            Some((function, o)) => format!("{function}+{:#x} ({object})", o + 1),
-            None => format!("{symbol}+0x1 ({object})"),
-        })
+        Some(
+            match symbol
+                .rsplit_once("+0x")
+                .and_then(|(f, o)| Some((f, u64::from_str_radix(o, 16).ok()?)))
+            {
+                Some((function, o)) => format!("{function}+{:#x} ({object})", o + 1),
+                None => format!("{symbol}+0x1 ({object})"),
+            },
+        )
     }
 }

@@ -12,27 +12,48 @@ fn options(db: &Path, source: SourceKind, command: &[&str]) -> RecordOptions {
         db: db.to_owned(),
         name: None,
         source: Some(source),
-        source_options: SourceOptions { frequency_hz: 2000, every: 1000 },
+        source_options: SourceOptions {
+            frequency_hz: 2000,
+            every: 1000,
+        },
         command: command.iter().map(OsString::from).collect(),
     }
 }
 
 /// (site, samples, reads, writes, first touch, last touch, never touched) per site.
-fn sites(conn: &Connection, run: i64) -> Vec<(String, i64, i64, i64, Option<i64>, Option<i64>, i64)> {
+fn sites(
+    conn: &Connection,
+    run: i64,
+) -> Vec<(String, i64, i64, i64, Option<i64>, Option<i64>, i64)> {
     let mut stmt = conn
         .prepare(
             "SELECT site, samples, reads, writes, first_touch_ns, last_touch_ns, never_touched
              FROM site_summaries WHERE run_id = ?1",
         )
         .unwrap();
-    stmt.query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    stmt.query_map([run], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
 }
 
 /// Sites of hotcold.c by the order of its mallocs in main: cold, gone, reused, hot.
-fn site_of<'a>(all: &'a [(String, i64, i64, i64, Option<i64>, Option<i64>, i64)], conn: &Connection, run: i64, nth: i64) -> &'a (String, i64, i64, i64, Option<i64>, Option<i64>, i64) {
+fn site_of<'a>(
+    all: &'a [(String, i64, i64, i64, Option<i64>, Option<i64>, i64)],
+    conn: &Connection,
+    run: i64,
+    nth: i64,
+) -> &'a (String, i64, i64, i64, Option<i64>, Option<i64>, i64) {
     let site: String = conn
         .query_row(
             "SELECT site FROM allocations WHERE run_id = ?1 AND kind = 'malloc' AND site LIKE 'main+%'
@@ -63,11 +84,20 @@ fn sample_source_finds_the_hot_buffer_and_nothing_in_freed_memory() {
     let dir = tempfile::tempdir().unwrap();
     let program = common::fixture("hotcold", dir.path());
     let db = dir.path().join("t.sqlite");
-    let summary = record(&options(&db, SourceKind::Sample, &[program.to_str().unwrap(), "40000000"])).unwrap();
+    let summary = record(&options(
+        &db,
+        SourceKind::Sample,
+        &[program.to_str().unwrap(), "40000000"],
+    ))
+    .unwrap();
     assert!(summary.accesses >= 50, "too few samples: {summary:?}");
     let conn = Connection::open(&db).unwrap();
     let all = sites(&conn, summary.run_id);
-    let (cold, gone, hot) = (site_of(&all, &conn, 1, 0), site_of(&all, &conn, 1, 1), site_of(&all, &conn, 1, 3));
+    let (cold, gone, hot) = (
+        site_of(&all, &conn, 1, 0),
+        site_of(&all, &conn, 1, 1),
+        site_of(&all, &conn, 1, 3),
+    );
     // The random reads of the hot buffer take most of the run: most samples are there.
     let attributed: i64 = all.iter().map(|s| s.1).sum();
     assert!(hot.1 * 2 > attributed, "hot {hot:?} of {attributed}");
@@ -80,14 +110,29 @@ fn sample_source_finds_the_hot_buffer_and_nothing_in_freed_memory() {
 #[test]
 fn exact_source_sees_the_cold_buffer_written_once_and_the_reused_block() {
     common::ensure_interposer();
-    if msh_trace::source::open(SourceKind::Exact, SourceOptions { frequency_hz: 1000, every: 1000 }).is_err() {
-        eprintln!("qemu-x86_64 or the tracer plugin is missing: the exact source is not tested here");
+    if msh_trace::source::open(
+        SourceKind::Exact,
+        SourceOptions {
+            frequency_hz: 1000,
+            every: 1000,
+        },
+    )
+    .is_err()
+    {
+        eprintln!(
+            "qemu-x86_64 or the tracer plugin is missing: the exact source is not tested here"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let program = common::fixture("hotcold", dir.path());
     let db = dir.path().join("t.sqlite");
-    let summary = record(&options(&db, SourceKind::Exact, &[program.to_str().unwrap(), "2000000"])).unwrap();
+    let summary = record(&options(
+        &db,
+        SourceKind::Exact,
+        &[program.to_str().unwrap(), "2000000"],
+    ))
+    .unwrap();
     let conn = Connection::open(&db).unwrap();
     let all = sites(&conn, summary.run_id);
     let (cold, gone, reused, hot) = (
@@ -107,7 +152,11 @@ fn exact_source_sees_the_cold_buffer_written_once_and_the_reused_block() {
             |r| r.get(0),
         )
         .unwrap();
-    assert!(cold.5.unwrap() < hot_first_read, "cold last touched at {:?}, hot first read at {hot_first_read}", cold.5);
+    assert!(
+        cold.5.unwrap() < hot_first_read,
+        "cold last touched at {:?}, hot first read at {hot_first_read}",
+        cold.5
+    );
     // The freed block's address was reused: every access there went to the new block.
     assert_eq!((gone.1, gone.6), (0, 1), "gone {gone:?}");
     assert!(reused.2 > 1000, "reused {reused:?}");
@@ -122,7 +171,12 @@ fn the_interposer_records_every_kind_from_every_thread() {
     let dir = tempfile::tempdir().unwrap();
     let program = common::fixture("allocs", dir.path());
     let db = dir.path().join("t.sqlite");
-    let summary = record(&options(&db, SourceKind::Sample, &[program.to_str().unwrap()])).unwrap();
+    let summary = record(&options(
+        &db,
+        SourceKind::Sample,
+        &[program.to_str().unwrap()],
+    ))
+    .unwrap();
     let conn = Connection::open(&db).unwrap();
     let count = |sql: &str| -> i64 { conn.query_row(sql, [summary.run_id], |r| r.get(0)).unwrap() };
     for kind in ["malloc", "calloc", "realloc", "aligned", "mmap", "mremap"] {
@@ -136,7 +190,9 @@ fn the_interposer_records_every_kind_from_every_thread() {
         "SELECT count(*) FROM allocations WHERE run_id = ?1 AND site LIKE 'worker+%' AND end_ns IS NOT NULL",
     );
     assert_eq!(worker, 4000);
-    let threads = count("SELECT count(DISTINCT thread) FROM allocations WHERE run_id = ?1 AND site LIKE 'worker+%'");
+    let threads = count(
+        "SELECT count(DISTINCT thread) FROM allocations WHERE run_id = ?1 AND site LIKE 'worker+%'",
+    );
     assert_eq!(threads, 4);
     // The mremap moved 1 MiB to 2 MiB; the munmap of its upper half left the lower half live.
     let pieces = count("SELECT count(*) FROM allocations WHERE run_id = ?1 AND kind = 'mremap' AND end_ns IS NULL AND size = 1048576");

@@ -62,9 +62,14 @@ struct Buffer {
 }
 
 thread_local! {
-    static GUARD: Cell<bool> = const { Cell::new(false) };
+    /// This thread's buffer; [`CREATING`] while it is being made. One thread-local
+    /// access per event: the buffer's `busy` flag doubles as the recursion guard.
     static BUFFER: Cell<*mut Buffer> = const { Cell::new(core::ptr::null_mut()) };
 }
+
+/// The value of `BUFFER` while the buffer is being created (calls made meanwhile, by
+/// pthread_getattr_np for one, are not recorded).
+const CREATING: *mut Buffer = 1 as *mut Buffer;
 
 /// Every thread's buffer, for the flush at exit.
 static BUFFERS: AtomicPtr<Buffer> = AtomicPtr::new(core::ptr::null_mut());
@@ -242,7 +247,10 @@ fn dump_maps() {
     let mut scratch = [0u8; 16384];
     // SAFETY: open/read/close of a procfs file into a stack buffer.
     unsafe {
-        let fd = libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        let fd = libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
         if fd < 0 {
             return;
         }
@@ -260,10 +268,14 @@ fn dump_maps() {
 /// This thread's buffer, created at its first event.
 fn buffer() -> Option<&'static mut Buffer> {
     let existing = BUFFER.with(|b| b.get());
+    if existing == CREATING {
+        return None;
+    }
     if !existing.is_null() {
         // SAFETY: the pointer is this thread's own buffer.
         return Some(unsafe { &mut *existing });
     }
+    BUFFER.with(|cell| cell.set(CREATING));
     // SAFETY: an anonymous private mapping; the kernel zero-fills it.
     let raw = unsafe {
         libc::syscall(
@@ -277,6 +289,7 @@ fn buffer() -> Option<&'static mut Buffer> {
         )
     };
     if raw < 0 {
+        BUFFER.with(|cell| cell.set(core::ptr::null_mut()));
         return None;
     }
     // SAFETY: a fresh zeroed mapping large enough for a Buffer, which is valid zeroed.
@@ -325,11 +338,7 @@ fn record(kind: Kind, caller: usize, frame: usize, addr: u64, size: u64, old: u6
     if !ACTIVE.load(Ordering::Relaxed) {
         return;
     }
-    if GUARD.with(|g| g.replace(true)) {
-        return;
-    }
     record_guarded(kind, caller, frame, addr, size, old, old_size);
-    GUARD.with(|g| g.set(false));
 }
 
 fn record_guarded(
@@ -342,10 +351,14 @@ fn record_guarded(
     old_size: u64,
 ) {
     let Some(b) = buffer() else { return };
-    if b.busy.swap(true, Ordering::Acquire) {
-        b.dropped += 1; // the exit flush holds it
+    // Busy: a call made by the interposer's own work (a flush), or the exit flush
+    // holds the buffer. Only this thread sets it otherwise, so no atomic exchange.
+    if b.busy.load(Ordering::Relaxed) {
+        b.dropped += 1;
         return;
     }
+    b.busy.store(true, Ordering::Relaxed);
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
     let tsc = rdtsc();
     let mut stack = [0u64; MAX_DEPTH];
     stack[0] = caller as u64;
@@ -384,7 +397,8 @@ fn record_guarded(
     };
     rec.encode(&mut b.data[b.len..b.len + bytes], &stack[..depth]);
     b.len += bytes;
-    b.busy.store(false, Ordering::Release);
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    b.busy.store(false, Ordering::Relaxed);
 }
 
 /// glibc's malloc grew (or shrank) the heap with its internal sbrk: record it.
@@ -393,8 +407,20 @@ fn check_brk(caller: usize, frame: usize) {
     // SAFETY: reading glibc's exported variable; a torn read is impossible for a word.
     let now = unsafe { core::ptr::read_volatile(&raw const __curbrk) };
     let last = LAST_BRK.load(Ordering::Relaxed);
-    if now != last && LAST_BRK.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-        record(Kind::Brk, caller, frame, last as u64, (now as u64).wrapping_sub(last as u64), 0, 0);
+    if now != last
+        && LAST_BRK
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    {
+        record(
+            Kind::Brk,
+            caller,
+            frame,
+            last as u64,
+            (now as u64).wrapping_sub(last as u64),
+            0,
+            0,
+        );
     }
 }
 
@@ -436,7 +462,15 @@ extern "C" fn calloc_imp(n: usize, size: usize, caller: usize, frame: usize) -> 
     // SAFETY: glibc's allocator, with the caller's arguments.
     let p = unsafe { __libc_calloc(n, size) };
     if !p.is_null() {
-        record(Kind::Calloc, caller, frame, p as u64, n.wrapping_mul(size) as u64, 0, 0);
+        record(
+            Kind::Calloc,
+            caller,
+            frame,
+            p as u64,
+            n.wrapping_mul(size) as u64,
+            0,
+            0,
+        );
         check_brk(caller, frame);
     }
     p
@@ -445,12 +479,25 @@ extern "C" fn calloc_imp(n: usize, size: usize, caller: usize, frame: usize) -> 
 entry!(
     /// realloc(ptr, size), recorded as the end of the old block and a new one.
     fn realloc => realloc_imp, caller in "rdx", frame in "rcx");
-extern "C" fn realloc_imp(old: *mut c_void, size: usize, caller: usize, frame: usize) -> *mut c_void {
+extern "C" fn realloc_imp(
+    old: *mut c_void,
+    size: usize,
+    caller: usize,
+    frame: usize,
+) -> *mut c_void {
     // SAFETY: glibc's allocator, with the caller's arguments.
     let p = unsafe { __libc_realloc(old, size) };
     // realloc(p, 0) frees p and returns NULL; a failed realloc leaves p alone.
     if !p.is_null() || (size == 0 && !old.is_null()) {
-        record(Kind::Realloc, caller, frame, p as u64, size as u64, old as u64, 0);
+        record(
+            Kind::Realloc,
+            caller,
+            frame,
+            p as u64,
+            size as u64,
+            old as u64,
+            0,
+        );
         check_brk(caller, frame);
     }
     p
@@ -495,7 +542,15 @@ fn aligned(align: usize, size: usize, caller: usize, frame: usize) -> *mut c_voi
     // SAFETY: glibc's allocator, with the caller's arguments.
     let p = unsafe { __libc_memalign(align, size) };
     if !p.is_null() {
-        record(Kind::Aligned, caller, frame, p as u64, size as u64, 0, align as u64);
+        record(
+            Kind::Aligned,
+            caller,
+            frame,
+            p as u64,
+            size as u64,
+            0,
+            align as u64,
+        );
         check_brk(caller, frame);
     }
     p
@@ -526,7 +581,12 @@ extern "C" fn posix_memalign_imp(
 entry!(
     /// aligned_alloc(align, size), recorded.
     fn aligned_alloc => aligned_alloc_imp, caller in "rdx", frame in "rcx");
-extern "C" fn aligned_alloc_imp(align: usize, size: usize, caller: usize, frame: usize) -> *mut c_void {
+extern "C" fn aligned_alloc_imp(
+    align: usize,
+    size: usize,
+    caller: usize,
+    frame: usize,
+) -> *mut c_void {
     if !align.is_power_of_two() {
         set_errno(libc::EINVAL);
         return core::ptr::null_mut();
@@ -601,7 +661,15 @@ extern "C" fn mmap_imp(
         return libc::MAP_FAILED;
     }
     let flags_prot = ((flags as u32 as u64) << 32) | prot as u32 as u64;
-    record(Kind::Mmap, caller, frame, r as u64, len as u64, flags_prot, 0);
+    record(
+        Kind::Mmap,
+        caller,
+        frame,
+        r as u64,
+        len as u64,
+        flags_prot,
+        0,
+    );
     r as *mut c_void
 }
 
@@ -632,12 +700,29 @@ extern "C" fn mremap_imp(
 ) -> *mut c_void {
     // SAFETY: the mremap system call with the caller's arguments (new_address is read
     // by the kernel only with MREMAP_FIXED).
-    let r = unsafe { libc::syscall(libc::SYS_mremap, old, old_size, new_size, flags, new_address) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mremap,
+            old,
+            old_size,
+            new_size,
+            flags,
+            new_address,
+        )
+    };
     let r = syscall_result(r);
     if r == -1 {
         return libc::MAP_FAILED;
     }
-    record(Kind::Mremap, caller, 0, r as u64, new_size as u64, old as u64, old_size as u64);
+    record(
+        Kind::Mremap,
+        caller,
+        0,
+        r as u64,
+        new_size as u64,
+        old as u64,
+        old_size as u64,
+    );
     r as *mut c_void
 }
 
@@ -648,7 +733,10 @@ extern "C" fn sbrk_imp(increment: isize, caller: usize, frame: usize) -> *mut c_
     // SAFETY: glibc's sbrk, with the caller's argument.
     let old = unsafe { __sbrk(increment) };
     if old as isize != -1 && increment != 0 {
-        LAST_BRK.store((old as u64).wrapping_add(increment as u64) as *mut c_void, Ordering::Relaxed);
+        LAST_BRK.store(
+            (old as u64).wrapping_add(increment as u64) as *mut c_void,
+            Ordering::Relaxed,
+        );
         record(Kind::Brk, caller, frame, old as u64, increment as u64, 0, 0);
     }
     old

@@ -5,7 +5,9 @@ use std::process::Command;
 
 /// Compiles tests/fixtures/NAME.c into `dir`.
 pub fn fixture(name: &str, dir: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.c"));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{name}.c"));
     let out = dir.join(name);
     let status = Command::new("cc")
         .args(["-O2", "-pthread", "-o"])
@@ -30,5 +32,8 @@ pub fn ensure_interposer() {
     if profile_dir.ends_with("release") {
         cargo.arg("--release");
     }
-    assert!(cargo.status().unwrap().success(), "building msh-trace-interposer");
+    assert!(
+        cargo.status().unwrap().success(),
+        "building msh-trace-interposer"
+    );
 }
