@@ -27,8 +27,8 @@ struct RecordArgs {
     #[arg(long, value_name = "NAME")]
     run_name: Option<String>,
     /// Where accesses come from: pmu (hardware load/store sampling), sample (cpu-clock
-    /// + registers), exact (qemu tracer), damon. Default: pmu if this machine has a
-    /// PMU, else sample.
+    /// with registers), exact (qemu tracer), damon. Default: pmu if this machine has
+    /// a PMU, else sample.
     #[arg(long, value_enum, value_name = "SOURCE")]
     access: Option<SourceKind>,
     /// Samples per CPU-second for the sample source.

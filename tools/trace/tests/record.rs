@@ -20,11 +20,11 @@ fn options(db: &Path, source: SourceKind, command: &[&str]) -> RecordOptions {
     }
 }
 
-/// (site, samples, reads, writes, first touch, last touch, never touched) per site.
-fn sites(
-    conn: &Connection,
-    run: i64,
-) -> Vec<(String, i64, i64, i64, Option<i64>, Option<i64>, i64)> {
+/// (site, samples, reads, writes, first touch, last touch, never touched).
+type Site = (String, i64, i64, i64, Option<i64>, Option<i64>, i64);
+
+/// Each site's summary.
+fn sites(conn: &Connection, run: i64) -> Vec<Site> {
     let mut stmt = conn
         .prepare(
             "SELECT site, samples, reads, writes, first_touch_ns, last_touch_ns, never_touched
@@ -48,12 +48,7 @@ fn sites(
 }
 
 /// Sites of hotcold.c by the order of its mallocs in main: cold, gone, reused, hot.
-fn site_of<'a>(
-    all: &'a [(String, i64, i64, i64, Option<i64>, Option<i64>, i64)],
-    conn: &Connection,
-    run: i64,
-    nth: i64,
-) -> &'a (String, i64, i64, i64, Option<i64>, Option<i64>, i64) {
+fn site_of<'a>(all: &'a [Site], conn: &Connection, run: i64, nth: i64) -> &'a Site {
     let site: String = conn
         .query_row(
             "SELECT site FROM allocations WHERE run_id = ?1 AND kind = 'malloc' AND site LIKE 'main+%'

@@ -69,7 +69,7 @@ thread_local! {
 
 /// The value of `BUFFER` while the buffer is being created (calls made meanwhile, by
 /// pthread_getattr_np for one, are not recorded).
-const CREATING: *mut Buffer = 1 as *mut Buffer;
+const CREATING: *mut Buffer = core::ptr::dangling_mut::<Buffer>();
 
 /// Every thread's buffer, for the flush at exit.
 static BUFFERS: AtomicPtr<Buffer> = AtomicPtr::new(core::ptr::null_mut());
@@ -365,7 +365,8 @@ fn record_guarded(
     let mut depth = 1;
     // Frame-pointer chain: [rbp] = caller's rbp, [rbp+8] = return address.
     let mut fp = frame as u64;
-    while depth < MAX_DEPTH && fp >= b.stack_low && fp + 16 <= b.stack_high && fp % 8 == 0 {
+    while depth < MAX_DEPTH && fp >= b.stack_low && fp + 16 <= b.stack_high && fp.is_multiple_of(8)
+    {
         // SAFETY: fp and fp+8 lie inside this thread's stack (checked just above).
         let (next, ret) = unsafe { (*(fp as *const u64), *((fp + 8) as *const u64)) };
         if ret < 4096 {
@@ -566,7 +567,7 @@ extern "C" fn posix_memalign_imp(
     caller: usize,
     frame: usize,
 ) -> c_int {
-    if !align.is_power_of_two() || align % core::mem::size_of::<usize>() != 0 {
+    if !align.is_power_of_two() || !align.is_multiple_of(core::mem::size_of::<usize>()) {
         return libc::EINVAL;
     }
     let p = aligned(align, size, caller, frame);
