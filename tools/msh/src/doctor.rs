@@ -141,6 +141,7 @@ fn profiling() -> Vec<Check> {
             sample_period: 1000,
             precise_ip: 2,
             sample_addr: true,
+            sample_regs: false,
             mmap_data: false,
             inherit: false,
         };
@@ -156,6 +157,7 @@ fn profiling() -> Vec<Check> {
         sample_period: 1_000_000,
         precise_ip: 0,
         sample_addr: false,
+        sample_regs: false,
         mmap_data: false,
         inherit: false,
     };

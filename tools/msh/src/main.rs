@@ -31,6 +31,8 @@ enum Command {
     Run(run::RunArgs),
     /// Insert prefetch+yield at profiled loads of an unmodified x86-64 ELF binary.
     Rewrite(msh_rewrite::cli::RewriteArgs),
+    /// Allocation and access traces of a program, in SQLite; `list`, `stat`, `plot`, `report`.
+    Trace(msh_trace::cli::TraceArgs),
     /// Benchmarks, as ratios against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -56,6 +58,7 @@ fn run(cli: Cli) -> Result<()> {
             kpatch::main(args);
             Ok(())
         }
+        Command::Trace(args) => msh_trace::cli::run(&args),
         Command::Bench { bench } => bench::run(&bench),
     }
 }

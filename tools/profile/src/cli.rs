@@ -33,12 +33,19 @@ pub struct ProfileArgs {
     /// cpu-clock samples per second (sample backend).
     #[arg(long, value_name = "HZ", default_value_t = crate::sample::DEFAULT_FREQUENCY_HZ)]
     pub frequency: u64,
+    /// Sample without user registers: smaller samples, but no load addresses, so no
+    /// footprints (sample backend).
+    #[arg(long)]
+    pub no_registers: bool,
     /// A load is delinquent with at least this share of the run's samples/misses.
     #[arg(long, value_name = "F", default_value_t = DEFAULT_MIN_SHARE)]
     pub min_share: f64,
     /// …and, when executions are known (sim), at least this LLC miss ratio.
     #[arg(long, value_name = "F", default_value_t = DEFAULT_MIN_MISS_RATIO)]
     pub min_miss_ratio: f64,
+    /// auto: let the confirming sim run take at most S seconds (0: no sim run).
+    #[arg(long, value_name = "S", default_value_t = crate::auto::DEFAULT_CONFIRM.as_secs_f64())]
+    pub confirm_seconds: f64,
     /// Cache hierarchy for sim, e.g. `L1=48K:12,L2=2M:16,L3=32M:16` (default: this host's).
     #[arg(long, value_name = "LEVELS")]
     pub cache: Option<String>,
@@ -92,6 +99,12 @@ fn options(args: &ProfileArgs) -> Result<Options> {
         Some(s) => bail!("--duration must be a positive number of seconds, not {s}"),
         None => None,
     };
+    if !(args.confirm_seconds.is_finite() && args.confirm_seconds >= 0.0) {
+        bail!(
+            "--confirm-seconds must be 0 or more, not {}",
+            args.confirm_seconds
+        );
+    }
     let cache = args
         .cache
         .as_deref()
@@ -102,11 +115,13 @@ fn options(args: &ProfileArgs) -> Result<Options> {
         backend: args.backend,
         duration,
         frequency_hz: args.frequency,
+        sample_registers: !args.no_registers,
         thresholds: Thresholds {
             min_share: args.min_share,
             min_miss_ratio: args.min_miss_ratio,
         },
         cache,
+        confirm_for: Duration::from_secs_f64(args.confirm_seconds),
     })
 }
 

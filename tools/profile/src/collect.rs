@@ -2,7 +2,7 @@
 //! it exits, the duration runs out, or the user presses Ctrl-C.
 use crate::launch::{check_pid, wait_for_exec_stop};
 use crate::maps::{AddressSpace, Mapping, ProcessTree};
-use crate::perf::{online_cpus, EventSpec, Record, RingEvent};
+use crate::perf::{online_cpus, EventSpec, Record, Regs, RingEvent};
 use anyhow::{bail, Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -27,6 +27,9 @@ pub struct Collection {
     pub root_pid: u32,
     /// Sample counts by (pid, user-space instruction address).
     pub samples: HashMap<(u32, u64), u64>,
+    /// What the samples at each (pid, IP) said about the data they touched: the
+    /// user registers (`sample`) or the data address (`pmu`), a bounded random subset.
+    pub evidence: HashMap<(u32, u64), Evidence>,
     /// All samples (user mode only: kernel samples are excluded), attributed or not.
     pub total_samples: u64,
     pub lost_records: u64,
@@ -34,6 +37,44 @@ pub struct Collection {
     pub processes: ProcessTree,
     pub wall: Duration,
     pub exit: Option<ExitStatus>,
+}
+
+/// At most this many register sets or addresses are kept per (pid, IP): enough to
+/// estimate a footprint, and memory stays bounded on long runs.
+pub const EVIDENCE_PER_IP: usize = 512;
+
+/// A uniform random subset (reservoir sampling) of what the samples at one IP carried.
+#[derive(Debug, Default, Clone)]
+pub struct Evidence {
+    /// Registers of the kept samples.
+    pub regs: Vec<Regs>,
+    /// Data addresses of the kept samples.
+    pub addrs: Vec<u64>,
+    seen: u64,
+}
+
+impl Evidence {
+    fn add(&mut self, regs: Option<Regs>, addr: Option<u64>) {
+        self.seen += 1;
+        // xorshift on the count: a deterministic, well-spread slot choice.
+        let mut x = self.seen.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x ^= x >> 29;
+        let slot = (x % self.seen) as usize;
+        if let Some(regs) = regs {
+            keep(&mut self.regs, regs, slot);
+        }
+        if let Some(addr) = addr.filter(|&a| a != 0) {
+            keep(&mut self.addrs, addr, slot);
+        }
+    }
+}
+
+fn keep<T>(kept: &mut Vec<T>, value: T, slot: usize) {
+    if kept.len() < EVIDENCE_PER_IP {
+        kept.push(value);
+    } else if slot < EVIDENCE_PER_IP {
+        kept[slot] = value;
+    }
 }
 
 /// A side-band record kept for replay in time order (records of different CPUs
@@ -189,12 +230,25 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
 fn absorb(record: Record, collection: &mut Collection, side_band: &mut Vec<(u64, SideBand)>) {
     match record {
         Record::Sample {
-            pid, tid, ip, user, ..
+            pid,
+            tid,
+            ip,
+            user,
+            regs,
+            addr,
+            ..
         } => {
             collection.total_samples += 1;
             collection.threads.insert(tid);
             if user {
                 *collection.samples.entry((pid, ip)).or_default() += 1;
+                if regs.is_some() || addr.is_some() {
+                    collection
+                        .evidence
+                        .entry((pid, ip))
+                        .or_default()
+                        .add(regs, addr);
+                }
             }
         }
         Record::Mmap {

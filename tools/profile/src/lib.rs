@@ -5,12 +5,18 @@
 //! - `pmu` ([`pmu`]): precise hardware load-miss sampling; needs a hardware PMU.
 //! - `sample` ([`sample`]): software cpu-clock sampling through perf_event_open;
 //!   each sample is charged to the load just before the sampled IP (skid of one).
-//! - `sim` ([`sim`]): valgrind's lackey traces every access; a set-associative
-//!   L1/L2/LLC model gives exact per-load miss counts and ratios.
-//! - `auto`: `pmu` when the machine has one, else `sample`.
+//! - `sim` ([`sim`]): msh's tracer (qemu-x86_64 + a TCG plugin) streams every access
+//!   into a set-associative L1/L2/LLC model: exact per-load miss counts and ratios.
+//! - `auto` ([`auto`]): `pmu` when the machine has one, else `sample` confirmed by a
+//!   short `sim` run.
+//! - `import` ([`import`]): a `perf record` made elsewhere, through `perf script`.
+pub mod address;
+pub mod auto;
 pub mod cli;
 pub mod collect;
 pub mod elf;
+pub mod footprint;
+pub mod import;
 pub mod launch;
 pub mod maps;
 pub mod perf;
@@ -51,9 +57,13 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// cpu-clock samples per second (`sample`).
     pub frequency_hz: u64,
+    /// Sample user registers to recover load addresses (`sample`; on by default).
+    pub sample_registers: bool,
     pub thresholds: Thresholds,
     /// Cache hierarchy for `sim`; `None` reads the host's from sysfs.
     pub cache: Option<sim::cache::HierarchyConfig>,
+    /// How long `auto`'s confirming `sim` run may take (zero: none).
+    pub confirm_for: Duration,
 }
 
 impl Default for Options {
@@ -62,8 +72,10 @@ impl Default for Options {
             backend: Backend::Auto,
             duration: None,
             frequency_hz: sample::DEFAULT_FREQUENCY_HZ,
+            sample_registers: true,
             thresholds: Thresholds::default(),
             cache: None,
+            confirm_for: auto::DEFAULT_CONFIRM,
         }
     }
 }
@@ -83,7 +95,12 @@ pub struct RunReport {
     pub notes: Vec<String>,
 }
 
-fn target(what: &What) -> Result<collect::Target> {
+/// The one line every fallback prints: `BACKEND: unavailable (WHY); INSTEAD`.
+pub fn unavailable(backend: &str, why: &str, instead: &str) -> String {
+    format!("{backend}: unavailable ({why}); {instead}")
+}
+
+pub(crate) fn target(what: &What) -> Result<collect::Target> {
     Ok(match what {
         What::Command(argv) => collect::Target::Command {
             command: launch::command_for(argv)?,
@@ -106,24 +123,11 @@ pub fn profile(what: &What, options: &Options) -> Result<(Profile, RunReport)> {
         Backend::Sample => sample::run(
             target(what)?,
             options.frequency_hz,
+            options.sample_registers,
             options.duration,
             options.thresholds,
         ),
         Backend::Sim => sim::run(what, options),
-        // pmu refuses before it starts anything (no PMU, or the kernel refuses the
-        // event), so falling through to sample runs the program once.
-        Backend::Auto => match pmu::run(target(what)?, options.duration, options.thresholds) {
-            Err(err) if err.downcast_ref::<pmu::NoPmu>().is_some() => {
-                let reason = &err.downcast_ref::<pmu::NoPmu>().expect("checked").0;
-                eprintln!("msh profile: no hardware PMU ({reason}): using the sample backend");
-                sample::run(
-                    target(what)?,
-                    options.frequency_hz,
-                    options.duration,
-                    options.thresholds,
-                )
-            }
-            other => other,
-        },
+        Backend::Auto => auto::run(what, options),
     }
 }

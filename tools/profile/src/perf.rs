@@ -19,6 +19,9 @@ pub struct EventSpec {
     pub precise_ip: u8,
     /// Record the sampled data address (`pmu`).
     pub sample_addr: bool,
+    /// Record the user-space general-purpose registers with each sample (`sample`:
+    /// the charged load's address is recomputed from them).
+    pub sample_regs: bool,
     /// Also report non-executable file mappings (valgrind maps client code without
     /// PROT_EXEC).
     pub mmap_data: bool,
@@ -34,6 +37,7 @@ impl EventSpec {
             sample_period: sample_period_ns,
             precise_ip: 0,
             sample_addr: false,
+            sample_regs: true,
             mmap_data: false,
             inherit: true,
         }
@@ -47,8 +51,16 @@ impl EventSpec {
             sample_period: 0,
             precise_ip: 0,
             sample_addr: false,
+            sample_regs: false,
             mmap_data: true,
             inherit: true,
+        }
+    }
+
+    fn layout(&self) -> SampleLayout {
+        SampleLayout {
+            addr: self.sample_addr,
+            regs: self.sample_regs,
         }
     }
 
@@ -64,6 +76,10 @@ impl EventSpec {
         if self.sample_addr {
             attr.sample_type |= b::PERF_SAMPLE_ADDR as u64;
         }
+        if self.sample_regs {
+            attr.sample_type |= b::PERF_SAMPLE_REGS_USER as u64;
+            attr.sample_regs_user = Regs::MASK;
+        }
         attr.set_inherit(self.inherit as u64);
         attr.set_exclude_kernel(1);
         attr.set_exclude_hv(1);
@@ -76,6 +92,9 @@ impl EventSpec {
         attr.set_comm(1);
         attr.set_task(1);
         attr.set_sample_id_all(1);
+        // Sample times on CLOCK_MONOTONIC, the clock msh trace's other events use.
+        attr.set_use_clockid(1);
+        attr.clockid = libc::CLOCK_MONOTONIC;
         attr.set_precise_ip(self.precise_ip as u64);
         // Wake the reader when a quarter of the buffer is full.
         attr.set_watermark(1);
@@ -110,6 +129,56 @@ fn open_attr(attr: &mut b::perf_event_attr, pid: i32, cpu: i32) -> io::Result<Ow
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Which optional fields a sample record carries (they follow IP, TID and TIME).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SampleLayout {
+    /// `PERF_SAMPLE_ADDR`.
+    pub addr: bool,
+    /// `PERF_SAMPLE_REGS_USER` with [`Regs::MASK`].
+    pub regs: bool,
+}
+
+/// The user-space general-purpose registers at a sample, in the kernel's
+/// `perf_regs.h` order restricted to [`Regs::MASK`]: rax, rbx, rcx, rdx, rsi, rdi,
+/// rbp, rsp, rip, r8 … r15.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Regs(pub [u64; Regs::COUNT]);
+
+impl Regs {
+    /// Registers sampled.
+    pub const COUNT: usize = 17;
+    /// `PERF_REG_X86_AX` … `PERF_REG_X86_IP` (bits 0–8) and `PERF_REG_X86_R8` …
+    /// `PERF_REG_X86_R15` (bits 16–23); flags and segment registers are left out
+    /// (the kernel refuses DS/ES/FS/GS on x86-64, and no address uses the others).
+    pub const MASK: u64 = 0x1ff | (0xff << 16);
+
+    /// The value of a 64-bit general-purpose register, by iced-x86's name for it.
+    pub fn get(&self, register: iced_x86::Register) -> Option<u64> {
+        use iced_x86::Register as R;
+        let index = match register {
+            R::RAX => 0,
+            R::RBX => 1,
+            R::RCX => 2,
+            R::RDX => 3,
+            R::RSI => 4,
+            R::RDI => 5,
+            R::RBP => 6,
+            R::RSP => 7,
+            R::RIP => 8,
+            R::R8 => 9,
+            R::R9 => 10,
+            R::R10 => 11,
+            R::R11 => 12,
+            R::R12 => 13,
+            R::R13 => 14,
+            R::R14 => 15,
+            R::R15 => 16,
+            _ => return None,
+        };
+        Some(self.0[index])
+    }
+}
+
 /// One record from the ring buffer, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -118,7 +187,11 @@ pub enum Record {
         tid: u32,
         ip: u64,
         addr: Option<u64>,
+        /// User registers, when sampled and the sample interrupted user code.
+        regs: Option<Regs>,
         user: bool,
+        /// CLOCK_MONOTONIC at the sample, in ns.
+        time: u64,
     },
     Mmap {
         pid: u32,
@@ -157,7 +230,7 @@ pub struct RingEvent {
     /// Null when the records are redirected to another event's buffer.
     base: *mut u8,
     map_len: usize,
-    sample_addr: bool,
+    layout: SampleLayout,
     scratch: Vec<u8>,
 }
 
@@ -197,7 +270,7 @@ impl RingEvent {
                 fd,
                 base,
                 map_len: 0,
-                sample_addr: spec.sample_addr,
+                layout: spec.layout(),
                 scratch: Vec::new(),
             });
         }
@@ -221,7 +294,7 @@ impl RingEvent {
             fd,
             base: base as *mut u8,
             map_len,
-            sample_addr: spec.sample_addr,
+            layout: spec.layout(),
             scratch: Vec::new(),
         })
     }
@@ -278,7 +351,7 @@ impl RingEvent {
                 break;
             }
             copy(&mut self.scratch, position, size as usize);
-            sink(parse_record(&self.scratch, self.sample_addr));
+            sink(parse_record(&self.scratch, self.layout));
             position += size;
         }
         fence(Ordering::Release);
@@ -316,19 +389,24 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 
 /// Parses one record (header included). Non-sample records end with the sample_id
 /// trailer {pid, tid, time} because `sample_id_all` is set.
-pub fn parse_record(record: &[u8], sample_addr: bool) -> Record {
+pub fn parse_record(record: &[u8], layout: SampleLayout) -> Record {
     let kind = u32_at(record, 0);
     let misc = u16::from_le_bytes([record[4], record[5]]) as u32;
     let body = &record[8..];
     let trailer_time = u64_at(record, record.len().saturating_sub(8));
     match kind {
-        b::PERF_RECORD_SAMPLE => Record::Sample {
-            ip: u64_at(body, 0),
-            pid: u32_at(body, 8),
-            tid: u32_at(body, 12),
-            addr: sample_addr.then(|| u64_at(body, 24)),
-            user: misc & b::PERF_RECORD_MISC_CPUMODE_MASK == b::PERF_RECORD_MISC_USER,
-        },
+        b::PERF_RECORD_SAMPLE => {
+            let regs_at = if layout.addr { 32 } else { 24 };
+            Record::Sample {
+                ip: u64_at(body, 0),
+                pid: u32_at(body, 8),
+                tid: u32_at(body, 12),
+                addr: layout.addr.then(|| u64_at(body, 24)),
+                regs: layout.regs.then(|| sample_regs(body, regs_at)).flatten(),
+                user: misc & b::PERF_RECORD_MISC_CPUMODE_MASK == b::PERF_RECORD_MISC_USER,
+                time: u64_at(body, 16),
+            }
+        }
         b::PERF_RECORD_MMAP2 => {
             let name = body.get(64..).unwrap_or(&[]);
             let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
@@ -356,6 +434,19 @@ pub fn parse_record(record: &[u8], sample_addr: bool) -> Record {
         },
         _ => Record::Other,
     }
+}
+
+/// `PERF_SAMPLE_REGS_USER`: an ABI word (0 when the sample has no user registers,
+/// e.g. a kernel thread), then one word per register of the mask.
+fn sample_regs(body: &[u8], at: usize) -> Option<Regs> {
+    if u64_at(body, at) == 0 || body.len() < at + 8 + 8 * Regs::COUNT {
+        return None;
+    }
+    let mut regs = [0; Regs::COUNT];
+    for (i, value) in regs.iter_mut().enumerate() {
+        *value = u64_at(body, at + 8 + 8 * i);
+    }
+    Some(Regs(regs))
 }
 
 /// The build-id an MMAP2 record carries when `build_id` was requested: a size byte,
@@ -414,15 +505,41 @@ mod tests {
             &body,
         );
         assert_eq!(
-            parse_record(&sample, false),
+            parse_record(&sample, SampleLayout::default()),
             Record::Sample {
                 pid: 7,
                 tid: 8,
                 ip: 0x401136,
                 addr: None,
-                user: true
+                regs: None,
+                user: true,
+                time: 99,
             }
         );
+        // The same sample with a data address and the registers (ABI 2 = 64-bit).
+        body.extend(0xdead_beefu64.to_le_bytes());
+        body.extend(2u64.to_le_bytes());
+        for i in 0..Regs::COUNT as u64 {
+            body.extend((0x1000 + i).to_le_bytes());
+        }
+        let sample = record(
+            b::PERF_RECORD_SAMPLE,
+            b::PERF_RECORD_MISC_USER as u16,
+            &body,
+        );
+        let layout = SampleLayout {
+            addr: true,
+            regs: true,
+        };
+        let Record::Sample { addr, regs, .. } = parse_record(&sample, layout) else {
+            panic!("not a sample");
+        };
+        assert_eq!(addr, Some(0xdead_beef));
+        let regs = regs.expect("registers");
+        assert_eq!(regs.get(iced_x86::Register::RAX), Some(0x1000));
+        assert_eq!(regs.get(iced_x86::Register::RIP), Some(0x1008));
+        assert_eq!(regs.get(iced_x86::Register::R15), Some(0x1010));
+        assert_eq!(regs.get(iced_x86::Register::EAX), None);
 
         let mut body = Vec::new();
         body.extend(7u32.to_le_bytes());
@@ -439,7 +556,7 @@ mod tests {
         body.extend(1234u64.to_le_bytes());
         let mmap = record(b::PERF_RECORD_MMAP2, 0, &body);
         assert_eq!(
-            parse_record(&mmap, false),
+            parse_record(&mmap, SampleLayout::default()),
             Record::Mmap {
                 pid: 7,
                 start: 0x7f00_0000_0000,
@@ -473,8 +590,10 @@ mod tests {
                 ] {
                     let mut record = bytes.clone();
                     record[..4].copy_from_slice(&kind.to_le_bytes());
-                    let _ = parse_record(&record, true);
-                    let _ = parse_record(&record, false);
+                    for (addr, regs) in [(false, false), (true, false), (false, true), (true, true)]
+                    {
+                        let _ = parse_record(&record, SampleLayout { addr, regs });
+                    }
                 }
             }
         }
@@ -484,6 +603,16 @@ mod tests {
     fn cpu_clock_can_be_opened() {
         // Software events exist on every Linux with perf_event_open, VMs included.
         probe(&EventSpec::cpu_clock(1_000_000)).unwrap();
+    }
+
+    #[test]
+    fn user_registers_can_be_sampled() {
+        probe(&EventSpec::cpu_clock(1_000_000)).unwrap();
+        let no_regs = EventSpec {
+            sample_regs: false,
+            ..EventSpec::cpu_clock(1_000_000)
+        };
+        probe(&no_regs).unwrap();
     }
 
     #[test]

@@ -19,11 +19,10 @@ use perf_event_open_sys::bindings as b;
 use std::path::Path;
 use std::time::Duration;
 
-/// This machine has no hardware performance-monitoring unit.
+/// This machine has no hardware performance-monitoring unit (or the kernel refuses
+/// its load-miss event); the reason.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "no hardware PMU on this machine ({0}); use --backend sample (cpu-clock) or sim (valgrind)"
-)]
+#[error("pmu: unavailable (no hardware PMU: {0}); use --backend sample (cpu-clock) or sim")]
 pub struct NoPmu(pub String);
 
 /// Default: one sample per this many LLC load misses.
@@ -55,20 +54,24 @@ fn llc_read_miss(precise_ip: u8) -> EventSpec {
         sample_period: DEFAULT_MISS_PERIOD,
         precise_ip,
         sample_addr: true,
+        sample_regs: false,
         mmap_data: false,
         inherit: true,
     }
 }
 
-pub fn run(
-    target: Target,
-    duration: Option<Duration>,
-    thresholds: Thresholds,
-) -> Result<(Profile, RunReport)> {
+/// The event this machine's PMU accepts, and where its samples point.
+pub struct Chosen {
+    spec: EventSpec,
+    skid: Skid,
+}
+
+/// Finds the precise LLC-load-miss event the kernel accepts here, before anything is
+/// started (so a refusal costs nothing): precise_ip 2 asks for zero skid (PEBS with
+/// the IP fix-up: the sampled IP is the load itself); 1 and 0 leave the usual skid of
+/// one, charged like cpu-clock samples.
+pub fn choose() -> Result<Chosen, NoPmu> {
     detect()?;
-    // precise_ip 2 asks for zero skid (PEBS with the IP fix-up: the sampled IP is the
-    // load itself); 1 and 0 leave the usual skid of one, charged like cpu-clock samples.
-    // Choose before starting the program, so a refusal costs nothing.
     let mut refusals = Vec::new();
     for precise_ip in [2u8, 1, 0] {
         let spec = llc_read_miss(precise_ip);
@@ -79,8 +82,7 @@ pub fn run(
                 } else {
                     Skid::One
                 };
-                let collection = collect(&spec, target, duration)?;
-                return finish("pmu", collection, skid, thresholds);
+                return Ok(Chosen { spec, skid });
             }
             Err(err) => refusals.push(format!("precise_ip={precise_ip}: {err}")),
         }
@@ -88,8 +90,27 @@ pub fn run(
     Err(NoPmu(format!(
         "the kernel refused the LLC-load-miss event ({})",
         refusals.join("; ")
-    ))
-    .into())
+    )))
+}
+
+/// Profiles `target` with the event [`choose`] found.
+pub fn run_chosen(
+    chosen: Chosen,
+    target: Target,
+    duration: Option<Duration>,
+    thresholds: Thresholds,
+) -> Result<(Profile, RunReport)> {
+    let collection = collect(&chosen.spec, target, duration)?;
+    finish("pmu", collection, chosen.skid, thresholds)
+}
+
+/// Profiles `target` with the PMU, or fails with [`NoPmu`] before starting it.
+pub fn run(
+    target: Target,
+    duration: Option<Duration>,
+    thresholds: Thresholds,
+) -> Result<(Profile, RunReport)> {
+    run_chosen(choose()?, target, duration, thresholds)
 }
 
 #[cfg(test)]
@@ -101,7 +122,9 @@ mod tests {
         let present = PMU_DIRS.iter().any(|d| Path::new(d).exists());
         assert_eq!(detect().is_ok(), present);
         if let Err(err) = detect() {
-            assert!(err.to_string().starts_with("no hardware PMU"));
+            assert!(err
+                .to_string()
+                .starts_with("pmu: unavailable (no hardware PMU: "));
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The `sample` backend (software cpu-clock sampling) and the attribution of sampled
 //! instruction addresses to loads, shared with `pmu`.
-use crate::collect::{collect, Collection, Target};
+use crate::address::{self, Recovery};
+use crate::collect::{collect, Collection, Evidence, Target};
 use crate::elf::{ObjectCache, ObjectImage};
 use crate::maps::ProcessTree;
 use crate::perf::EventSpec;
@@ -8,6 +9,7 @@ use crate::schema::Profile;
 use crate::sites::{build_profile, SiteStats, Thresholds};
 use crate::RunReport;
 use anyhow::{bail, Result};
+use iced_x86::{Instruction, InstructionInfoFactory};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,16 +32,22 @@ pub enum Skid {
     Precise,
 }
 
+/// Samples `target` with cpu-clock at `frequency_hz`; with `registers`, each sample
+/// carries the user registers, from which the charged load's address is recomputed.
 pub fn run(
     target: Target,
     frequency_hz: u64,
+    registers: bool,
     duration: Option<Duration>,
     thresholds: Thresholds,
 ) -> Result<(Profile, RunReport)> {
     if frequency_hz == 0 || frequency_hz > 100_000 {
         bail!("--frequency must be between 1 and 100000 Hz, not {frequency_hz}");
     }
-    let spec = EventSpec::cpu_clock(1_000_000_000 / frequency_hz);
+    let spec = EventSpec {
+        sample_regs: registers,
+        ..EventSpec::cpu_clock(1_000_000_000 / frequency_hz)
+    };
     let collection = collect(&spec, target, duration)?;
     finish("sample", collection, Skid::One, thresholds)
 }
@@ -132,6 +140,7 @@ pub struct Attribution {
 /// Maps each sampled IP to (object, ELF address of the load).
 pub fn attribute(collection: &Collection, skid: Skid, objects: &mut ObjectCache) -> Attribution {
     let mut result = Attribution::default();
+    let mut info = InstructionInfoFactory::new();
     for (&(pid, ip), &n) in &collection.samples {
         let (located, path) = locate(&collection.processes, objects, pid, ip);
         let (image, vaddr) = match located {
@@ -144,14 +153,45 @@ pub fn attribute(collection: &Collection, skid: Skid, objects: &mut ObjectCache)
         };
         let load = match skid {
             Skid::One => image.load_before(vaddr),
-            Skid::Precise => Some(vaddr),
+            Skid::Precise => image.instruction_at(vaddr),
         };
         if let (Some(load), Some(path)) = (load, path) {
-            result.counts.entry((path, load)).or_default().events += n;
+            let site = result.counts.entry((path, load.ip())).or_default();
+            site.events += n;
             result.attributed += n;
+            if let Some(evidence) = collection.evidence.get(&(pid, ip)) {
+                add_addresses(site, &load, evidence, ip, skid, &mut info);
+            }
         }
     }
     result
+}
+
+/// Adds what the samples at runtime IP `ip` say about the address `load` read: the
+/// data addresses a precise event recorded, or the address recomputed from the
+/// registers of a sample taken right after the load.
+fn add_addresses(
+    site: &mut SiteStats,
+    load: &Instruction,
+    evidence: &Evidence,
+    ip: u64,
+    skid: Skid,
+    info: &mut InstructionInfoFactory,
+) {
+    if skid == Skid::Precise {
+        site.addresses.extend(&evidence.addrs);
+        return;
+    }
+    for regs in &evidence.regs {
+        match address::recover(load, info, regs, ip) {
+            Recovery::Recovered(a) => site.addresses.push(a),
+            Recovery::Chased(next, register) => {
+                site.chased.push(next);
+                site.chased_register = Some(address::name(register));
+            }
+            Recovery::Unrecoverable(why) => *site.unrecoverable.entry(why).or_default() += 1,
+        }
+    }
 }
 
 /// A run whose events all fell in replaced files has nothing true to say.

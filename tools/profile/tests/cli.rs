@@ -248,7 +248,8 @@ fn attaches_to_a_running_process_and_shows_the_profile() {
 
 #[test]
 fn duration_bounds_a_long_command() {
-    // Also: `auto` (the default) is `pmu` with a PMU, else `sample`.
+    // Also: `auto` (the default) is `pmu` with a PMU, else `sample` (here without its
+    // confirming sim run, which would take its own time).
     // 300 M chase steps over 16 MiB (a set-up of ~0.1 s, so the chase fills the window
     // even on a busy machine) take many seconds; --duration stops profiling (and the
     // command) after 1.5 s and still writes a profile.
@@ -258,6 +259,8 @@ fn duration_bounds_a_long_command() {
     msh_profile(&[
         "--duration",
         "1.5",
+        "--confirm-seconds",
+        "0",
         "-o",
         out.to_str().unwrap(),
         "--",
@@ -273,12 +276,16 @@ fn duration_bounds_a_long_command() {
     );
     let profile = msh_profile::Profile::load(&out).unwrap();
     assert!(profile.objects[0].sites[0].symbol.starts_with("chase+"));
+    assert_eq!(profile.backend, "auto");
     let expected = if msh_profile::pmu::detect().is_ok() {
         "pmu"
     } else {
         "sample"
     };
-    assert_eq!(profile.backend, expected);
+    assert_eq!(
+        profile.objects[0].sites[0].decided_by.as_deref(),
+        Some(expected)
+    );
 }
 
 #[test]

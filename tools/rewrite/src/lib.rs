@@ -12,14 +12,13 @@ pub mod code;
 pub mod elf;
 pub mod interproc;
 pub mod liveness;
-pub mod profile;
 pub mod trampoline;
 pub mod window;
 pub mod writer;
 
 use anyhow::{bail, Context, Result};
 use code::{Code, Function};
-use iced_x86::{Instruction, InstructionInfoFactory, OpAccess, OpKind};
+use iced_x86::{Instruction, InstructionInfoFactory};
 use liveness::RegSet;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -87,22 +86,17 @@ impl Report {
     }
 }
 
-/// The memory operand an instruction explicitly reads, if it is a load we can prefetch.
-fn explicit_load(factory: &mut InstructionInfoFactory, insn: &Instruction) -> Option<u32> {
-    let op = (0..insn.op_count()).find(|&i| insn.op_kind(i) == OpKind::Memory)?;
-    let access = factory.info(insn).op_access(op);
-    matches!(
-        access,
-        OpAccess::Read | OpAccess::CondRead | OpAccess::ReadWrite | OpAccess::ReadCondWrite
-    )
-    .then_some(op)
+/// Whether the instruction is a load (see [`msh_binary::classify_load`]): loads
+/// through memory that do not fall through (`call [rax]`) are candidates too.
+fn is_load(factory: &mut InstructionInfoFactory, insn: &Instruction) -> bool {
+    msh_binary::classify_load(insn, factory).is_some()
 }
 
 /// Rewrites `options.input` into `options.output`. On error nothing is written.
 pub fn rewrite(options: &Options) -> Result<Report> {
     let data = std::fs::read(&options.input)
         .with_context(|| format!("cannot read {}", options.input.display()))?;
-    let image = elf::Image::parse(data).with_context(|| format!("{}", options.input.display()))?;
+    let image = elf::parse(data).with_context(|| format!("{}", options.input.display()))?;
     let code = Code::analyse(&image);
     let mut factory = InstructionInfoFactory::new();
     let mut report = Report {
@@ -126,7 +120,7 @@ pub fn rewrite(options: &Options) -> Result<Report> {
                 .filter(|(_, f)| f.unpatchable != Some(code::PLT_STUB))
             {
                 for (i, insn) in f.insns.iter().enumerate() {
-                    if explicit_load(&mut factory, insn).is_some() {
+                    if is_load(&mut factory, insn) {
                         sites.entry(fi).or_default().push(i);
                     }
                 }
@@ -138,9 +132,9 @@ pub fn rewrite(options: &Options) -> Result<Report> {
             top,
         } => {
             report.mode = "profile";
-            let profile = profile::Profile::load(path)?;
-            let object = profile.object_for(&image.build_id)?;
-            for addr in profile::select_sites(object, *min_share, *top) {
+            let profile = msh_profile::Profile::load(path)?;
+            let object = profile.object_for(&options.input)?;
+            for addr in msh_profile::Profile::select(object, *min_share, *top)? {
                 let Some(fi) = code
                     .functions
                     .iter()
@@ -165,7 +159,7 @@ pub fn rewrite(options: &Options) -> Result<Report> {
                         .unwrap_or(f.start);
                     bail!("profile site {addr:#x} is not on an instruction boundary (the instruction there starts at {at:#x})");
                 };
-                if explicit_load(&mut factory, &f.insns[i]).is_none() {
+                if !is_load(&mut factory, &f.insns[i]) {
                     report.candidates += 1;
                     report.skip("profile site is not a load");
                     continue;

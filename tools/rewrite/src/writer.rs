@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 
 const PAGE: u64 = 0x1000;
-const PHDR_SIZE: usize = 56;
+const PHDR_SIZE: usize = std::mem::size_of::<elf::ProgramHeader64<object::LittleEndian>>();
 
 fn align_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
@@ -64,18 +64,9 @@ fn choose_note(image: &Image) -> Option<usize> {
             return Some(*i);
         }
     }
-    let holds_build_id = |s: &Segment| {
-        let start = s.offset as usize;
-        image
-            .data
-            .get(start..start + s.filesz as usize)
-            .is_some_and(|b| {
-                b.windows(4).any(|w| w == b"GNU\0") && b.windows(4).any(|w| w == [3, 0, 0, 0])
-            })
-    };
     notes
         .iter()
-        .find(|(_, s)| !holds_build_id(s))
+        .find(|(i, _)| !image.note_segment_holds_build_id(*i))
         .or(notes.first())
         .map(|(i, _)| *i)
 }
@@ -128,14 +119,7 @@ pub fn build(
         let entry = out
             .get_mut(at..at + PHDR_SIZE)
             .context("program header table out of file bounds")?;
-        entry[0..4].copy_from_slice(&h.p_type.to_le_bytes());
-        entry[4..8].copy_from_slice(&h.flags.to_le_bytes());
-        entry[8..16].copy_from_slice(&h.offset.to_le_bytes());
-        entry[16..24].copy_from_slice(&h.vaddr.to_le_bytes());
-        entry[24..32].copy_from_slice(&h.vaddr.to_le_bytes()); // p_paddr
-        entry[32..40].copy_from_slice(&h.filesz.to_le_bytes());
-        entry[40..48].copy_from_slice(&h.memsz.to_le_bytes());
-        entry[48..56].copy_from_slice(&h.align.to_le_bytes());
+        entry.copy_from_slice(object::pod::bytes_of(&h.to_header()));
     }
     Ok(out)
 }

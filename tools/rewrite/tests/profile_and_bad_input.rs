@@ -25,11 +25,12 @@ fn profile_options(
     }
 }
 
-/// Writes a version-1 profile for `build_id` with `(offset, share)` sites.
+/// Writes a version-1 profile (what older `msh profile`s wrote; still read) for
+/// `build_id` with `(offset, share)` sites.
 fn write_profile(path: &Path, build_id: &str, sites: &[(u64, f64)]) {
     let sites: Vec<String> = sites
         .iter()
-        .map(|(o, s)| format!(r#"{{"offset":"{o:#x}","symbol":null,"insn":"mov","samples":10,"share":{s},"miss_ratio":null}}"#))
+        .map(|(o, s)| format!(r#"{{"offset":"{o:#x}","symbol":"walk+0x0","insn":"mov","samples":10,"share":{s},"miss_ratio":null}}"#))
         .collect();
     let json = format!(
         r#"{{"version":1,"backend":"sample","objects":[{{"path":"x","build_id":"{build_id}","sites":[{}]}}]}}"#,

@@ -1,8 +1,9 @@
 //! A set-associative, LRU, write-allocate cache hierarchy (L1d, L2, LLC) fed one data
-//! access at a time. A miss at a level fills every level above it (mostly-inclusive),
-//! as on the Intel cores msh targets. The hardware prefetcher is modelled next to the
-//! per-load bookkeeping (an IP-stride prefetcher, see `trace.rs`), since it needs to
-//! know which instruction made each access.
+//! access at a time. Every core (a traced thread) has its own copy of the levels but
+//! the last, and all share the last-level cache, as on the Intel cores msh targets. A
+//! miss at a level fills every level above it (mostly-inclusive). The hardware
+//! prefetcher is modelled next to the per-load bookkeeping (an IP-stride prefetcher,
+//! see `model.rs`), since it needs to know which instruction made each access.
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
@@ -214,46 +215,76 @@ impl Level {
     }
 }
 
-/// The simulated hierarchy.
+/// The simulated hierarchy: private levels per core, one shared last level.
 pub struct Hierarchy {
-    levels: Vec<Level>,
+    /// The geometry of every level but the last, copied for each new core.
+    private_config: Vec<LevelConfig>,
+    /// Per core: its private levels, nearest first.
+    cores: Vec<Vec<Level>>,
+    shared: Level,
     line_shift: u32,
 }
 
 impl Hierarchy {
+    /// A hierarchy with one core; more are added as [`Hierarchy::access`] meets them.
     pub fn new(config: &HierarchyConfig) -> Hierarchy {
-        Hierarchy {
-            levels: config.levels.iter().map(Level::new).collect(),
+        let (last, private) = config.levels.split_last().expect("validated: ≥ 1 level");
+        let mut hierarchy = Hierarchy {
+            private_config: private.to_vec(),
+            cores: Vec::new(),
+            shared: Level::new(last),
             line_shift: config.levels[0].line.trailing_zeros(),
-        }
+        };
+        hierarchy.add_core();
+        hierarchy
+    }
+
+    fn add_core(&mut self) {
+        self.cores
+            .push(self.private_config.iter().map(Level::new).collect());
+    }
+
+    /// Cores modelled so far.
+    pub fn cores(&self) -> usize {
+        self.cores.len()
     }
 
     /// Number of levels; [`Hierarchy::access`] returns this for a miss in all of them.
     pub fn memory_level(&self) -> usize {
-        self.levels.len()
+        self.private_config.len() + 1
     }
 
-    /// Simulates one access of `size` bytes at `address`; returns the index of the
-    /// level that served it (the slowest, if it spans lines), `memory_level()` for memory.
+    /// Simulates one access of `size` bytes at `address` by `core` (numbered from 0;
+    /// a new number gets fresh private caches); returns the index of the level that
+    /// served it (the slowest, if it spans lines), `memory_level()` for memory.
     #[inline]
-    pub fn access(&mut self, address: u64, size: u64) -> usize {
+    pub fn access(&mut self, core: usize, address: u64, size: u64) -> usize {
+        while core >= self.cores.len() {
+            self.add_core();
+        }
         let first = address >> self.line_shift;
         let last = (address + size.max(1) - 1) >> self.line_shift;
         let mut served = 0;
         for line in first..=last {
-            served = served.max(self.access_line(line));
+            served = served.max(self.access_line(core, line));
         }
         served
     }
 
     #[inline]
-    fn access_line(&mut self, line: u64) -> usize {
-        for (index, level) in self.levels.iter_mut().enumerate() {
+    fn access_line(&mut self, core: usize, line: u64) -> usize {
+        let private = &mut self.cores[core];
+        for (index, level) in private.iter_mut().enumerate() {
             if level.access(line) {
                 return index;
             }
         }
-        self.levels.len()
+        let shared_index = private.len();
+        if self.shared.access(line) {
+            shared_index
+        } else {
+            shared_index + 1
+        }
     }
 }
 
@@ -304,17 +335,17 @@ mod tests {
     #[test]
     fn hits_misses_and_lru() {
         let mut cache = Hierarchy::new(&tiny());
-        assert_eq!(cache.access(0x1000, 8), 3); // cold: from memory
-        assert_eq!(cache.access(0x1008, 8), 0); // same line: L1
-        assert_eq!(cache.access(0x103c, 8), 3); // spans into the next, cold line
-                                                // L1 has 8 sets of 2 ways: three lines in one set evict the least recently used.
+        assert_eq!(cache.access(0, 0x1000, 8), 3); // cold: from memory
+        assert_eq!(cache.access(0, 0x1008, 8), 0); // same line: L1
+        assert_eq!(cache.access(0, 0x103c, 8), 3); // spans into the next, cold line
+                                                   // L1 has 8 sets of 2 ways: three lines in one set evict the least recently used.
         let set_stride = 8 * 64;
-        cache.access(0, 8);
-        cache.access(set_stride, 8);
-        cache.access(0, 8); // 0 is now most recent
-        cache.access(2 * set_stride, 8); // evicts set_stride from L1
-        assert_eq!(cache.access(0, 8), 0);
-        assert_eq!(cache.access(set_stride, 8), 1, "still in L2");
+        cache.access(0, 0, 8);
+        cache.access(0, set_stride, 8);
+        cache.access(0, 0, 8); // 0 is now most recent
+        cache.access(0, 2 * set_stride, 8); // evicts set_stride from L1
+        assert_eq!(cache.access(0, 0, 8), 0);
+        assert_eq!(cache.access(0, set_stride, 8), 1, "still in L2");
     }
 
     #[test]
@@ -323,12 +354,12 @@ mod tests {
         let level_for = |cache: &mut Hierarchy, bytes: u64| {
             for _ in 0..3 {
                 for a in (0..bytes).step_by(64) {
-                    cache.access(a, 8);
+                    cache.access(0, a, 8);
                 }
             }
             (0..bytes)
                 .step_by(64)
-                .map(|a| cache.access(a, 8))
+                .map(|a| cache.access(0, a, 8))
                 .max()
                 .unwrap()
         };
@@ -336,5 +367,20 @@ mod tests {
         assert_eq!(level_for(&mut cache, 2048), 1);
         assert_eq!(level_for(&mut cache, 8192), 2);
         assert_eq!(level_for(&mut cache, 65536), 3);
+    }
+
+    #[test]
+    fn cores_have_private_caches_and_share_the_last_level() {
+        let mut cache = Hierarchy::new(&tiny());
+        assert_eq!(cache.access(0, 0x1000, 8), 3);
+        assert_eq!(cache.access(0, 0x1000, 8), 0, "core 0's L1");
+        assert_eq!(
+            cache.access(1, 0x1000, 8),
+            2,
+            "core 1 finds it in the shared L3"
+        );
+        assert_eq!(cache.access(1, 0x1000, 8), 0, "now in core 1's L1");
+        assert_eq!(cache.cores(), 2);
+        assert_eq!(cache.memory_level(), 3);
     }
 }

@@ -1,192 +1,190 @@
-//! The `sim` backend: run the program under valgrind's lackey tool, which prints every
-//! guest instruction address and data access; stream that trace through a pipe into
-//! the cache model ([`cache`]) and count, per load instruction, its executions and
-//! its last-level-cache misses. Slow (valgrind) but exact for the modelled caches.
+//! The `sim` backend: run the program under msh's exact access tracer (`msh-tracer`:
+//! qemu-x86_64 with a TCG plugin streaming every load and store in batches), replay
+//! each batch through the cache model ([`cache`], [`model`]) as it arrives, and count,
+//! per load instruction, its executions and its last-level-cache misses. Exact for the
+//! modelled caches: each traced thread gets private L1/L2 and all share the LLC (the
+//! threads' batches interleave in the order they were filled, a few thousand accesses
+//! at a time).
 //!
-//! Addresses in the trace are the client's own (valgrind loads it at addresses of its
-//! choosing), so a side-band-only perf event records the valgrind process's file
-//! mappings, exactly as the `sample` backend does for its samples.
+//! Instruction addresses are mapped to objects through the guest memory map the
+//! tracer reports (qemu-x86_64 loads the program at addresses of its own choosing).
+//! Programs QEMU 7.2 cannot run (AVX-512 code) are refused with a pointer to
+//! `--backend sample`; one that `exec`s is refused (the new program runs untraced);
+//! children a program forks are not traced, and the report says so.
 pub mod cache;
-pub mod trace;
+pub mod model;
 
-use crate::collect::{collect, Target};
 use crate::elf::ObjectCache;
-use crate::launch::{command_for, resolve_program};
-use crate::perf::EventSpec;
-use crate::sample::{locate, refuse_if_all_replaced, replaced_note, Located};
+use crate::launch::resolve_program;
+use crate::maps::{AddressSpace, Mapping, ProcessTree};
+use crate::sample::{locate, Located};
 use crate::schema::Profile;
 use crate::sites::{build_profile, SiteStats};
 use crate::{Options, RunReport, What};
 use anyhow::{bail, Context, Result};
 use cache::HierarchyConfig;
-use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use model::Simulator;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::process::Command;
 
 /// A run that executed fewer guest instructions than this "exited at once".
 pub const MIN_INSTRUCTIONS: u64 = 1_000_000;
 
-/// Pipe capacity asked for (the default maximum for unprivileged users).
-const PIPE_BYTES: i32 = 1 << 20;
-
-/// The file descriptor lackey writes its trace to, in the valgrind process.
-const TRACE_FD: i32 = 3;
-
+/// Profiles `what` by simulation (see the module documentation).
 pub fn run(what: &What, options: &Options) -> Result<(Profile, RunReport)> {
+    simulate(what, options, None)
+}
+
+/// Like [`run`], but the profile reports only the given candidate sites — (object
+/// path, ELF virtual address of the load) — for confirming another backend's ranking
+/// (the `auto` backend); the thresholds in `options` still apply. The whole program is
+/// still simulated (every access shapes the caches); only the report is restricted.
+pub fn run_for_sites(
+    what: &What,
+    options: &Options,
+    sites: &[(PathBuf, u64)],
+) -> Result<(Profile, RunReport)> {
+    let sites: HashSet<(PathBuf, u64)> = sites
+        .iter()
+        .map(|(path, vaddr)| (path.canonicalize().unwrap_or_else(|_| path.clone()), *vaddr))
+        .collect();
+    simulate(what, options, Some(&sites))
+}
+
+fn simulate(
+    what: &What,
+    options: &Options,
+    only: Option<&HashSet<(PathBuf, u64)>>,
+) -> Result<(Profile, RunReport)> {
     let argv = match what {
         What::Command(argv) => argv,
         What::Pid(_) => bail!(
-            "the sim backend runs the program under valgrind: it cannot attach to a running PID"
+            "the sim backend runs the program under qemu-x86_64: it cannot attach to a running PID (use --backend sample)"
         ),
     };
+    let Some(program) = argv.first() else {
+        bail!("no command given (usage: msh profile -o P.json -- CMD ARGS…)")
+    };
+    resolve_program(program)?;
     let config = match &options.cache {
         Some(config) => config.clone(),
         None => {
             HierarchyConfig::host().context("cannot read the host's cache sizes (pass --cache)")?
         }
     };
-    let valgrind = resolve_program("valgrind")
-        .context("the sim backend needs valgrind (apt-get install valgrind)")?;
-    let program = command_for(argv)?; // checks the command exists before valgrind starts
-    let (read_end, write_end) = pipe()?;
-    // A large pipe lets valgrind run ahead while the reader batches its reads.
-    // SAFETY: fcntl on a descriptor we own; failure only costs speed.
-    unsafe { libc::fcntl(read_end.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
-    let mut command = Command::new(valgrind);
-    command
-        .args([
-            "--tool=lackey",
-            "--trace-mem=yes",
-            "--trace-children=no",
-            "-q",
-        ])
-        .arg(format!("--log-fd={TRACE_FD}"))
-        .arg(program.get_program())
-        .args(program.get_args());
-    // SAFETY: runs in the forked child before exec; dup2/fcntl are async-signal-safe.
-    // The closure owns the write end, so it is closed in msh when the Command is dropped
-    // right after spawning, and the reader sees end-of-file when valgrind exits.
-    unsafe {
-        command.pre_exec(move || {
-            let fd = write_end.as_raw_fd();
-            let r = if fd == TRACE_FD {
-                libc::fcntl(fd, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(fd, TRACE_FD)
-            };
-            if r == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut hierarchy = cache::Hierarchy::new(&config);
-    // A spinner on stderr (hidden when it is not a terminal): sim runs are long.
+    let mut simulator = Simulator::new(cache::Hierarchy::new(&config));
     let progress = indicatif::ProgressBar::new_spinner();
     progress.set_style(
         indicatif::ProgressStyle::with_template(
-            "{spinner} sim: {bytes} of valgrind trace simulated ({bytes_per_sec}), {elapsed}",
+            "{spinner} sim: {human_pos} accesses simulated ({per_sec}), {elapsed}",
         )
         .expect("a valid template"),
     );
     progress.enable_steady_tick(std::time::Duration::from_millis(200));
-    let reader_progress = progress.clone();
-    let reader = std::thread::spawn(move || {
-        let file = std::fs::File::from(read_end);
-        trace::simulate(reader_progress.wrap_read(file), &mut hierarchy)
+    let trace_options = msh_tracer::TraceOptions {
+        time_limit: options.duration,
+        ..Default::default()
+    };
+    let command: Vec<OsString> = argv.iter().map(OsString::from).collect();
+    let summary = msh_tracer::trace(&command, &trace_options, |batch| {
+        simulator.batch(batch.thread, batch.accesses);
+        progress.inc(batch.accesses.len() as u64);
+        ControlFlow::Continue(())
     });
-    let collection = collect(
-        &EventSpec::side_band_only(),
-        Target::Command {
-            command,
-            display: argv[0].clone(),
-        },
-        options.duration,
-    );
-    let joined = reader.join();
     progress.finish_and_clear();
-    let stats = joined
-        .map_err(|_| anyhow::anyhow!("the trace reader panicked"))?
-        .context("reading the valgrind trace")?;
-    let collection = collection?;
-    if stats.instructions < MIN_INSTRUCTIONS {
+    let summary = summary?;
+    if let Some((path, true)) = &summary.exec {
         bail!(
-            "{} exited almost at once ({} instructions under valgrind): nothing to profile",
-            argv[0],
-            stats.instructions
+            "{program} exec'd {path}, which qemu-x86_64 runs natively and untraced, so the profile would miss it: profile {path} directly"
         );
     }
-    let root = collection.root_pid;
+    if summary.instructions < MIN_INSTRUCTIONS {
+        bail!(
+            "{program} exited almost at once ({} instructions under qemu): nothing to profile",
+            summary.instructions
+        );
+    }
+
+    // The guest's file mappings, as one address space.
+    let mut space = AddressSpace::default();
+    for vma in &summary.vmas {
+        if let Some(path) = &vma.path {
+            space.add(Mapping {
+                start: vma.start,
+                end: vma.end,
+                pgoff: vma.offset,
+                path: PathBuf::from(path),
+                build_id: None,
+            });
+        }
+    }
+    let mut processes = ProcessTree::default();
+    processes.insert(0, space);
     let mut objects = ObjectCache::default();
     let mut counts: HashMap<(PathBuf, u64), SiteStats> = HashMap::new();
     let mut attributed = 0;
-    let mut replaced = 0;
-    for (&ip, load) in &stats.loads {
-        let (located, path) = locate(&collection.processes, &mut objects, root, ip);
-        let (image, vaddr) = match located {
-            Located::Found(image, vaddr) => (image, vaddr),
-            Located::Replaced => {
-                replaced += load.llc_misses;
-                continue;
-            }
-            Located::Unknown => continue,
+    for (&ip, load) in &simulator.loads {
+        let (Located::Found(image, vaddr), Some(path)) = locate(&processes, &mut objects, 0, ip)
+        else {
+            continue;
         };
-        // Lackey also reports implicit stack reads (pop, ret) and indirect branches
-        // through memory: their misses count in the total, but they are not sites a
-        // prefetch could be placed at, and `sample` cannot see them either.
+        // Implicit stack reads (pop, ret) and indirect branches through memory count
+        // in the total, but they are not sites a prefetch could be placed at.
         if !image.is_load_at(vaddr) {
             continue;
         }
-        let Some(path) = path else { continue };
+        if only.is_some_and(|only| !only.contains(&(path.clone(), vaddr))) {
+            continue;
+        }
         let site = counts.entry((path, vaddr)).or_default();
         site.events += load.llc_misses;
         *site.executions.get_or_insert(0) += load.executions;
         attributed += load.llc_misses;
     }
-    refuse_if_all_replaced(attributed, replaced)?;
     let profile = build_profile(
         "sim",
         &counts,
-        stats.llc_load_misses,
+        simulator.llc_load_misses,
         &mut objects,
         options.thresholds,
     );
-    let model_rate = stats.accesses as f64 / stats.model_time.as_secs_f64().max(1e-9) / 1e6;
-    let run_rate = stats.accesses as f64 / collection.wall.as_secs_f64().max(1e-9) / 1e6;
+    let wall = summary.wall.as_secs_f64().max(1e-9);
+    let model_rate = simulator.accesses as f64 / simulator.model_time.as_secs_f64().max(1e-9) / 1e6;
+    let run_rate = simulator.accesses as f64 / wall / 1e6;
+    let mut notes = vec![
+        format!(
+            "sim: {} instructions, {} data accesses ({} loads) through {} ({} cores: private caches, shared LLC)",
+            summary.instructions,
+            simulator.accesses,
+            simulator.load_accesses,
+            config.describe(),
+            summary.threads.max(1),
+        ),
+        format!(
+            "sim: cache model alone {model_rate:.1} M accesses/s ({:.2} s); whole run {run_rate:.1} M accesses/s ({:.2} s)",
+            simulator.model_time.as_secs_f64(),
+            wall
+        ),
+    ];
+    if summary.forks > 0 {
+        notes.push(format!(
+            "warning: the program forked {} time(s); the children ran untraced and are not in the profile",
+            summary.forks
+        ));
+    }
+    if summary.stopped.is_some() {
+        notes.push("sim: stopped at the time limit; the profile covers the run until then".into());
+    }
     let report = RunReport {
         backend: "sim".into(),
-        events: stats.llc_load_misses,
+        events: simulator.llc_load_misses,
         attributed,
-        threads: 1,
-        lost_records: collection.lost_records,
-        wall: collection.wall,
-        notes: replaced_note(replaced).into_iter().chain([
-            format!(
-                "sim: {} instructions, {} data accesses ({} loads) through {}",
-                stats.instructions,
-                stats.accesses,
-                stats.load_accesses,
-                config.describe()
-            ),
-            format!(
-                "sim: cache model alone {model_rate:.1} M accesses/s ({:.2} s); whole run {run_rate:.1} M accesses/s ({:.2} s)",
-                stats.model_time.as_secs_f64(),
-                collection.wall.as_secs_f64()
-            ),
-        ])
-        .collect(),
+        threads: summary.threads as usize,
+        lost_records: 0,
+        wall: summary.wall,
+        notes,
     };
     Ok((profile, report))
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-        return Err(std::io::Error::last_os_error()).context("pipe2");
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
