@@ -33,6 +33,8 @@ enum Command {
     Run(run::RunArgs),
     /// Insert prefetch+yield at profiled loads of an unmodified x86-64 ELF binary.
     Rewrite(msh_rewrite::cli::RewriteArgs),
+    /// Page-walk simulator: x86 radix tables against direct translation (DMT, pvDMT) and others.
+    Pagewalk(msh_pagewalk::cli::PagewalkArgs),
     /// Benchmarks, as ratios against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -112,6 +114,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo { runs } => demo::run(runs),
         Command::Run(args) => run::run(&args),
         Command::Rewrite(args) => msh_rewrite::cli::run(&args),
+        Command::Pagewalk(args) => msh_pagewalk::cli::run(&args),
         Command::Profile(args) => msh_profile::cli::run(args),
         Command::Kpatch(args) => {
             kpatch::main(args);
