@@ -132,6 +132,9 @@ pub struct Simulator {
     pwc_latency: u64,
     guest_steps: Vec<Step>,
     host_steps: Vec<Step>,
+    /// The last access's 4 KiB virtual page and its translation (an accelerator for
+    /// the simulator, not part of the simulated machine: the TLBs are still looked up).
+    last: Option<(u64, Xlat, Option<Xlat>, u64, bool)>,
     stats: Stats,
 }
 
@@ -236,6 +239,7 @@ impl Simulator {
             pwc_latency: l.pwc,
             guest_steps: Vec::with_capacity(8),
             host_steps: Vec::with_capacity(8),
+            last: None,
             stats: Stats::default(),
         };
         sim.populate(areas)?;
@@ -272,13 +276,27 @@ impl Simulator {
     #[inline]
     pub fn access(&mut self, addr: u64) -> Result<()> {
         self.stats.accesses += 1;
-        let (g, g_mid) = self.guest.translate(addr, &mut self.memories)?;
-        let (pa, huge) = match &mut self.host {
-            None => (g.out, g.huge),
-            Some(host) => {
-                let (h, _) = host.translate(g.out, &mut self.memories)?;
-                (h.out, g.huge && h.huge)
+        let page = addr >> 12;
+        let (g, g_mid, pa_page, huge) = match self.last {
+            Some((p, g, g_mid, pa_page, huge)) if p == page => (g, g_mid, pa_page, huge),
+            _ => {
+                let (g, g_mid) = self.guest.translate(addr, &mut self.memories)?;
+                let (pa, huge) = match &mut self.host {
+                    None => (g.out, g.huge),
+                    Some(host) => {
+                        let (h, _) = host.translate(g.out, &mut self.memories)?;
+                        (h.out, g.huge && h.huge)
+                    }
+                };
+                let pa_page = pa & !(PAGE - 1);
+                self.last = Some((page, g, g_mid, pa_page, huge));
+                (g, g_mid, pa_page, huge)
             }
+        };
+        let pa = pa_page | (addr & (PAGE - 1));
+        let g = Xlat {
+            out: (g.out & !(PAGE - 1)) | (addr & (PAGE - 1)),
+            ..g
         };
         // One TLB entry per page of the smaller of the two sizes (a splintered 2 MiB
         // guest page over 4 KiB host pages is cached as 4 KiB pages).
