@@ -63,6 +63,36 @@ impl PhysMemory {
         self.alloc_chunk()
     }
 
+    /// Reserves `n` whole chunks for a pre-populated range; returns the sequence number
+    /// of the first ([`PhysMemory::chunk_at`] gives each one's address).
+    pub(crate) fn reserve_chunks(&mut self, n: u64) -> Result<u64> {
+        if self.general_chunks - self.next_chunk < n {
+            bail!(self.exhausted());
+        }
+        let first = self.next_chunk;
+        self.next_chunk += n;
+        Ok(first)
+    }
+
+    /// Reserves chunks for `n` 4 KiB pages; returns the slot of the first
+    /// ([`PhysMemory::page_at`] gives each one's address).
+    pub(crate) fn reserve_pages(&mut self, n: u64) -> Result<u64> {
+        Ok(self.reserve_chunks(n.div_ceil(FRAMES_PER_CHUNK))? * FRAMES_PER_CHUNK)
+    }
+
+    /// The address of the reserved chunk `seq`: where `alloc_huge` would have put it.
+    #[inline]
+    pub(crate) fn chunk_at(&self, seq: u64) -> u64 {
+        self.chunk_order.get(seq) * HUGE
+    }
+
+    /// The address of the reserved page `slot`: where `alloc_page` would have put it.
+    #[inline]
+    pub(crate) fn page_at(&self, slot: u64) -> u64 {
+        self.chunk_at(slot / FRAMES_PER_CHUNK)
+            + self.frame_order.get(slot % FRAMES_PER_CHUNK) * PAGE
+    }
+
     fn alloc_chunk(&mut self) -> Result<u64> {
         if self.next_chunk == self.general_chunks {
             bail!(self.exhausted());
@@ -165,6 +195,24 @@ mod tests {
         let huge = mem.alloc_huge().unwrap();
         assert_eq!(huge % HUGE, 0);
         assert!(frames.iter().all(|f| f / HUGE != huge / HUGE));
+    }
+
+    #[test]
+    fn reserved_frames_are_where_allocation_would_have_put_them() {
+        let mut a = PhysMemory::new("host", "host_memory_gib", 64 << 20, 9);
+        let mut b = PhysMemory::new("host", "host_memory_gib", 64 << 20, 9);
+        let slot = b.reserve_pages(1000).unwrap();
+        for i in 0..1000 {
+            assert_eq!(a.alloc_page().unwrap(), b.page_at(slot + i));
+        }
+        let chunk = b.reserve_chunks(3).unwrap();
+        // a fills its second chunk (24 more pages); its next chunk is b's first reserved.
+        for _ in 0..24 {
+            a.alloc_page().unwrap();
+        }
+        let next = a.alloc_huge().unwrap();
+        assert_eq!(next, b.chunk_at(chunk));
+        assert!(b.reserve_chunks(100).is_err());
     }
 
     #[test]

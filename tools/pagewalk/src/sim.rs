@@ -11,7 +11,7 @@
 use crate::assoc::SetAssoc;
 use crate::config::MachineConfig;
 use crate::designs::{asap, dmt, ecpt, fpt, radix, Design, Env, Pwcs, Step, Table, WalkCtx};
-use crate::phys::{PhysMemory, HUGE, PAGE};
+use crate::phys::{PhysMemory, PAGE};
 use crate::space::{Area, Mapping, Xlat};
 use crate::Pages;
 use anyhow::Result;
@@ -242,26 +242,20 @@ impl Simulator {
             last: None,
             stats: Stats::default(),
         };
-        sim.populate(areas)?;
+        sim.populate()?;
         Ok(sim)
     }
 
     /// Maps every page of the known areas before the run, as the DMT artifact's
-    /// workloads fault their memory in before tracing: page tables (and ECPT's elastic
-    /// tables) have their steady-state size from the first access.
-    fn populate(&mut self, areas: &[Area]) -> Result<()> {
-        for area in areas {
-            let mut addr = area.start;
-            while addr < area.end {
-                let (g, _) = self.guest.translate(addr, &mut self.memories)?;
-                if let Some(host) = &mut self.host {
-                    host.translate(g.out, &mut self.memories)?;
-                }
-                addr = if g.huge {
-                    (addr + 1).next_multiple_of(HUGE)
-                } else {
-                    addr + PAGE
-                };
+    /// workloads fault their memory in before tracing, and each VM's whole memory in
+    /// its host (preallocated guest memory): page tables (and ECPT's elastic tables)
+    /// have their steady-state size from the first access.
+    fn populate(&mut self) -> Result<()> {
+        self.guest.mapping.populate(&mut self.memories)?;
+        if let Some(host) = &mut self.host {
+            host.mapping.populate(&mut self.memories)?;
+            if let Some(second) = &mut host.then {
+                second.populate(&mut self.memories)?;
             }
         }
         Ok(())

@@ -52,6 +52,9 @@ struct AreaState {
     small: SparseMap,
     /// Frame + 1 per 2 MiB page, by 2 MiB index from the huge range's start.
     large: SparseMap,
+    /// Populated up front: the first reserved 4 KiB slot and 2 MiB chunk; frames are
+    /// then computed, not stored.
+    populated: Option<(u64, u64)>,
 }
 
 /// One address space's areas and page→frame mapping into a physical memory.
@@ -89,6 +92,7 @@ impl Mapping {
             huge,
             small: SparseMap::default(),
             large: SparseMap::default(),
+            populated: None,
         });
         self.areas.len() - 1
     }
@@ -129,10 +133,52 @@ impl Mapping {
         self.pages
     }
 
+    /// Maps every page of every known area now, in order, as a program that faults its
+    /// memory in before its main phase: the frames are those first-touch allocation in
+    /// address order would give, reserved at once and computed on use (no map to read).
+    pub(crate) fn populate(&mut self, memories: &mut [PhysMemory]) -> Result<()> {
+        let memory = &mut memories[self.memory];
+        for state in &mut self.areas {
+            let (lo, hi) = state.huge;
+            let a = state.area;
+            let (small, large) = if hi > lo {
+                ((lo - a.start + a.end - hi) / PAGE, (hi - lo) / HUGE)
+            } else {
+                ((a.end - a.start) / PAGE, 0)
+            };
+            state.populated = Some((memory.reserve_pages(small)?, memory.reserve_chunks(large)?));
+            self.pages += small + large;
+        }
+        Ok(())
+    }
+
     /// Translates `addr`, allocating its frame on first touch.
     #[inline]
     pub(crate) fn translate(&mut self, addr: u64, memories: &mut [PhysMemory]) -> Result<Xlat> {
         let area = self.area_of(addr)?;
+        let state = &self.areas[area];
+        if let Some((small, large)) = state.populated {
+            let memory = &memories[self.memory];
+            let (lo, hi) = state.huge;
+            return Ok(if lo <= addr && addr < hi {
+                Xlat {
+                    out: memory.chunk_at(large + (addr - lo) / HUGE) + addr % HUGE,
+                    huge: true,
+                    area,
+                }
+            } else {
+                let index = if hi > lo && addr >= hi {
+                    (lo - state.area.start + addr - hi) / PAGE
+                } else {
+                    (addr - state.area.start) / PAGE
+                };
+                Xlat {
+                    out: memory.page_at(small + index) + addr % PAGE,
+                    huge: false,
+                    area,
+                }
+            });
+        }
         let memory = &mut memories[self.memory];
         let pages = &mut self.pages;
         let state = &mut self.areas[area];
