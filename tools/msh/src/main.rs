@@ -33,6 +33,8 @@ enum Command {
     Rewrite(msh_rewrite::cli::RewriteArgs),
     /// Allocation and access traces of a program, in SQLite; `list`, `stat`, `plot`, `report`.
     Trace(msh_trace::cli::TraceArgs),
+    /// Page-walk simulator: x86 radix tables against direct translation (DMT, pvDMT) and others.
+    Pagewalk(msh_pagewalk::cli::PagewalkArgs),
     /// Benchmarks, as ratios against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -53,6 +55,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Doctor(args) => doctor::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Rewrite(args) => msh_rewrite::cli::run(&args),
+        Command::Pagewalk(args) => msh_pagewalk::cli::run(&args),
         Command::Profile(args) => msh_profile::cli::run(args),
         Command::Kpatch(args) => {
             kpatch::main(args);

@@ -1,0 +1,191 @@
+//! The `msh pagewalk` command line, kept here so the `msh` binary only wires it in.
+use crate::config::MachineConfig;
+use crate::source::{self, AccessSource, Synthetic, Workload};
+use crate::{Design, Env, Pages, Study};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// `msh pagewalk run …`.
+#[derive(Debug, clap::Args)]
+pub struct PagewalkArgs {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// Simulate page walks of radix and the other designs over an access stream.
+    Run(RunArgs),
+}
+
+/// Options of `msh pagewalk run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// A built-in workload.
+    #[arg(long, value_enum, value_name = "WORKLOAD", conflicts_with_all = ["trace", "command"])]
+    pub synthetic: Option<Workload>,
+    /// Bytes the synthetic workload touches (K/M/G/T suffixes).
+    #[arg(long, value_name = "SIZE", default_value = "8G")]
+    pub footprint: String,
+    /// Accesses the synthetic workload makes.
+    #[arg(long, value_name = "N", default_value_t = 20_000_000)]
+    pub accesses: u64,
+    /// A saved trace (msh tracer format), streamed.
+    #[arg(long, value_name = "FILE", conflicts_with = "command")]
+    pub trace: Option<PathBuf>,
+    /// Designs, comma-separated: radix,dmt,pvdmt,ecpt,fpt,asap (radix always runs: it is the baseline).
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "radix,dmt,pvdmt,ecpt,fpt,asap"
+    )]
+    pub designs: String,
+    /// Environments, comma-separated: native,virt,nested.
+    #[arg(long, value_name = "LIST", default_value = "native,virt")]
+    pub env: String,
+    /// Page sizes, comma-separated: 4k, thp (2 MiB pages where an area allows, guest and host).
+    #[arg(long, value_name = "LIST", default_value = "4k")]
+    pub pages: String,
+    /// Turn the TLBs off (L1 dTLB, STLB, nested TLB): every access walks.
+    #[arg(long)]
+    pub no_tlb: bool,
+    /// Turn the page-walk caches off.
+    #[arg(long)]
+    pub no_pwc: bool,
+    /// Machine description (JSON; any subset of the fields, see README).
+    #[arg(long, value_name = "FILE.json")]
+    pub config: Option<PathBuf>,
+    /// Seed of the synthetic workload, the free-list shuffle and the hashes.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Fraction of run time spent in page walks under radix, for the application
+    /// speedup (default: estimated from the simulation).
+    #[arg(long, value_name = "F")]
+    pub walk_fraction: Option<f64>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The command to trace, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Runs `msh pagewalk …`.
+pub fn run(args: &PagewalkArgs) -> Result<()> {
+    match &args.action {
+        Action::Run(run) => run_study(run),
+    }
+}
+
+fn run_study(args: &RunArgs) -> Result<()> {
+    let study = study(args)?;
+    let mut source: Box<dyn AccessSource> = match (&args.synthetic, &args.trace) {
+        (Some(workload), _) => Box::new(Synthetic::new(
+            *workload,
+            parse_size(&args.footprint).context("--footprint")?,
+            args.accesses,
+            args.seed,
+        )?),
+        (None, Some(path)) => source::trace_file(path)?,
+        (None, None) if !args.command.is_empty() => source::traced_command(&args.command)?,
+        (None, None) => {
+            bail!("nothing to simulate: give --synthetic WORKLOAD, --trace FILE or -- CMD ARGS…")
+        }
+    };
+    let bar = match source.len_hint() {
+        Some(n) if std::io::stderr().is_terminal() => {
+            let bar = ProgressBar::new(n);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "simulating [{bar:30}] {human_pos}/{human_len} accesses ({elapsed}, eta {eta})",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        }
+        _ => ProgressBar::hidden(),
+    };
+    let report = crate::run(&study, source.as_mut(), &|n| bar.inc(n));
+    bar.finish_and_clear();
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
+fn study(args: &RunArgs) -> Result<Study> {
+    let list = |text: &str| {
+        text.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let machine = match &args.config {
+        Some(path) => MachineConfig::load(path)?,
+        None => MachineConfig::default(),
+    };
+    if let Some(f) = args.walk_fraction {
+        if !(0.0..=1.0).contains(&f) {
+            bail!("--walk-fraction {f} is not between 0 and 1");
+        }
+    }
+    Ok(Study {
+        designs: list(&args.designs)
+            .iter()
+            .map(|d| Design::parse(d))
+            .collect::<Result<_>>()?,
+        envs: list(&args.env)
+            .iter()
+            .map(|e| Env::parse(e))
+            .collect::<Result<_>>()?,
+        pages: list(&args.pages)
+            .iter()
+            .map(|p| Pages::parse(p))
+            .collect::<Result<_>>()?,
+        tlb: !args.no_tlb,
+        pwc: !args.no_pwc,
+        machine,
+        seed: args.seed,
+        walk_fraction: args.walk_fraction,
+    })
+}
+
+/// `8G`, `512M`, `64K`, `1T` or plain bytes.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (digits, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        Some('T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("bad size {text:?} (expected e.g. 8G, 512M)"))?;
+    n.checked_shl(shift)
+        .filter(|v| v >> shift == n && *v > 0)
+        .with_context(|| format!("bad size {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8G").unwrap(), 8 << 30);
+        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        for bad in ["", "G", "x1G", "0", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+}
