@@ -2,7 +2,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use msh_cli::{bench, demo, examples, run};
+use msh_cli::{bench, checkpoint, demo, examples, run};
 
 mod kpatch;
 
@@ -31,6 +31,8 @@ enum Command {
     Kpatch(kpatch::KpatchArgs),
     /// Run a program with scavengers: libmsh.so preloaded, every thread a primary.
     Run(run::RunArgs),
+    /// Checkpoint a process started with `msh run --track-dirty` (full or incremental); `verify` compares.
+    Checkpoint(checkpoint::CheckpointArgs),
     /// Insert prefetch+yield at profiled loads of an unmodified x86-64 ELF binary.
     Rewrite(msh_rewrite::cli::RewriteArgs),
     /// Benchmarks, as ratios against a baseline measured in the same run.
@@ -56,6 +58,8 @@ enum BenchCommand {
     },
     /// Dirty-page tracking: every backend on a large mapping (arm, first write, collect, exactness).
     Dirty(bench::dirty::DirtyArgs),
+    /// Boehm GC: stop-the-world, incremental on its own dirty bits, incremental fed by msh.
+    Gc(bench::gc::GcArgs),
     /// What preloading libmsh costs (ptrchase, memcached), and harvest when preloaded.
     Attach {
         /// Print JSON.
@@ -111,6 +115,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo { runs } => demo::run(runs),
         Command::Run(args) => run::run(&args),
+        Command::Checkpoint(args) => checkpoint::run(&args),
         Command::Rewrite(args) => msh_rewrite::cli::run(&args),
         Command::Profile(args) => msh_profile::cli::run(args),
         Command::Kpatch(args) => {
@@ -139,6 +144,7 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
             BenchCommand::Dirty(args) => bench::dirty::run(&args),
+            BenchCommand::Gc(args) => bench::gc::run(&args),
             BenchCommand::Attach {
                 json,
                 runs,

@@ -10,8 +10,11 @@ use std::process::Command;
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The scavenger pool: one `PATH ARGS…` line per scavenger; `#` starts a comment.
-    #[arg(long, value_name = "FILE")]
-    pub pool: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "track_dirty")]
+    pub pool: Option<PathBuf>,
+    /// Track written pages for `msh checkpoint --pid PID` (MSH_TRACK_DIRTY=1).
+    #[arg(long)]
+    pub track_dirty: bool,
     /// Scavenger slots per primary thread.
     #[arg(long, value_name = "N")]
     pub scavengers_per_thread: Option<u32>,
@@ -60,8 +63,6 @@ pub fn find_libmsh() -> Result<PathBuf> {
 /// The command `msh run` would exec, with its environment.
 pub fn command(args: &RunArgs) -> Result<Command> {
     let lib = find_libmsh()?;
-    // An absolute path: the program may change directory before reading it.
-    let pool = std::path::absolute(&args.pool).context("cannot resolve the pool path")?;
     let mut command = Command::new(&args.command[0]);
     command.args(&args.command[1..]);
     let mut preload = lib.into_os_string();
@@ -69,9 +70,15 @@ pub fn command(args: &RunArgs) -> Result<Command> {
         preload.push(" ");
         preload.push(existing);
     }
-    command
-        .env("LD_PRELOAD", preload)
-        .env("MSH_SCAV_POOL_PATH", pool);
+    command.env("LD_PRELOAD", preload);
+    if let Some(pool) = &args.pool {
+        // An absolute path: the program may change directory before reading it.
+        let pool = std::path::absolute(pool).context("cannot resolve the pool path")?;
+        command.env("MSH_SCAV_POOL_PATH", pool);
+    }
+    if args.track_dirty {
+        command.env("MSH_TRACK_DIRTY", "1");
+    }
     if let Some(n) = args.scavengers_per_thread {
         command.env("MAX_SCAV_PER_THREAD", n.to_string());
     }
