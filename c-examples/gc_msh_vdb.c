@@ -59,9 +59,14 @@ static void feed_dirty_pages(void) {
             fprintf(stderr, "gc_msh_vdb: msh_dirty_collect: %s (%s)\n", msh_strerror(s), msh_dirty_last_error());
             abort();
         }
-        if (feed_bdwgc)
-            for (size_t i = 0; i < n; i++) GC_end_stubborn_change((void *)pages[i]);
-        stats.pages_fed += n;
+        /* Only heap pages: the tracked mappings also hold bdwgc's own metadata (mark
+         * stack, free lists), and a dirty bit for such a page lands in bdwgc's page
+         * hash table, where it aliases a heap page and makes it be rescanned. */
+        for (size_t i = 0; i < n; i++)
+            if (GC_is_heap_ptr((void *)pages[i])) {
+                if (feed_bdwgc) GC_end_stubborn_change((void *)pages[i]);
+                stats.pages_fed++;
+            }
     } while (cursor != 0);
 }
 

@@ -60,6 +60,8 @@ enum BenchCommand {
     Dirty(bench::dirty::DirtyArgs),
     /// Boehm GC: stop-the-world, incremental on its own dirty bits, incremental fed by msh.
     Gc(bench::gc::GcArgs),
+    /// Checkpoints of an unmodified process: full vs incremental (msh run --track-dirty), and criu.
+    Checkpoint(bench::checkpoint::CheckpointBenchArgs),
     /// What preloading libmsh costs (ptrchase, memcached), and harvest when preloaded.
     Attach {
         /// Print JSON.
@@ -145,6 +147,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             BenchCommand::Dirty(args) => bench::dirty::run(&args),
             BenchCommand::Gc(args) => bench::gc::run(&args),
+            BenchCommand::Checkpoint(args) => bench::checkpoint::run(&args),
             BenchCommand::Attach {
                 json,
                 runs,

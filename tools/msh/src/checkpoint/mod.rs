@@ -73,13 +73,19 @@ pub struct Summary {
     pub total_ms: f64,
 }
 
-/// Test-only fault injection: `MSH_CHECKPOINT_FAULT=kill-after-collect` kills the
-/// process between collect and copy, as if it died mid-checkpoint.
-fn fault_kill_after_collect(pid: u32) {
-    if std::env::var("MSH_CHECKPOINT_FAULT").as_deref() == Ok("kill-after-collect") {
-        // SAFETY: sending a signal.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        std::thread::sleep(std::time::Duration::from_millis(50));
+/// Fault injection for the tests, between collect and copy:
+/// `MSH_CHECKPOINT_FAULT=kill-after-collect` kills the process (as if it died
+/// mid-checkpoint); `fail-after-collect` fails the checkpoint (as a full disk would).
+fn injected_fault(pid: u32) -> Result<()> {
+    match std::env::var("MSH_CHECKPOINT_FAULT").as_deref() {
+        Ok("kill-after-collect") => {
+            // SAFETY: sending a signal.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            Ok(())
+        }
+        Ok("fail-after-collect") => bail!("injected fault: the checkpoint fails after its collect"),
+        _ => Ok(()),
     }
 }
 
@@ -123,7 +129,7 @@ pub fn take(pid: u32, dir: &Path, incremental: bool) -> Result<Summary> {
         .collect(kind)
         .map_err(|e| anyhow::anyhow!("process {pid}: {e:#}"))?;
     let collect_ms = collect_start.elapsed().as_secs_f64() * 1e3;
-    fault_kill_after_collect(pid);
+    injected_fault(pid)?;
     // The control thread touches only its stack now; stop it too for a consistent copy.
     stopped.stop(hello.control_tid as i32)?;
     let copy_start = Instant::now();
