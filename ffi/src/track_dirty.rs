@@ -134,8 +134,96 @@ struct State {
     pieces: Vec<Piece>,
     /// What the previous collect reported (for `collect retry`).
     stash: Stash,
+    /// Where an incremental collect copies its pages for the checkpointer.
+    copy: CopyBuffer,
+    /// Phase A's whole runs, for the copy at the end of phase B.
+    whole: Vec<(usize, usize)>,
+    /// Pieces (by index) whose tracker failed in the last collect: dropped by the next.
+    failed: [u64; 64],
     /// The reply buffer, kept so nothing is freed after a reply is sent.
     out: String,
+}
+
+/// The pages of an incremental collect, copied by the control thread while the process
+/// is stopped into a memfd (shared memory: never part of an image) that the
+/// checkpointer reads after resuming the process. Up to [`CopyBuffer::LIMIT`]; a
+/// larger collect is copied by the checkpointer itself. The pages stay allocated
+/// between checkpoints so that the next copy does not fault them in.
+struct CopyBuffer {
+    fd: i32,
+    map: *mut u8,
+    len: usize,
+    used: usize,
+    /// Not copying this time (too much, or no memfd).
+    off: bool,
+}
+
+impl CopyBuffer {
+    const LIMIT: usize = 256 << 20;
+
+    fn new() -> CopyBuffer {
+        // SAFETY: memfd_create with a NUL-terminated name.
+        let fd = unsafe { libc::memfd_create(c"msh-track-copy".as_ptr(), libc::MFD_CLOEXEC) };
+        CopyBuffer {
+            fd,
+            map: std::ptr::null_mut(),
+            len: 0,
+            used: 0,
+            off: true,
+        }
+    }
+
+    fn start(&mut self, copying: bool) {
+        self.used = 0;
+        self.off = !copying || self.fd < 0;
+    }
+
+    fn grow(&mut self, need: usize) -> bool {
+        let len = need.next_power_of_two().clamp(4 << 20, Self::LIMIT);
+        // SAFETY: our memfd.
+        if unsafe { libc::ftruncate(self.fd, len as libc::off_t) } != 0 {
+            return false;
+        }
+        // SAFETY: mapping our memfd, or moving our own mapping of it.
+        let map = unsafe {
+            if self.map.is_null() {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    self.fd,
+                    0,
+                )
+            } else {
+                libc::mremap(self.map.cast(), self.len, len, libc::MREMAP_MAYMOVE)
+            }
+        };
+        if map == libc::MAP_FAILED {
+            return false;
+        }
+        self.map = map.cast();
+        self.len = len;
+        true
+    }
+
+    fn append(&mut self, start: usize, pages: usize, page: usize) {
+        let bytes = pages * page;
+        if self.off || self.used + bytes > Self::LIMIT {
+            self.off = true;
+            return;
+        }
+        if self.used + bytes > self.len && !self.grow(self.used + bytes) {
+            self.off = true;
+            return;
+        }
+        // SAFETY: the source is a run of a readable region of this process, whose
+        // other threads are stopped; the destination is inside our mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(start as *const u8, self.map.add(self.used), bytes)
+        };
+        self.used += bytes;
+    }
 }
 
 /// The runs of the previous collect, in a mapping of our own (excluded from images,
@@ -253,6 +341,9 @@ fn serve(listen_fd: i32, pid: u32, unavailable: Option<String>) {
         unavailable,
         pieces: Vec::new(),
         stash: Stash::new(),
+        copy: CopyBuffer::new(),
+        whole: Vec::new(),
+        failed: [0; 64],
         out: String::with_capacity(1 << 16),
     };
     loop {
@@ -426,12 +517,13 @@ fn push_span(spans: &mut Vec<(usize, usize)>, start: usize, end: usize) {
 /// Answers `collect` (the process's other threads are stopped). Returns whether the
 /// connection is still usable.
 ///
-/// Phase A may allocate: it rescans the mappings, starts and drops trackers, and sends
-/// the regions and every run it knows whole. Phase B then collects and re-arms the
-/// tracked pieces and writes nothing but the stack, the stash and the trackers' own
-/// output vectors, whose pages it reports too: so every page the control thread wrote
-/// since the last re-arm is in the reply, and the copy the checkpointer makes
-/// afterwards is consistent.
+/// Phase A may allocate: it rescans the mappings, starts and drops trackers, sends the
+/// regions and notes every run it must report whole. Phase B then collects and re-arms the
+/// tracked pieces and writes nothing but the stack, the stash, the copy buffer and the
+/// trackers' own output vectors, whose pages it reports too: so every page the control
+/// thread wrote since the last re-arm is in the reply. Its copy (when it makes one)
+/// takes the dirty runs, then phase A's whole runs, then the output vectors' pages, so
+/// each is copied after its last write; the run lines go out in the same order.
 fn collect(conn: i32, state: &mut State, kind: CollectKind) -> bool {
     let header = match phase_a(state, kind) {
         Ok(()) => write_all(conn, state.out.as_bytes()),
@@ -453,38 +545,64 @@ fn collect(conn: i32, state: &mut State, kind: CollectKind) -> bool {
         ok: true,
     };
     let page = dirty::page_size();
+    state.copy.start(kind != CollectKind::Full);
     if kind != CollectKind::Full {
-        let stash = &mut state.stash;
-        for piece in state.pieces.iter_mut() {
+        let (stash, copy, failed) = (&mut state.stash, &mut state.copy, &mut state.failed);
+        for (index, piece) in state.pieces.iter_mut().enumerate() {
             let Some(tracker) = piece.tracker.as_mut() else {
                 continue;
             };
             let collected = tracker.collect(0, Limit::NONE, true, &mut |run| {
                 let _ = control::write_run(&mut w, run.start, run.pages);
                 stash.push((run.start, run.pages));
+                copy.append(run.start, run.pages, page);
             });
             if collected.is_err() {
                 // Replaced under us: report it whole now; phase A drops it next time.
                 let whole = (piece.start, (piece.end - piece.start) / page);
                 let _ = control::write_run(&mut w, whole.0, whole.1);
                 stash.push(whole);
-            }
-        }
-        for piece in &state.pieces {
-            if let Some((at, len)) = piece.tracker.as_ref().and_then(Tracker::scratch) {
-                let first = at & !(page - 1);
-                let end = (at + len).div_ceil(page) * page;
-                if state
-                    .pieces
-                    .iter()
-                    .any(|p| p.start <= first && end <= p.end)
-                {
-                    let _ = control::write_run(&mut w, first, (end - first) / page);
+                copy.append(whole.0, whole.1, page);
+                if let Some(word) = failed.get_mut(index / 64) {
+                    *word |= 1 << (index % 64);
                 }
             }
         }
     }
-    let _ = std::fmt::Write::write_str(&mut w, control::END);
+    // Phase A's whole runs, now that its frees are done.
+    for &(start, pages) in &state.whole {
+        let _ = control::write_run(&mut w, start, pages);
+        state.copy.append(start, pages, page);
+    }
+    if kind != CollectKind::Full {
+        // Last: the pages the trackers' own output vectors are in, as they are now.
+        for piece in &state.pieces {
+            if let Some((at, len)) = piece.tracker.as_ref().and_then(Tracker::scratch) {
+                // Page by page: the vector may straddle two pieces.
+                let mut first = at & !(page - 1);
+                while first < at + len {
+                    if state
+                        .pieces
+                        .iter()
+                        .any(|p| p.start <= first && first + page <= p.end)
+                    {
+                        let _ = control::write_run(&mut w, first, 1);
+                        state.copy.append(first, 1, page);
+                    }
+                    first += page;
+                }
+            }
+        }
+    }
+    if state.copy.off {
+        let _ = std::fmt::Write::write_str(&mut w, control::END);
+    } else {
+        let copied = control::Copied {
+            fd: state.copy.fd,
+            bytes: state.copy.used as u64,
+        };
+        let _ = control::write_end_copied(&mut w, copied);
+    }
     w.flush();
     w.ok
 }
@@ -509,14 +627,18 @@ fn phase_a(state: &mut State, kind: CollectKind) -> Result<(), String> {
     let mut excluded = [state.stack, state.stash.range()];
     excluded.sort_unstable();
     let (mut anon, mut file) = (Vec::new(), Vec::new());
-    for m in maps.iter().filter(|m| m.writable && !m.shared) {
+    for m in maps
+        .iter()
+        .filter(|m| m.readable && m.writable && !m.shared)
+    {
         for (start, end) in subtract(&[(m.start, m.end)], &excluded) {
             push_span(if m.inode == 0 { &mut anon } else { &mut file }, start, end);
         }
     }
     let mut whole: Vec<(usize, usize)> = Vec::new();
     let mut kept: Vec<Piece> = Vec::new();
-    for mut piece in std::mem::take(&mut state.pieces) {
+    let failed = std::mem::replace(&mut state.failed, [0; 64]);
+    for (index, mut piece) in std::mem::take(&mut state.pieces).into_iter().enumerate() {
         if !anon
             .iter()
             .any(|&(s, e)| s <= piece.start && piece.end <= e)
@@ -524,13 +646,14 @@ fn phase_a(state: &mut State, kind: CollectKind) -> Result<(), String> {
             continue; // unmapped, or cut: what is left is new below
         }
         // A tracker whose range was replaced under it is dropped: the range is new.
-        let usable = match piece.tracker.as_mut() {
-            None => true,
-            Some(t) if kind == CollectKind::Full => t.reset().is_ok(),
-            Some(t) => t
-                .collect(0, Limit { pages: 1, runs: 1 }, false, &mut |_| {})
-                .is_ok(),
-        };
+        let replaced = failed
+            .get(index / 64)
+            .is_some_and(|word| word & (1 << (index % 64)) != 0);
+        let usable = !replaced
+            && match piece.tracker.as_mut() {
+                Some(t) if kind == CollectKind::Full => t.reset().is_ok(),
+                _ => true,
+            };
         if usable {
             kept.push(piece);
         }
@@ -587,9 +710,11 @@ fn phase_a(state: &mut State, kind: CollectKind) -> Result<(), String> {
         let _ = control::write_region(&mut state.out, region);
     }
     for &run in &whole {
-        let _ = control::write_run(&mut state.out, run.0, run.1);
         state.stash.push(run);
     }
+    // Kept for the copy, which comes after this function's frees.
+    state.whole.clear();
+    state.whole.extend_from_slice(&whole);
     Ok(())
 }
 

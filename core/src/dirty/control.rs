@@ -14,7 +14,7 @@
 //! < ok <regions> <epoch>
 //! < region <start hex> <end hex> tracked|untracked               (× regions)
 //! < run <start hex> <pages>                                      (any number, any order)
-//! < end
+//! < end [copied <fd> <bytes>]
 //! ```
 //!
 //! `collect` is sent while every other thread of the process is stopped: it rescans the
@@ -23,8 +23,12 @@
 //! mappings userfaultfd refuses) whole, collects and re-arms the tracked ones, and
 //! increments the epoch. `retry` is an incremental collect that also reports what the
 //! previous collect reported: the checkpoint that consumed it was never written.
-//! After the reply the control thread touches only its own stack until the next
-//! request, so the checkpointer may stop it and read a consistent image.
+//! When the pages fit its copy buffer (a memfd), the control thread copies them itself
+//! while the process is stopped (`end copied`): the checkpointer resumes the process at
+//! once and reads them from `/proc/PID/fd/FD`. Otherwise (`end`) the checkpointer reads
+//! them with `process_vm_readv`. After the reply the control thread touches only its own
+//! stack until the next request, so a checkpointer that stops it reads a consistent
+//! image.
 
 use alloc::format;
 use alloc::string::String;
@@ -183,6 +187,8 @@ pub struct Collected {
     pub runs: Vec<(usize, usize)>,
     /// The epoch after this collect.
     pub epoch: u64,
+    /// Where the control thread copied the runs, if it did.
+    pub copied: Option<Copied>,
 }
 
 impl Collected {
@@ -195,7 +201,12 @@ impl Collected {
         for &(start, pages) in &self.runs {
             let _ = write_run(out, start, pages);
         }
-        out.push_str(END);
+        match self.copied {
+            Some(copied) => {
+                let _ = write_end_copied(out, copied);
+            }
+            None => out.push_str(END),
+        }
     }
 
     /// The first reply line: `(regions, epoch)`, or the server's error message.
@@ -240,14 +251,40 @@ impl Collected {
         }
     }
 
-    /// Whether `line` ends the reply.
-    pub fn is_end(line: &str) -> bool {
-        line.trim() == END.trim()
+    /// Whether `line` ends the reply, and if so whether the control thread copied the
+    /// runs (in the order sent, later copies of a page superseding earlier ones) into
+    /// the shared memory file it keeps open as descriptor `fd`: `Some(None)` means the
+    /// reader copies them itself.
+    pub fn parse_end(line: &str) -> Option<Option<Copied>> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["end"] => Some(None),
+            ["end", "copied", fd, bytes] => Some(Some(Copied {
+                fd: fd.parse().ok()?,
+                bytes: bytes.parse().ok()?,
+            })),
+            _ => None,
+        }
     }
 }
 
-/// The line that ends a `collect` reply.
+/// Where the control thread copied a collect's pages: `bytes` bytes at the start of
+/// its memory file, descriptor `fd` in the tracked process (`/proc/PID/fd/FD`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Copied {
+    /// The descriptor in the tracked process.
+    pub fd: i32,
+    /// Bytes written, from offset 0.
+    pub bytes: u64,
+}
+
+/// The line that ends a `collect` reply when the reader copies the pages itself.
 pub const END: &str = "end\n";
+
+/// Writes the line that ends a `collect` reply whose pages were copied.
+pub fn write_end_copied<W: Write>(out: &mut W, copied: Copied) -> core::fmt::Result {
+    writeln!(out, "end copied {} {}", copied.fd, copied.bytes)
+}
 
 /// Writes the first line of a `collect` reply.
 pub fn write_collect_header<W: Write>(
@@ -372,6 +409,7 @@ mod tests {
             ],
             runs: vec![(0x2000, 2), (0x9000, 1)],
             epoch: 3,
+            copied: None,
         };
         let mut text = String::new();
         c.encode_into(&mut text);
@@ -386,13 +424,20 @@ mod tests {
                 .push(Collected::parse_region(lines.next().unwrap()).unwrap());
         }
         for line in lines.by_ref() {
-            if Collected::is_end(line) {
+            if Collected::parse_end(line) == Some(None) {
                 break;
             }
             back.runs.push(Collected::parse_run(line).unwrap());
         }
         assert_eq!(back, c);
         assert_eq!(lines.next(), None);
+        let mut end = String::new();
+        write_end_copied(&mut end, Copied { fd: 7, bytes: 8192 }).unwrap();
+        assert_eq!(
+            Collected::parse_end(&end),
+            Some(Some(Copied { fd: 7, bytes: 8192 }))
+        );
+        assert_eq!(Collected::parse_end("end copied x 1"), None);
         assert_eq!(Collected::parse_region("region 1 2 maybe"), None);
         assert_eq!(Collected::parse_run("run x 2"), None);
     }

@@ -21,6 +21,8 @@ pub struct Mapping {
     pub start: usize,
     /// One past the last byte.
     pub end: usize,
+    /// `r` in the permissions.
+    pub readable: bool,
     /// `w` in the permissions.
     pub writable: bool,
     /// `s` (shared) rather than `p` (private) in the permissions.
@@ -70,6 +72,7 @@ pub fn parse_line(line: &[u8]) -> Option<Mapping> {
     Some(Mapping {
         start,
         end,
+        readable: perms[0] == b'r',
         writable: perms[1] == b'w',
         shared: perms[3] == b's',
         inode,
@@ -163,6 +166,7 @@ mod tests {
         Mapping {
             start,
             end,
+            readable: p[0] == b'r',
             writable: p[1] == b'w',
             shared: p[3] == b's',
             inode,

@@ -52,6 +52,10 @@ pub struct Figures {
     pub stopped_ms: f64,
     /// The longest stop of all, ms.
     pub stopped_ms_max: f64,
+    /// Of the stop: the control thread's collect, ms.
+    pub collect_ms: f64,
+    /// Of the stop: copying the pages out, ms.
+    pub copy_ms: f64,
     /// Pages saved.
     pub pages: f64,
 }
@@ -169,6 +173,8 @@ fn figures(samples: &[Summary]) -> Figures {
         total_ms: med(&|s| s.total_ms),
         stopped_ms: med(&|s| s.stopped_ms),
         stopped_ms_max: samples.iter().map(|s| s.stopped_ms).fold(0.0, f64::max),
+        collect_ms: med(&|s| s.collect_ms),
+        copy_ms: med(&|s| s.copy_ms),
         pages: med(&|s| s.pages as f64),
     }
 }
@@ -305,8 +311,8 @@ pub fn run(args: &CheckpointBenchArgs) -> Result<()> {
     );
     for (name, f) in [("full", &report.full), ("incremental", &report.incremental)] {
         println!(
-            "{name:<12} {:>4} checkpoints  total {:>9.2} ms  stopped {:>8.2} ms (max {:.2})  pages {:>8.0}",
-            f.count, f.total_ms, f.stopped_ms, f.stopped_ms_max, f.pages
+            "{name:<12} {:>4} checkpoints  total {:>9.2} ms  stopped {:>8.2} ms (max {:.2}; collect {:.2}, copy {:.2})  pages {:>8.0}",
+            f.count, f.total_ms, f.stopped_ms, f.stopped_ms_max, f.collect_ms, f.copy_ms, f.pages
         );
     }
     println!(

@@ -97,6 +97,7 @@ impl Control {
     }
 
     /// Collects the pages to save (every other thread of the process must be stopped).
+    /// The runs are as sent: in copy order, possibly overlapping.
     pub fn collect(&mut self, kind: CollectKind) -> Result<Collected> {
         self.send(Request::Collect(kind))?;
         let (regions, epoch) =
@@ -114,7 +115,8 @@ impl Control {
         }
         loop {
             let line = self.line()?;
-            if Collected::is_end(&line) {
+            if let Some(copied) = Collected::parse_end(&line) {
+                collected.copied = copied;
                 break;
             }
             collected.runs.push(
@@ -122,7 +124,6 @@ impl Control {
                     .with_context(|| format!("malformed run line: {}", line.trim()))?,
             );
         }
-        control::normalize_runs(&mut collected.runs, msh_core::dirty::page_size());
         Ok(collected)
     }
 }

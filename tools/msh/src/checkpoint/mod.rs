@@ -13,10 +13,11 @@ pub mod image;
 mod stop;
 pub mod verify;
 
+use anyhow::Context;
 use anyhow::{bail, Result};
 use control::Control;
 use image::{Index, RegionEntry};
-use msh_core::dirty::control::CollectKind;
+use msh_core::dirty::control::{normalize_runs, CollectKind};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -89,6 +90,48 @@ fn injected_fault(pid: u32) -> Result<()> {
     }
 }
 
+/// Reads the first `bytes` bytes of the control thread's copy buffer.
+fn read_copy(file: &std::fs::File, bytes: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut raw = vec![0u8; bytes];
+    file.read_exact_at(&mut raw, 0)?;
+    Ok(raw)
+}
+
+/// The pages the control thread copied (`sent` in copy order, later copies of a page
+/// superseding earlier ones) as sorted, disjoint runs and their bytes.
+fn assemble(
+    sent: &[(usize, usize)],
+    raw: &[u8],
+    page: usize,
+) -> Result<(Vec<(usize, usize)>, Vec<u8>)> {
+    let total: usize = sent.iter().map(|r| r.1 * page).sum();
+    if total != raw.len() {
+        bail!(
+            "the control thread copied {} bytes for {total} bytes of runs",
+            raw.len()
+        );
+    }
+    let mut latest = std::collections::HashMap::new();
+    let mut offset = 0;
+    for &(start, pages) in sent {
+        for p in 0..pages {
+            latest.insert(start + p * page, offset + p * page);
+        }
+        offset += pages * page;
+    }
+    let mut runs = sent.to_vec();
+    normalize_runs(&mut runs, page);
+    let mut data = Vec::with_capacity(latest.len() * page);
+    for &(start, pages) in &runs {
+        for p in 0..pages {
+            let at = latest[&(start + p * page)];
+            data.extend_from_slice(&raw[at..at + page]);
+        }
+    }
+    Ok((runs, data))
+}
+
 /// Takes one checkpoint of `pid` into `dir`.
 pub fn take(pid: u32, dir: &Path, incremental: bool) -> Result<Summary> {
     let begin = Instant::now();
@@ -130,15 +173,37 @@ pub fn take(pid: u32, dir: &Path, incremental: bool) -> Result<Summary> {
         .map_err(|e| anyhow::anyhow!("process {pid}: {e:#}"))?;
     let collect_ms = collect_start.elapsed().as_secs_f64() * 1e3;
     injected_fault(pid)?;
-    // The control thread touches only its stack now; stop it too for a consistent copy.
-    stopped.stop(hello.control_tid as i32)?;
-    let copy_start = Instant::now();
-    let data = stop::read_runs(pid, &collected.runs, page)?;
-    let copy_ms = copy_start.elapsed().as_secs_f64() * 1e3;
-    let stopped_ms = stopped.resume().as_secs_f64() * 1e3;
+    let (sent_runs, data, stopped_ms, copy_ms);
+    match collected.copied {
+        Some(copied) => {
+            // The control thread copied the pages while the process was stopped: hold
+            // its copy buffer open, let the process go, then read.
+            let path = format!("/proc/{pid}/fd/{}", copied.fd);
+            let buffer = std::fs::File::open(&path)
+                .map_err(|_| anyhow::anyhow!("process {pid} exited during the checkpoint"))?;
+            stopped_ms = stopped.resume().as_secs_f64() * 1e3;
+            let copy_start = Instant::now();
+            let raw = read_copy(&buffer, copied.bytes as usize)
+                .with_context(|| format!("cannot read {path}"))?;
+            (sent_runs, data) = assemble(&collected.runs, &raw, page)?;
+            copy_ms = copy_start.elapsed().as_secs_f64() * 1e3;
+        }
+        None => {
+            // The control thread touches only its stack now; stop it too for a
+            // consistent copy.
+            stopped.stop(hello.control_tid as i32)?;
+            let copy_start = Instant::now();
+            let mut runs = collected.runs.clone();
+            normalize_runs(&mut runs, page);
+            data = stop::read_runs(pid, &runs, page)?;
+            copy_ms = copy_start.elapsed().as_secs_f64() * 1e3;
+            stopped_ms = stopped.resume().as_secs_f64() * 1e3;
+            sent_runs = runs;
+        }
+    }
     drop(control);
 
-    let runs = image::checksums(&collected.runs, page, &data);
+    let runs = image::checksums(&sent_runs, page, &data);
     let regions: Vec<RegionEntry> = collected
         .regions
         .iter()

@@ -30,6 +30,7 @@ fn errno() -> i32 {
 
 impl Stopped {
     /// Stops every thread of `pid` except `except` (threads created meanwhile too).
+    /// All are interrupted before any is waited for, so their stops overlap.
     pub fn all_but(pid: u32, except: Option<u32>) -> Result<Stopped> {
         let mut stopped = Stopped {
             pid: pid as i32,
@@ -37,17 +38,24 @@ impl Stopped {
             since: Instant::now(),
         };
         let except = except.map(|t| t as i32);
+        let mut seen = BTreeSet::new();
         loop {
-            let known: BTreeSet<i32> = stopped.threads.iter().map(|t| t.0).collect();
             let new: Vec<i32> = tids(stopped.pid)?
                 .into_iter()
-                .filter(|t| !known.contains(t) && Some(*t) != except)
+                .filter(|t| !seen.contains(t) && Some(*t) != except)
                 .collect();
             if new.is_empty() {
                 break;
             }
+            let mut seized = Vec::new();
             for tid in new {
-                stopped.stop(tid)?;
+                seen.insert(tid);
+                if stopped.interrupt(tid)? {
+                    seized.push(tid);
+                }
+            }
+            for tid in seized {
+                stopped.wait(tid)?;
             }
         }
         if stopped.threads.is_empty() && except.is_none() {
@@ -58,20 +66,37 @@ impl Stopped {
 
     /// Stops one more thread of the process.
     pub fn stop(&mut self, tid: i32) -> Result<()> {
+        if self.interrupt(tid)? {
+            self.wait(tid)?;
+        }
+        Ok(())
+    }
+
+    /// Seizes and interrupts `tid`; false when it is gone.
+    fn interrupt(&mut self, tid: i32) -> Result<bool> {
         let pid = self.pid;
         // SAFETY: plain ptrace requests on a thread id.
         if unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, NULL, NULL) } != 0 {
             return match errno() {
-                libc::ESRCH if tid != pid => Ok(()), // the thread exited: nothing to stop
+                libc::ESRCH if tid != pid => Ok(false), // the thread exited: nothing to stop
                 libc::ESRCH => bail!("process {pid} exited during the checkpoint"),
                 libc::EPERM => bail!(
                     "cannot stop process {pid}: ptrace is not permitted (same user and ptrace rights, or root)"
                 ),
-                e => bail!("cannot stop thread {tid} of process {pid}: ptrace seize: {}", std::io::Error::from_raw_os_error(e)),
+                e => bail!(
+                    "cannot stop thread {tid} of process {pid}: ptrace seize: {}",
+                    std::io::Error::from_raw_os_error(e)
+                ),
             };
         }
         // SAFETY: as above; the thread is now ours to interrupt.
         unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, NULL, NULL) };
+        Ok(true)
+    }
+
+    /// Waits for interrupted `tid` to stop and records it.
+    fn wait(&mut self, tid: i32) -> Result<()> {
+        let pid = self.pid;
         let mut status = 0;
         // SAFETY: waiting for our tracee.
         let waited = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
