@@ -98,13 +98,12 @@ fn read_copy(file: &std::fs::File, bytes: usize) -> std::io::Result<Vec<u8>> {
     Ok(raw)
 }
 
+/// Runs of pages: `(start, pages)`.
+type Runs = Vec<(usize, usize)>;
+
 /// The pages the control thread copied (`sent` in copy order, later copies of a page
 /// superseding earlier ones) as sorted, disjoint runs and their bytes.
-fn assemble(
-    sent: &[(usize, usize)],
-    raw: &[u8],
-    page: usize,
-) -> Result<(Vec<(usize, usize)>, Vec<u8>)> {
+fn assemble(sent: &[(usize, usize)], raw: &[u8], page: usize) -> Result<(Runs, Vec<u8>)> {
     let total: usize = sent.iter().map(|r| r.1 * page).sum();
     if total != raw.len() {
         bail!(
