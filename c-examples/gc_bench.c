@@ -26,10 +26,12 @@
  *
  *   gc_bench --workload trees|histogram --config NAME [--scale N] [--heap-mib N]
  *            [--time-limit-ms N]   (the incremental modes' slice bound, default 10)
+ *            [--alloc thread-local|global]   (see ALLOC below; default thread-local)
  * prints one line `gc_bench: {json}`. Exit 1 on an error, 2 when a check fails. */
 #define _GNU_SOURCE
 #include "gc_msh_vdb.h"
 #include <gc/gc.h>
+#include <gc/gc_inline.h>
 
 #include <dirent.h>
 #include <signal.h>
@@ -39,6 +41,16 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+/* Allocation path. bdwgc's default (GC_MALLOC) takes small objects from per-thread
+ * free lists, refilled by GC_generic_malloc_many, which in manual-VDB mode hands out
+ * one object per call (bdwgc 8.2: "a single object is always allocated if manual
+ * VDB"): the mutator pays for the manual VDB on every allocation. `--alloc global`
+ * takes every object from the global free lists (GC_malloc_kind_global) in every
+ * configuration, so that only the dirty-bit mechanism differs. */
+static int alloc_global;
+#define ALLOC(size) (alloc_global ? GC_malloc_kind_global((size), GC_I_NORMAL) : GC_MALLOC(size))
+#define ALLOC_ATOMIC(size) (alloc_global ? GC_malloc_kind_global((size), GC_I_PTRFREE) : GC_MALLOC_ATOMIC(size))
 
 static void die(const char *what) {
     fprintf(stderr, "gc_bench: %s\n", what);
@@ -100,7 +112,7 @@ typedef struct tnode {
 } tnode;
 
 static tnode *new_tnode(tnode *l, tnode *r) {
-    tnode *n = GC_MALLOC(sizeof *n);
+    tnode *n = ALLOC(sizeof *n);
     if (!n) die("out of memory");
     n->left = l;
     n->right = r;
@@ -142,7 +154,7 @@ static uint64_t run_trees(int scale) {
     tnode *long_lived = new_tnode(NULL, NULL);
     populate(long_depth, long_lived);
     size_t array_len = (size_t)250000 << scale;
-    double *array = GC_MALLOC_ATOMIC(array_len * sizeof *array);
+    double *array = ALLOC_ATOMIC(array_len * sizeof *array);
     if (!array) die("out of memory");
     for (size_t i = 0; i < array_len / 2; i++) array[i] = 1.0 / (double)(i + 1);
 
@@ -183,7 +195,7 @@ typedef struct {
 } table;
 
 static table new_table(size_t buckets) {
-    table t = {GC_MALLOC(buckets * sizeof(entry *)), buckets - 1};
+    table t = {ALLOC(buckets * sizeof(entry *)), buckets - 1};
     if (!t.buckets) die("out of memory");
     return t;
 }
@@ -197,7 +209,7 @@ static void add(table *t, const char *word, uint64_t n) {
             e->count += n;
             return;
         }
-    entry *e = GC_MALLOC(sizeof *e);
+    entry *e = ALLOC(sizeof *e);
     if (!e) die("out of memory");
     e->word = word;
     e->count = n;
@@ -207,19 +219,19 @@ static void add(table *t, const char *word, uint64_t n) {
 
 static uint64_t run_histogram(int scale) {
     const size_t vocab = 50000, docs = (size_t)4096 << scale, words_per_doc = 1024, chunk = 64, passes = 2;
-    const char **words = GC_MALLOC(vocab * sizeof *words);
+    const char **words = ALLOC(vocab * sizeof *words);
     if (!words) die("out of memory");
     for (size_t w = 0; w < vocab; w++) {
-        char *s = GC_MALLOC_ATOMIC(16);
+        char *s = ALLOC_ATOMIC(16);
         if (!s) die("out of memory");
         snprintf(s, 16, "w%zu", w);
         words[w] = s;
     }
     /* The corpus: documents as arrays of pointers to words (Zipf-like skew). */
-    const char ***corpus = GC_MALLOC(docs * sizeof *corpus);
+    const char ***corpus = ALLOC(docs * sizeof *corpus);
     if (!corpus) die("out of memory");
     for (size_t d = 0; d < docs; d++) {
-        const char **doc = GC_MALLOC(words_per_doc * sizeof *doc);
+        const char **doc = ALLOC(words_per_doc * sizeof *doc);
         if (!doc) die("out of memory");
         for (size_t i = 0; i < words_per_doc; i++) {
             uint64_t r = next_random();
@@ -258,10 +270,10 @@ static int cmp_double(const void *a, const void *b) {
 
 static double first_write_ns(void) {
     enum { OBJECTS = 2048, REPS = 5 };
-    void **objects = GC_MALLOC(OBJECTS * sizeof *objects);
+    void **objects = ALLOC(OBJECTS * sizeof *objects);
     if (!objects) die("out of memory");
     for (int i = 0; i < OBJECTS; i++)
-        if (!(objects[i] = GC_MALLOC(3000))) die("out of memory"); /* one per heap block */
+        if (!(objects[i] = ALLOC(3000))) die("out of memory"); /* one per heap block */
     double per_write[REPS];
     for (int r = 0; r < REPS; r++) {
         GC_gcollect();
@@ -306,8 +318,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--scale") && i + 1 < argc) scale = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--heap-mib") && i + 1 < argc) heap_mib = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--time-limit-ms") && i + 1 < argc) time_limit_ms = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--alloc") && i + 1 < argc) {
+            const char *path = argv[++i];
+            if (!strcmp(path, "global")) alloc_global = 1;
+            else if (strcmp(path, "thread-local")) die("--alloc: thread-local or global");
+        }
         else die("usage: gc_bench --workload trees|histogram --config stop_the_world|bdwgc_incremental|msh_incremental "
-                 "[--scale N] [--heap-mib N] [--time-limit-ms N]");
+                 "[--scale N] [--heap-mib N] [--time-limit-ms N] [--alloc thread-local|global]");
     }
     if (!workload || !config) die("--workload and --config are required");
     if (strcmp(workload, "trees") && strcmp(workload, "histogram")) die("unknown workload (trees, histogram)");
@@ -362,10 +379,10 @@ int main(int argc, char **argv) {
     }
     printf("gc_bench: {\"workload\":\"%s\",\"config\":\"%s\",\"vdb\":\"%s\"%s,\"total_s\":%.6f,\"collections\":%lu,"
            "\"pauses\":%zu,\"pause_ms_total\":%.4f,\"pause_ms_mean\":%.4f,\"pause_ms_max\":%.4f,"
-           "\"first_write_ns\":%.1f,\"heap_mib_final\":%.1f,\"time_limit_ms\":%lu,\"bdwgc\":\"%d.%d.%d\","
+           "\"first_write_ns\":%.1f,\"heap_mib_final\":%.1f,\"time_limit_ms\":%lu,\"alloc\":\"%s\",\"bdwgc\":\"%d.%d.%d\","
            "\"checksum\":%llu}\n",
            workload, config, vdb, backend, total, collections, pauses, pause_sum * 1e3, mean * 1e3, pause_longest * 1e3,
-           fw, GC_get_heap_size() / 1048576.0, (unsigned long)GC_get_time_limit(), GC_VERSION_MAJOR,
+           fw, GC_get_heap_size() / 1048576.0, (unsigned long)GC_get_time_limit(), alloc_global ? "global" : "thread-local", GC_VERSION_MAJOR,
            GC_VERSION_MINOR, GC_VERSION_MICRO, (unsigned long long)checksum);
     if (msh) gc_msh_vdb_stop();
     return 0;

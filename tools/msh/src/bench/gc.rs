@@ -40,6 +40,28 @@ pub struct GcArgs {
     /// The incremental modes mark in slices of at most this many ms.
     #[arg(long, default_value_t = 10)]
     time_limit_ms: u32,
+    /// Allocation path in every configuration: bdwgc's per-thread free lists (its
+    /// default; one object per refill in manual-VDB mode) or the global ones.
+    #[arg(long, value_enum, default_value = "thread-local")]
+    alloc: AllocPath,
+}
+
+/// Where `gc_bench` takes its objects from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocPath {
+    /// `GC_MALLOC`: per-thread free lists.
+    ThreadLocal,
+    /// `GC_malloc_kind_global`: the global free lists.
+    Global,
+}
+
+impl AllocPath {
+    fn name(self) -> &'static str {
+        match self {
+            AllocPath::ThreadLocal => "thread-local",
+            AllocPath::Global => "global",
+        }
+    }
 }
 
 /// One `gc_bench` run, as it prints it.
@@ -103,6 +125,8 @@ pub struct Report {
     pub bdwgc: String,
     /// Runs per figure.
     pub runs: usize,
+    /// The allocation path.
+    pub alloc: &'static str,
     /// The 1-minute load average when the run ended (the machine is shared).
     pub load_avg_1m: Option<f64>,
 }
@@ -114,6 +138,7 @@ fn run_once(workload: &str, config: &str, args: &GcArgs) -> Result<Sample> {
         .args(["--scale", &args.scale.to_string()])
         .args(["--heap-mib", &args.heap_mib.to_string()])
         .args(["--time-limit-ms", &args.time_limit_ms.to_string()])
+        .args(["--alloc", args.alloc.name()])
         .output()
         .with_context(|| format!("cannot run {}", path.display()))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -193,6 +218,7 @@ pub fn measure(args: &GcArgs) -> Result<Report> {
         workloads,
         bdwgc,
         runs: args.runs,
+        alloc: args.alloc.name(),
         load_avg_1m: load_average(),
     })
 }
@@ -244,8 +270,9 @@ pub fn run(args: &GcArgs) -> Result<()> {
 fn print_table(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
     writeln!(
         out,
-        "bdwgc {}, medians of {} runs, load {:.1}",
+        "bdwgc {}, {} allocation, medians of {} runs, load {:.1}",
         report.bdwgc,
+        report.alloc,
         report.runs,
         report.load_avg_1m.unwrap_or(f64::NAN)
     )?;
