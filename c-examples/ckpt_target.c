@@ -4,6 +4,8 @@
  *
  *   write FRACTION SEED   rewrite that fraction of the heap's pages (distinct pages
  *                         chosen from SEED), split over the worker threads -> "done N"
+ *   map MIB               map and fill a new anonymous region -> "mapped N" (regions made)
+ *   unmap                 unmap the newest region made by `map` -> "unmapped N" (left)
  *   sum                   -> "sum HEX" (a checksum of the heap)
  *   quit                  exit 0
  *
@@ -27,6 +29,8 @@ static int threads = 2;
 static size_t *todo, todo_count;
 static uint64_t generation;
 static pthread_barrier_t start_line, finish_line;
+static void *extra[64];
+static size_t extra_len[64], extra_count;
 
 static void die(const char *what) {
     fprintf(stderr, "ckpt_target: %s\n", what);
@@ -77,6 +81,7 @@ int main(int argc, char **argv) {
     fflush(stdout);
 
     char line[256];
+    size_t map_mib;
     while (fgets(line, sizeof line, stdin)) {
         double fraction;
         unsigned long long seed;
@@ -100,6 +105,20 @@ int main(int argc, char **argv) {
             pthread_barrier_wait(&start_line);
             pthread_barrier_wait(&finish_line);
             printf("done %zu\n", count);
+        } else if (sscanf(line, "map %zu", &map_mib) == 1) {
+            if (extra_count == 64 || map_mib == 0) die("map: at most 64 regions of at least 1 MiB");
+            size_t len = map_mib << 20;
+            uint8_t *region = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (region == MAP_FAILED) die("cannot map a region");
+            for (size_t i = 0; i < len; i += 64) region[i] = (uint8_t)(i >> 6 ^ extra_count);
+            extra[extra_count] = region;
+            extra_len[extra_count++] = len;
+            printf("mapped %zu\n", extra_count);
+        } else if (!strncmp(line, "unmap", 5)) {
+            if (extra_count == 0) die("unmap: nothing mapped");
+            extra_count--;
+            munmap(extra[extra_count], extra_len[extra_count]);
+            printf("unmapped %zu\n", extra_count);
         } else if (!strncmp(line, "sum", 3)) {
             uint64_t h = 1469598103934665603ull;
             const uint64_t *w = (const uint64_t *)heap;

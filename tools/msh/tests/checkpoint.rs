@@ -63,6 +63,7 @@ impl Target {
             .strip_prefix("ready ")
             .and_then(|p| p.trim().parse().ok())
             .unwrap_or_else(|| panic!("ckpt_target said {line:?}"));
+        target.wait_idle();
         target
     }
 
@@ -72,10 +73,43 @@ impl Target {
         line
     }
 
+    /// Sends a command and returns the answer once every thread is blocked again (the
+    /// main thread in read(2) of the next command): a checkpoint taken then is of a
+    /// process whose memory does not change until the next command, so verify can
+    /// compare it later.
     fn command(&mut self, text: &str) -> String {
         writeln!(self.stdin, "{text}").unwrap();
         self.stdin.flush().unwrap();
-        self.line()
+        let answer = self.line();
+        if !answer.is_empty() {
+            self.wait_idle();
+        }
+        answer
+    }
+
+    fn wait_idle(&self) {
+        let blocked = || {
+            let main =
+                std::fs::read_to_string(format!("/proc/{}/syscall", self.pid)).unwrap_or_default();
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid)).unwrap();
+            main.starts_with("0 ")
+                && tasks.filter_map(|t| t.ok()).all(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    // The state follows the parenthesized command name.
+                    let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+                    !state.starts_with('R')
+                })
+        };
+        for _ in 0..500 {
+            if blocked() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                if blocked() {
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("ckpt_target {} did not go idle", self.pid);
     }
 }
 
@@ -222,6 +256,28 @@ fn incremental_checkpoints_of_an_unmodified_process_verify_identical() {
     assert_eq!(target.command("write 0.01 99"), "done 164\n");
     let stale = verify(target.pid, &dir);
     assert_one_line_error(&stale, "differ from the image");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn mappings_made_and_unmapped_between_checkpoints_are_followed() {
+    let mut target = Target::start(true, 8, false);
+    let dir = temp_dir("mappings");
+    summary(&checkpoint(target.pid, &dir, false));
+    assert_eq!(target.command("map 4"), "mapped 1\n");
+    assert_eq!(target.command("map 2"), "mapped 2\n");
+    let grown = summary(&checkpoint(target.pid, &dir, true));
+    // Both new regions whole: 6 MiB of pages never seen before.
+    assert!(grown["pages"].as_u64().unwrap() >= 6 * 256, "{grown}");
+    let verified = verify(target.pid, &dir);
+    assert!(verified.status.success(), "{verified:?}");
+    assert_eq!(target.command("unmap"), "unmapped 1\n");
+    assert_eq!(target.command("write 0.1 3"), "done 205\n");
+    summary(&checkpoint(target.pid, &dir, true));
+    // verify reads every region of the last image from the process: a region kept
+    // after its unmapping would fail to read.
+    let verified = verify(target.pid, &dir);
+    assert!(verified.status.success(), "{verified:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
