@@ -88,28 +88,7 @@ impl Target {
     }
 
     fn wait_idle(&self) {
-        let blocked = || {
-            let main =
-                std::fs::read_to_string(format!("/proc/{}/syscall", self.pid)).unwrap_or_default();
-            let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid)).unwrap();
-            main.starts_with("0 ")
-                && tasks.filter_map(|t| t.ok()).all(|t| {
-                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-                    // The state follows the parenthesized command name.
-                    let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-                    !state.starts_with('R')
-                })
-        };
-        for _ in 0..500 {
-            if blocked() {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                if blocked() {
-                    return;
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        panic!("ckpt_target {} did not go idle", self.pid);
+        msh_cli::bench::checkpoint::wait_idle(self.pid).unwrap();
     }
 }
 

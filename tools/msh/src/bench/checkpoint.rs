@@ -132,6 +132,7 @@ impl Target {
             .strip_prefix("ready ")
             .and_then(|p| p.trim().parse().ok())
             .with_context(|| format!("ckpt_target said {line:?}"))?;
+        wait_idle(target.pid)?;
         Ok(target)
     }
 
@@ -150,7 +151,7 @@ impl Target {
         if !line.starts_with("done ") {
             bail!("ckpt_target said {line:?}");
         }
-        Ok(())
+        wait_idle(self.pid)
     }
 }
 
@@ -159,6 +160,35 @@ impl Drop for Target {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits until every thread of `pid` is blocked and its main thread is in read(2) (as
+/// `ckpt_target` is between commands), so that a checkpoint taken then is of memory
+/// that stays as it is until the next command.
+pub fn wait_idle(pid: u32) -> Result<()> {
+    let blocked = || -> bool {
+        let main = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        main.starts_with("0 ")
+            && tasks.filter_map(|t| t.ok()).all(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                // The state follows the parenthesized command name.
+                let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+                !state.starts_with('R')
+            })
+    };
+    for _ in 0..500 {
+        if blocked() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            if blocked() {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    bail!("process {pid} did not go idle in 10 s")
 }
 
 fn figures(samples: &[Summary]) -> Figures {
