@@ -1,4 +1,4 @@
-//! C ABI for dirty-page tracking (issue 6): `msh_dirty_*`.
+//! C ABI for dirty-page tracking: `msh_dirty_*`.
 //!
 //! ```c
 //! msh_dirty_range heap = { (uintptr_t)base, len };

@@ -1,4 +1,4 @@
-//! Dirty-page tracking for garbage collectors and checkpointers (issue 6).
+//! Dirty-page tracking for garbage collectors and checkpointers.
 //!
 //! A [`Tracker`] watches one or more page-aligned ranges of private memory and answers
 //! "which pages were written since the last time I asked", exactly, in the manner of
@@ -35,6 +35,7 @@
 
 mod bitmap;
 pub mod control;
+pub mod features;
 mod maps;
 mod mprotect;
 mod soft_dirty;

@@ -79,6 +79,7 @@ pub struct UffdMsg {
 pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
+pub const PAGE_IS_PRESENT: u64 = 1 << 3;
 
 /// `struct page_region`.
 #[repr(C)]

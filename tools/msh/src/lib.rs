@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod demo;
+pub mod doctor;
 pub mod examples;
 pub mod memcached;
 pub mod run;

@@ -1,5 +1,6 @@
 //! `msh bench harvest --mode rewritten`: the plain ptrchase, rewritten at its chase
-//! load, harvests under `msh run` and keeps its checksum (the bench refuses a mismatch).
+//! load found by `msh profile`, harvests under `msh run` and keeps its checksum (the
+//! bench refuses a mismatch).
 use std::process::Command;
 
 #[test]
@@ -14,10 +15,12 @@ fn the_rewritten_chase_runs_scavengers() {
             "--json",
             "--runs",
             "1",
+            // A table far beyond L2 and long enough (0.2-0.5 s) for the profiler's
+            // 1 kHz samples to find the chase load whatever the machine's load.
             "--hops",
-            "200000",
+            "1000000",
             "--mib",
-            "8",
+            "64",
         ])
         .output()
         .expect("msh");
@@ -25,6 +28,13 @@ fn the_rewritten_chase_runs_scavengers() {
     assert!(out.status.success(), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["mode"], "rewritten");
+    // The real pipeline: msh profile chose the chase load, msh rewrite patched it.
+    let pipeline = &report["pipeline"];
+    assert!(
+        pipeline["site"].as_str().unwrap().starts_with("chase+"),
+        "{report}"
+    );
+    assert_eq!(pipeline["patched"], 1, "{report}");
     assert!(
         report["scavenger_msh_units_per_s"].as_f64().unwrap() > 0.0,
         "{report}"

@@ -12,6 +12,46 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+/// `msh bench attach` options.
+#[derive(clap::Args, Debug)]
+pub struct AttachArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Runs (figures are medians).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub runs: u64,
+    /// Hops per ptrchase run.
+    #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub hops: u64,
+    /// Set+get pairs per memcached client (4 clients).
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub memcached_pairs: u32,
+    /// Skip memcached.
+    #[arg(long)]
+    pub no_memcached: bool,
+}
+
+/// Runs `msh bench attach`.
+pub fn run_cli(args: &AttachArgs) -> Result<()> {
+    examples::build()?;
+    let opts = AttachOptions {
+        runs: args.runs as usize,
+        hops: args.hops,
+        memcached_pairs: args.memcached_pairs,
+        memcached: !args.no_memcached,
+    };
+    let bar = super::harvest::progress_bar(3 * opts.runs as u64, "measuring");
+    let report = run(&opts, &bar)?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub struct AttachOptions {
     pub runs: usize,

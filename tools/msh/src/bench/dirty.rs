@@ -8,6 +8,7 @@
 //! - `collect_ms`: collecting the written pages with re-arm;
 //! - `exact`: the collected set equals the written set, on every epoch.
 
+use crate::examples::median;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use msh_core::dirty::{page_size, Backend, Choice, Tracker};
@@ -129,16 +130,6 @@ fn random_pages(pages: usize, count: usize, seed: u64) -> Vec<usize> {
     }
     all.truncate(count);
     all
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 fn ms(start: Instant) -> f64 {
@@ -315,11 +306,5 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted.len(), 100);
         assert!(pages.iter().all(|&p| p < 1000));
-    }
-
-    #[test]
-    fn median_of_odd_and_even() {
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 }

@@ -7,14 +7,97 @@ use crate::examples::{self, median, Chase, Compute};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use std::path::PathBuf;
 
 /// How the primary gets its yield point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     /// ptrchase_msh: MSH_PREFETCH_YIELD in the source, linked with libmsh.a.
     Linked,
-    /// The plain ptrchase, rewritten by `msh rewrite` at its chase load, under `msh run`.
+    /// The plain ptrchase (no msh in its source), profiled by `msh profile`, rewritten
+    /// by `msh rewrite` at the top site, run under `msh run` with the compute pool.
     Rewritten,
+}
+
+/// `msh bench harvest` options.
+#[derive(clap::Args, Debug)]
+pub struct HarvestArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Budget per switch in ns (default: the runtime's).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub budget_ns: Option<u64>,
+    /// Where the primary's yield point comes from.
+    #[arg(long, value_enum, default_value = "linked")]
+    pub mode: Mode,
+    /// Sweep budgets and print the trade-off curve.
+    #[arg(long, conflicts_with = "budget_ns")]
+    pub sweep: bool,
+    /// Size of the chased table.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=16_384))]
+    pub mib: u64,
+    /// Hops per run.
+    #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub hops: u64,
+    /// Runs per setup (figures are medians).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub runs: u64,
+}
+
+/// Runs `msh bench harvest`.
+pub fn run_cli(args: &HarvestArgs) -> Result<()> {
+    examples::build()?;
+    let base = HarvestOptions {
+        mode: args.mode,
+        budget_ns: args.budget_ns,
+        mib: args.mib,
+        hops: args.hops,
+        runs: args.runs as usize,
+        os_threads: true,
+        also: Vec::new(),
+    };
+    let runs = base.runs;
+    if args.sweep {
+        let budgets = SWEEP_BUDGETS;
+        let bar = progress_bar((budgets.len() * 4 * runs) as u64, "sweeping");
+        let mut rows = Vec::new();
+        for (i, budget) in budgets.into_iter().enumerate() {
+            let opts = HarvestOptions {
+                budget_ns: Some(budget),
+                os_threads: i == 0,
+                ..base.clone()
+            };
+            rows.push(run(&opts, &bar)?);
+        }
+        bar.finish_and_clear();
+        if args.json {
+            println!("{}", serde_json::to_string(&rows)?);
+        } else {
+            println!(
+                "{:>10} {:>18} {:>24}",
+                "budget_ns", "primary_slowdown", "scavenger_core_fraction"
+            );
+            for r in &rows {
+                println!(
+                    "{:>10} {:>17.1}% {:>23.1}%",
+                    r.budget_ns,
+                    r.primary_slowdown * 100.0,
+                    r.scavenger_core_fraction * 100.0
+                );
+            }
+        }
+    } else {
+        let bar = progress_bar(4 * runs as u64, "measuring");
+        let report = run(&base, &bar)?;
+        bar.finish_and_clear();
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -27,6 +110,8 @@ pub struct HarvestOptions {
     pub runs: usize,
     /// Also measure the OS-threads baseline.
     pub os_threads: bool,
+    /// Other modes to measure in the same interleaved runs (the demo's rows).
+    pub also: Vec<Mode>,
 }
 
 impl Default for HarvestOptions {
@@ -38,6 +123,7 @@ impl Default for HarvestOptions {
             hops: 2_000_000,
             runs: 5,
             os_threads: true,
+            also: Vec::new(),
         }
     }
 }
@@ -60,6 +146,12 @@ pub struct HarvestReport {
     pub os_threads_primary_ns: Option<f64>,
     pub os_threads_primary_slowdown: Option<f64>,
     pub os_threads_scavenger_core_fraction: Option<f64>,
+    /// `Mode::Rewritten`: how the binary was profiled and rewritten.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<Pipeline>,
+    /// The other modes asked for with [`HarvestOptions::also`], from the same runs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<MshRun>,
 }
 
 fn chase_args(opts: &HarvestOptions, mode: &str) -> Vec<String> {
@@ -79,49 +171,60 @@ fn chase_args(opts: &HarvestOptions, mode: &str) -> Vec<String> {
     args
 }
 
-/// The plain ptrchase rewritten at the first load of `chase` (the one that misses),
-/// through a one-site version-1 profile, and a pool with the compute scavenger.
-fn prepare_rewritten() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+/// How the unmodified ptrchase was prepared for `Mode::Rewritten`: the whole
+/// pipeline a user runs on a binary without source.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pipeline {
+    /// The profiler backend that chose the site.
+    pub profile_backend: String,
+    /// The top site, `function+0xN`, and its share of the run's events.
+    pub site: String,
+    /// Share of the profile's events at that site.
+    pub site_share: f64,
+    /// Sites the rewriter patched (the profile's top one).
+    pub patched: usize,
+    /// Registers the switch path saves there.
+    pub saved_registers: String,
+}
+
+/// Profiles the plain ptrchase with `msh profile` (the `sample` backend: it works on
+/// every machine, with or without a PMU), rewrites it at the top site with
+/// `msh rewrite --top 1`, and writes a pool with the compute scavenger.
+fn prepare_rewritten(opts: &HarvestOptions) -> Result<(PathBuf, PathBuf, Pipeline)> {
     use msh_rewrite::{rewrite, Options, Selection};
     let build = examples::build_dir();
     let plain = build.join("ptrchase");
-    let scratch = rewrite(&Options {
-        input: plain.clone(),
-        output: build.join("ptrchase.all-loads"),
-        selection: Selection::AllLoads,
-        allow_call_windows: false,
-    })?;
-    let site = scratch
+    // Through `sh -c 'exec …'` only to keep the chase's result line off our stdout.
+    let mut argv: Vec<String> = vec![
+        "sh".into(),
+        "-c".into(),
+        r#"exec "$0" "$@" > /dev/null"#.into(),
+        plain.display().to_string(),
+    ];
+    argv.extend(chase_args(opts, "alone"));
+    let profile_options = msh_profile::Options {
+        backend: msh_profile::Backend::Sample,
+        ..msh_profile::Options::default()
+    };
+    let (profile, report) =
+        msh_profile::profile(&msh_profile::What::Command(argv), &profile_options)
+            .context("msh profile of ptrchase")?;
+    let top = profile
+        .object_for(&plain)?
         .sites
-        .iter()
-        .filter(|site| {
-            site.symbol
-                .as_deref()
-                .is_some_and(|name| name.starts_with("chase+"))
-        })
-        .min_by_key(|site| {
-            u64::from_str_radix(site.offset.trim_start_matches("0x"), 16).unwrap_or(u64::MAX)
-        })
-        .context("the rewriter found no load in ptrchase's chase()")?;
-    let profile = build.join("ptrchase.profile.json");
-    let json = serde_json::json!({
-        "version": 1,
-        "backend": "bench",
-        "objects": [{
-            "path": plain.display().to_string(),
-            "build_id": scratch.build_id,
-            "sites": [{ "offset": site.offset, "symbol": site.symbol, "share": 1.0 }],
-        }],
-    });
-    std::fs::write(&profile, json.to_string())?;
+        .first()
+        .context("msh profile found no delinquent load in ptrchase")?
+        .clone();
+    let profile_path = build.join("ptrchase.profile.json");
+    profile.save(&profile_path)?;
     let rewritten = build.join("ptrchase.msh");
-    rewrite(&Options {
+    let rewrite_report = rewrite(&Options {
         input: plain,
         output: rewritten.clone(),
         selection: Selection::Profile {
-            path: profile,
+            path: profile_path,
             min_share: None,
-            top: None,
+            top: Some(1),
         },
         allow_call_windows: false,
     })?;
@@ -130,7 +233,18 @@ fn prepare_rewritten() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
         &pool,
         format!("{}\n", build.join("compute_scav.so").display()),
     )?;
-    Ok((rewritten, pool))
+    let pipeline = Pipeline {
+        profile_backend: report.backend,
+        site: top.symbol,
+        site_share: top.share,
+        patched: rewrite_report.patched,
+        saved_registers: rewrite_report
+            .sites
+            .first()
+            .map(|s| s.saved.clone())
+            .unwrap_or_default(),
+    };
+    Ok((rewritten, pool, pipeline))
 }
 
 /// Runs the benchmark; `progress` counts steps (4 per run).
@@ -138,23 +252,93 @@ pub fn run(opts: &HarvestOptions, progress: &ProgressBar) -> Result<HarvestRepor
     if opts.runs == 0 || opts.hops == 0 || opts.mib == 0 {
         bail!("--runs, --hops and --mib must be positive");
     }
-    let rewritten = match opts.mode {
-        Mode::Linked => None,
-        Mode::Rewritten => Some(prepare_rewritten()?),
-    };
+    let mut variants = Vec::new();
+    for &mode in std::iter::once(&opts.mode).chain(&opts.also) {
+        variants.push(Variant::prepare(mode, opts)?);
+    }
     let mut alone_ns = Vec::new();
-    let mut msh_ns = Vec::new();
-    let mut slowdown = Vec::new();
-    let mut fraction = Vec::new();
     let mut scav_alone = Vec::new();
-    let mut scav_msh = Vec::new();
     let (mut os_ns, mut os_slowdown, mut os_fraction) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..opts.runs {
         let compute: Compute = examples::run_json("compute", &["-t".into(), "0.3".into()])?;
         progress.inc(1);
         let alone: Chase = examples::run_json("ptrchase", &chase_args(opts, "alone"))?;
         progress.inc(1);
-        let with_msh: Chase = match &rewritten {
+        alone_ns.push(alone.elapsed_ns);
+        scav_alone.push(compute.units_per_s);
+        for variant in &mut variants {
+            variant.measure(opts, &alone, &compute)?;
+            progress.inc(1);
+        }
+        if opts.os_threads {
+            let os: Chase = examples::run_json("ptrchase", &chase_args(opts, "os-threads"))?;
+            os_ns.push(os.elapsed_ns);
+            os_slowdown.push(os.elapsed_ns / alone.elapsed_ns - 1.0);
+            os_fraction.push(os.units_per_s() / compute.units_per_s);
+        }
+        progress.inc(1);
+    }
+    let optional = |v: &mut Vec<f64>| (!v.is_empty()).then(|| median(v));
+    let primary_alone_ns = median(&mut alone_ns);
+    let mut runs: Vec<MshRun> = variants.into_iter().map(|v| v.finish(opts.hops)).collect();
+    let first = runs.remove(0);
+    Ok(HarvestReport {
+        mode: first.mode,
+        budget_ns: opts.budget_ns.unwrap_or(msh_core::sched::DEFAULT_BUDGET_NS),
+        mib: opts.mib,
+        hops: opts.hops,
+        runs: opts.runs,
+        primary_alone_ns,
+        primary_msh_ns: first.primary_msh_ns,
+        primary_slowdown: first.primary_slowdown,
+        ns_per_hop_alone: primary_alone_ns / opts.hops as f64,
+        ns_per_hop_msh: first.ns_per_hop_msh,
+        scavenger_alone_units_per_s: median(&mut scav_alone),
+        scavenger_msh_units_per_s: first.scavenger_msh_units_per_s,
+        scavenger_core_fraction: first.scavenger_core_fraction,
+        os_threads_primary_ns: optional(&mut os_ns),
+        os_threads_primary_slowdown: optional(&mut os_slowdown),
+        os_threads_scavenger_core_fraction: optional(&mut os_fraction),
+        pipeline: first.pipeline,
+        also: runs,
+    })
+}
+
+/// One way of running the primary with msh, and its per-run samples.
+struct Variant {
+    mode: Mode,
+    /// `Mode::Rewritten`: the rewritten binary and its pool.
+    rewritten: Option<(PathBuf, PathBuf)>,
+    pipeline: Option<Pipeline>,
+    msh_ns: Vec<f64>,
+    slowdown: Vec<f64>,
+    fraction: Vec<f64>,
+    units: Vec<f64>,
+}
+
+impl Variant {
+    fn prepare(mode: Mode, opts: &HarvestOptions) -> Result<Variant> {
+        let (rewritten, pipeline) = match mode {
+            Mode::Linked => (None, None),
+            Mode::Rewritten => {
+                let (program, pool, pipeline) = prepare_rewritten(opts)?;
+                (Some((program, pool)), Some(pipeline))
+            }
+        };
+        Ok(Variant {
+            mode,
+            rewritten,
+            pipeline,
+            msh_ns: Vec::new(),
+            slowdown: Vec::new(),
+            fraction: Vec::new(),
+            units: Vec::new(),
+        })
+    }
+
+    /// One run of the primary with msh, against this round's `alone` and `compute`.
+    fn measure(&mut self, opts: &HarvestOptions, alone: &Chase, compute: &Compute) -> Result<()> {
+        let with_msh: Chase = match &self.rewritten {
             None => examples::run_json("ptrchase_msh", &chase_args(opts, "msh"))?,
             Some((program, pool)) => {
                 let mut extra = vec!["--abandon-at-exit".to_string(), "--stats".to_string()];
@@ -170,48 +354,59 @@ pub fn run(opts: &HarvestOptions, progress: &ProgressBar) -> Result<HarvestRepor
                 chase
             }
         };
-        progress.inc(1);
         if with_msh.checksum != alone.checksum {
             bail!("ptrchase under msh computed a different checksum: the switch corrupted the primary");
         }
-        alone_ns.push(alone.elapsed_ns);
-        msh_ns.push(with_msh.elapsed_ns);
-        slowdown.push(with_msh.elapsed_ns / alone.elapsed_ns - 1.0);
-        fraction.push(with_msh.units_per_s() / compute.units_per_s);
-        scav_alone.push(compute.units_per_s);
-        scav_msh.push(with_msh.units_per_s());
-        if opts.os_threads {
-            let os: Chase = examples::run_json("ptrchase", &chase_args(opts, "os-threads"))?;
-            os_ns.push(os.elapsed_ns);
-            os_slowdown.push(os.elapsed_ns / alone.elapsed_ns - 1.0);
-            os_fraction.push(os.units_per_s() / compute.units_per_s);
-        }
-        progress.inc(1);
+        self.msh_ns.push(with_msh.elapsed_ns);
+        self.slowdown
+            .push(with_msh.elapsed_ns / alone.elapsed_ns - 1.0);
+        self.fraction
+            .push(with_msh.units_per_s() / compute.units_per_s);
+        self.units.push(with_msh.units_per_s());
+        Ok(())
     }
-    let optional = |v: &mut Vec<f64>| (!v.is_empty()).then(|| median(v));
-    let primary_alone_ns = median(&mut alone_ns);
-    let primary_msh_ns = median(&mut msh_ns);
-    Ok(HarvestReport {
-        mode: match opts.mode {
+
+    fn finish(mut self, hops: u64) -> MshRun {
+        let primary_msh_ns = median(&mut self.msh_ns);
+        MshRun {
+            mode: self.mode.name(),
+            primary_msh_ns,
+            ns_per_hop_msh: primary_msh_ns / hops as f64,
+            primary_slowdown: median(&mut self.slowdown),
+            scavenger_msh_units_per_s: median(&mut self.units),
+            scavenger_core_fraction: median(&mut self.fraction),
+            pipeline: self.pipeline,
+        }
+    }
+}
+
+/// The figures of one msh mode, measured in the same interleaved runs as the others.
+#[derive(Debug, Clone, Serialize)]
+pub struct MshRun {
+    /// `linked` or `rewritten`.
+    pub mode: &'static str,
+    /// Median wall time of the primary with msh.
+    pub primary_msh_ns: f64,
+    /// The same, per hop.
+    pub ns_per_hop_msh: f64,
+    /// Median of the per-run (msh / alone − 1).
+    pub primary_slowdown: f64,
+    /// Scavenger work per second of the primary's run.
+    pub scavenger_msh_units_per_s: f64,
+    /// Median of the per-run (scavenger rate with msh / alone).
+    pub scavenger_core_fraction: f64,
+    /// `rewritten`: how the binary was profiled and rewritten.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<Pipeline>,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
             Mode::Linked => "linked",
             Mode::Rewritten => "rewritten",
-        },
-        budget_ns: opts.budget_ns.unwrap_or(msh_core::sched::DEFAULT_BUDGET_NS),
-        mib: opts.mib,
-        hops: opts.hops,
-        runs: opts.runs,
-        primary_alone_ns,
-        primary_msh_ns,
-        primary_slowdown: median(&mut slowdown),
-        ns_per_hop_alone: primary_alone_ns / opts.hops as f64,
-        ns_per_hop_msh: primary_msh_ns / opts.hops as f64,
-        scavenger_alone_units_per_s: median(&mut scav_alone),
-        scavenger_msh_units_per_s: median(&mut scav_msh),
-        scavenger_core_fraction: median(&mut fraction),
-        os_threads_primary_ns: optional(&mut os_ns),
-        os_threads_primary_slowdown: optional(&mut os_slowdown),
-        os_threads_scavenger_core_fraction: optional(&mut os_fraction),
-    })
+        }
+    }
 }
 
 /// Budgets swept by `--sweep`.

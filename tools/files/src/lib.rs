@@ -1,0 +1,436 @@
+//! How every msh command writes its outputs and reads the files it is given.
+//!
+//! Outputs ([`Outputs`]):
+//! - nothing is written until the command has finished its work, and then all of its
+//!   outputs land together: each goes to a temporary file beside its destination and
+//!   is renamed over it, so a failure leaves no partial or stray file;
+//! - a path that exists and is not a regular file (`/dev/null`, `/dev/stdout`, a FIFO,
+//!   a symlink) is written in place and never replaced: `-o /dev/stdout` prints, and a
+//!   device node stays a device node;
+//! - an output that is the same file as one of the command's inputs, or as another
+//!   output, is refused before any work is done.
+//!
+//! Inputs ([`read_regular`], [`open_regular`]): a file named by the user or inside
+//! another file (a profile naming its binary, a pool naming its objects) is opened
+//! only if it is a regular file, without blocking on a FIFO, and read up to a limit.
+
+#![warn(missing_docs)]
+
+use anyhow::{bail, Context, Result};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The identity of an existing file: device and inode.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Where one output goes and how.
+#[derive(Debug)]
+struct Planned {
+    path: PathBuf,
+    /// What the output is called in messages (`--report`, `-o`).
+    what: String,
+    bytes: Option<Vec<u8>>,
+    /// Mode bits for a newly created file.
+    mode: u32,
+}
+
+/// A command's outputs, checked up front and written together at the end.
+///
+/// ```no_run
+/// # fn main() -> anyhow::Result<()> {
+/// # let (input, output) = (std::path::Path::new("in"), std::path::Path::new("out"));
+/// let mut outputs = msh_files::Outputs::new(&[input])?;
+/// let out = outputs.plan(output, "-o")?; // refused now if it is the input
+/// // ... the long work ...
+/// outputs.set(out, b"result".to_vec());
+/// outputs.commit()?; // every output, or none
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Outputs {
+    inputs: Vec<(PathBuf, (u64, u64))>,
+    planned: Vec<Planned>,
+}
+
+/// A handle to one planned output, returned by [`Outputs::plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputId(usize);
+
+impl Outputs {
+    /// Starts a command's set of outputs; `inputs` are the files it reads (ones that
+    /// do not exist are ignored: they get their own error where they are opened).
+    pub fn new(inputs: &[&Path]) -> Result<Outputs> {
+        let inputs = inputs
+            .iter()
+            .filter_map(|p| identity(p).map(|id| (p.to_path_buf(), id)))
+            .collect();
+        Ok(Outputs {
+            inputs,
+            planned: Vec::new(),
+        })
+    }
+
+    /// Checks an output path now, before the work: its directory exists and is
+    /// writable, it is not a directory, and it is not any input or another output.
+    pub fn plan(&mut self, path: &Path, what: &str) -> Result<OutputId> {
+        self.plan_with_mode(path, what, 0o644)
+    }
+
+    /// As [`Outputs::plan`], with the mode bits a newly created file gets (an
+    /// existing file keeps its own).
+    pub fn plan_with_mode(&mut self, path: &Path, what: &str, mode: u32) -> Result<OutputId> {
+        if path.as_os_str().is_empty() {
+            bail!("{what}: empty path");
+        }
+        if let Some(id) = identity(path) {
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.is_dir() {
+                    bail!("{what} {} is a directory", path.display());
+                }
+            }
+            // Devices such as /dev/null are shared by everyone; aliasing only matters
+            // for files whose contents we would replace.
+            let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+            if regular {
+                if let Some((input, _)) = self.inputs.iter().find(|(_, i)| *i == id) {
+                    bail!(
+                        "{what} {} is the same file as the input {}: refusing to overwrite it",
+                        path.display(),
+                        input.display()
+                    );
+                }
+                if let Some(other) = self.planned.iter().find(|p| identity(&p.path) == Some(id)) {
+                    bail!(
+                        "{what} {} is the same file as {} {}",
+                        path.display(),
+                        other.what,
+                        other.path.display()
+                    );
+                }
+            }
+        } else {
+            if let Some(other) = self.planned.iter().find(|p| p.path == path) {
+                bail!(
+                    "{what} {} is the same path as {}",
+                    path.display(),
+                    other.what
+                );
+            }
+            let dir = parent_dir(path);
+            let meta = std::fs::metadata(&dir).with_context(|| {
+                format!("{what} {}: no directory {}", path.display(), dir.display())
+            })?;
+            if !meta.is_dir() {
+                bail!(
+                    "{what} {}: {} is not a directory",
+                    path.display(),
+                    dir.display()
+                );
+            }
+        }
+        self.planned.push(Planned {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+            bytes: None,
+            mode,
+        });
+        Ok(OutputId(self.planned.len() - 1))
+    }
+
+    /// Gives a planned output its contents (written at [`Outputs::commit`]).
+    pub fn set(&mut self, id: OutputId, bytes: Vec<u8>) {
+        self.planned[id.0].bytes = Some(bytes);
+    }
+
+    /// Writes every output that was given contents: first all temporary files, then
+    /// all renames, so an error before the renames leaves nothing behind. Outputs
+    /// that are not regular files are written in place last.
+    pub fn commit(self) -> Result<()> {
+        let mut staged: Vec<(tempfile::Staged, &Planned)> = Vec::new();
+        let mut in_place = Vec::new();
+        for planned in &self.planned {
+            let Some(bytes) = &planned.bytes else {
+                continue;
+            };
+            if writes_in_place(&planned.path) {
+                in_place.push((planned, bytes));
+                continue;
+            }
+            let stage =
+                tempfile::Staged::write(&planned.path, bytes, planned.mode).with_context(|| {
+                    format!("cannot write {} {}", planned.what, planned.path.display())
+                })?;
+            staged.push((stage, planned));
+        }
+        for (stage, planned) in staged {
+            stage.persist().with_context(|| {
+                format!("cannot write {} {}", planned.what, planned.path.display())
+            })?;
+        }
+        for (planned, bytes) in in_place {
+            write_in_place(&planned.path, bytes).with_context(|| {
+                format!("cannot write {} {}", planned.what, planned.path.display())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes one output: [`Outputs`] with a single entry.
+pub fn write_output(path: &Path, what: &str, bytes: &[u8], inputs: &[&Path]) -> Result<()> {
+    let mut outputs = Outputs::new(inputs)?;
+    let id = outputs.plan(path, what)?;
+    outputs.set(id, bytes.to_vec());
+    outputs.commit()
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Only a regular file (or nothing) at the path itself is replaced by a rename;
+/// anything else, symlinks included, is written through.
+fn writes_in_place(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file())
+}
+
+fn write_in_place(path: &Path, bytes: &[u8]) -> Result<()> {
+    let regular_target = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+    let mut file = OpenOptions::new()
+        .write(true)
+        .truncate(regular_target)
+        .open(path)?;
+    file.write_all(bytes)?;
+    Ok(())
+}
+
+/// Temporary files beside their destination, removed unless persisted.
+mod tempfile {
+    use super::*;
+
+    /// A complete temporary copy of one output, waiting for its rename.
+    pub struct Staged {
+        tmp: PathBuf,
+        dest: PathBuf,
+        persisted: bool,
+    }
+
+    impl Staged {
+        pub fn write(dest: &Path, bytes: &[u8], mode: u32) -> Result<Staged> {
+            let dir = parent_dir(dest);
+            let name = dest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "output".into());
+            // An existing destination keeps its permissions.
+            let mode = std::fs::metadata(dest)
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(mode);
+            for attempt in 0..100u32 {
+                let tmp = dir.join(format!(".{name}.msh-{}-{attempt}.tmp", std::process::id()));
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&tmp);
+                let mut file = match file {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let staged = Staged {
+                    tmp,
+                    dest: dest.to_path_buf(),
+                    persisted: false,
+                };
+                file.write_all(bytes)?;
+                file.sync_all()?;
+                // create_new applies the umask; set the exact bits.
+                std::fs::set_permissions(&staged.tmp, std::fs::Permissions::from_mode(mode))?;
+                return Ok(staged);
+            }
+            bail!("cannot create a temporary file in {}", dir.display())
+        }
+
+        pub fn persist(mut self) -> Result<()> {
+            std::fs::rename(&self.tmp, &self.dest)?;
+            self.persisted = true;
+            Ok(())
+        }
+    }
+
+    impl Drop for Staged {
+        fn drop(&mut self) {
+            if !self.persisted {
+                let _ = std::fs::remove_file(&self.tmp);
+            }
+        }
+    }
+}
+
+/// Opens `path` for reading only if it is a regular file. A FIFO does not block the
+/// open (`O_NONBLOCK`) and is refused; so are devices and directories.
+pub fn open_regular(path: &Path, what: &str) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("cannot open {what} {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot stat {what} {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{what} {} is not a regular file", path.display());
+    }
+    Ok(file)
+}
+
+/// Reads a regular file of at most `limit` bytes.
+pub fn read_regular(path: &Path, what: &str, limit: u64) -> Result<Vec<u8>> {
+    let file = open_regular(path, what)?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > limit {
+        bail!(
+            "{what} {} is {len} bytes, more than the {limit} this command reads",
+            path.display()
+        );
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    // A file that grows while we read is cut at the limit, never read without bound.
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        bail!(
+            "{what} {} grew past {limit} bytes while read",
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("msh-files-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn writes_new_and_replaces_regular_files_atomically() {
+        let d = dir("regular");
+        let out = d.join("out");
+        write_output(&out, "-o", b"one", &[]).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"one");
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_output(&out, "-o", b"two", &[]).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"two");
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "an existing file keeps its mode");
+        assert_eq!(entries(&d), ["out"], "no temporary file left");
+    }
+
+    #[test]
+    fn an_output_that_is_an_input_is_refused_and_untouched() {
+        let d = dir("alias");
+        let input = d.join("prog");
+        std::fs::write(&input, b"ELF").unwrap();
+        let link = d.join("alias");
+        std::os::unix::fs::symlink(&input, &link).unwrap();
+        for out in [&input, &link] {
+            let err = write_output(out, "-o", b"json", &[&input]).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("same file as the input"),
+                "{err:#}"
+            );
+        }
+        assert_eq!(std::fs::read(&input).unwrap(), b"ELF");
+        let mut outputs = Outputs::new(&[]).unwrap();
+        let out = d.join("new");
+        outputs.plan(&out, "-o").unwrap();
+        let err = outputs.plan(&out, "--report").unwrap_err();
+        assert!(err.to_string().contains("same path as -o"), "{err}");
+    }
+
+    #[test]
+    fn devices_and_symlinks_are_written_in_place_never_replaced() {
+        write_output(Path::new("/dev/null"), "-o", b"discarded", &[]).unwrap();
+        let meta = std::fs::symlink_metadata("/dev/null").unwrap();
+        assert!(!meta.is_file(), "/dev/null must stay a device");
+        let d = dir("symlink");
+        let target = d.join("target");
+        std::fs::write(&target, b"old contents, longer").unwrap();
+        let link = d.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_output(&link, "-o", b"new", &[]).unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+    }
+
+    #[test]
+    fn nothing_is_written_when_one_output_fails() {
+        let d = dir("all-or-none");
+        let mut outputs = Outputs::new(&[]).unwrap();
+        let good = outputs.plan(&d.join("good"), "-o").unwrap();
+        let sub = d.join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let bad = outputs.plan(&sub.join("report"), "--report").unwrap();
+        outputs.set(good, b"x".to_vec());
+        outputs.set(bad, b"y".to_vec());
+        // The directory disappears between planning and committing.
+        std::fs::remove_dir(&sub).unwrap();
+        assert!(outputs.commit().is_err());
+        assert_eq!(entries(&d), Vec::<String>::new());
+    }
+
+    #[test]
+    fn missing_directories_and_directories_are_refused_up_front() {
+        let d = dir("dirs");
+        let mut outputs = Outputs::new(&[]).unwrap();
+        let err = outputs.plan(&d.join("no/such/out"), "-o").unwrap_err();
+        assert!(format!("{err:#}").contains("no directory"), "{err:#}");
+        let err = outputs.plan(&d, "-o").unwrap_err();
+        assert!(err.to_string().contains("is a directory"), "{err}");
+    }
+
+    #[test]
+    fn inputs_must_be_regular_and_bounded() {
+        let d = dir("inputs");
+        let err = read_regular(Path::new("/dev/zero"), "profile object", 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let fifo = d.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = read_regular(&fifo, "pool", 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let big = d.join("big");
+        std::fs::write(&big, vec![0u8; 4096]).unwrap();
+        let err = read_regular(&big, "profile", 1024).unwrap_err();
+        assert!(err.to_string().contains("more than the 1024"), "{err}");
+        assert_eq!(read_regular(&big, "profile", 4096).unwrap().len(), 4096);
+    }
+}

@@ -1,0 +1,302 @@
+//! Every subcommand against bad input, as a hostile but ordinary user would try it.
+//! Each case: the command line, the exit code it must end with, a piece of the
+//! one-line message, and the rule that no file in the scratch directory changes except
+//! the ones the case says it may write. Every case is bounded in time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MSH: &str = env!("CARGO_BIN_EXE_msh");
+
+/// A fresh scratch directory with a few inputs: an executable, a text file, a
+/// profile that names `/dev/zero`, a FIFO.
+fn scratch(name: &str) -> PathBuf {
+    let dir = msh_tests::scratch(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy("/bin/true", dir.join("prog")).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not an ELF file\n").unwrap();
+    std::fs::write(
+        dir.join("zero.json"),
+        r#"{"version":1,"backend":"sample","objects":[{"path":"/dev/zero","build_id":"00","sites":[{"offset":"0x10","symbol":"f+0x0","insn":"mov","samples":1,"share":1.0,"miss_ratio":null}]}]}"#,
+    )
+    .unwrap();
+    let fifo = std::ffi::CString::new(dir.join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    dir
+}
+
+/// Name → contents (or a marker for non-regular files) of every entry in `dir`.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            let contents = if meta.is_file() {
+                std::fs::read(e.path()).unwrap()
+            } else {
+                format!("<{:?}>", meta.file_type()).into_bytes()
+            };
+            (name, contents)
+        })
+        .collect()
+}
+
+struct Case {
+    /// Arguments after `msh`; `{}` is replaced by the scratch directory.
+    args: &'static [&'static str],
+    code: i32,
+    message: &'static str,
+    /// Files the case may create or change (relative to the scratch directory).
+    may_write: &'static [&'static str],
+}
+
+fn run_case(dir: &Path, case: &Case) -> Result<(), String> {
+    let args: Vec<String> = case
+        .args
+        .iter()
+        .map(|a| a.replace("{}", dir.to_str().unwrap()))
+        .collect();
+    let before = snapshot(dir);
+    let mut child = Command::new(MSH)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start msh: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("msh {args:?}: still running after 60 s (a hang)"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let mut problems = Vec::new();
+    if status.code() != Some(case.code) {
+        problems.push(format!("exit {:?}, want {}", status.code(), case.code));
+    }
+    if stderr.contains("panicked") || stderr.contains("RUST_BACKTRACE") {
+        problems.push("panicked".to_string());
+    }
+    if !stderr.contains(case.message) {
+        problems.push(format!("message lacks {:?}", case.message));
+    }
+    let after = snapshot(dir);
+    for (name, contents) in &after {
+        let allowed = case.may_write.contains(&name.as_str());
+        if before.get(name) != Some(contents) && !allowed {
+            problems.push(format!("{name} was created or changed"));
+        }
+    }
+    for name in before.keys() {
+        if !after.contains_key(name) {
+            problems.push(format!("{name} was removed"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "msh {}: {}\n  stderr: {}",
+            args.join(" "),
+            problems.join("; "),
+            stderr.trim_end()
+        ))
+    }
+}
+
+const CASES: &[Case] = &[
+    // Numbers out of range are refused by the parser (clap exits 2).
+    Case {
+        args: &["bench", "switch", "--runs", "0"],
+        code: 2,
+        message: "--runs",
+        may_write: &[],
+    },
+    Case {
+        args: &["bench", "attach", "--runs", "18446744073709551615"],
+        code: 2,
+        message: "--runs",
+        may_write: &[],
+    },
+    Case {
+        args: &["bench", "harvest", "--budget-ns", "18446744073709551615"],
+        code: 2,
+        message: "--budget-ns",
+        may_write: &[],
+    },
+    Case {
+        args: &["demo", "--runs", "0"],
+        code: 2,
+        message: "--runs",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "profile",
+            "--duration",
+            "1e30",
+            "-o",
+            "{}/p.json",
+            "--",
+            "{}/prog",
+        ],
+        code: 2,
+        message: "--duration",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "profile",
+            "--min-share",
+            "2",
+            "-o",
+            "{}/p.json",
+            "--",
+            "{}/prog",
+        ],
+        code: 2,
+        message: "--min-share",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "rewrite",
+            "{}/prog",
+            "-o",
+            "{}/out",
+            "--all-loads",
+            "--top",
+            "0",
+        ],
+        code: 2,
+        message: "--top",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "rewrite",
+            "{}/prog",
+            "-o",
+            "{}/out",
+            "--profile",
+            "{}/zero.json",
+            "--min-share",
+            "NaN",
+        ],
+        code: 2,
+        message: "--min-share",
+        may_write: &[],
+    },
+    // Outputs never replace inputs.
+    Case {
+        args: &["profile", "-o", "{}/prog", "--", "{}/prog"],
+        code: 1,
+        message: "same file as the input",
+        may_write: &[],
+    },
+    Case {
+        args: &["rewrite", "{}/prog", "-o", "{}/prog", "--all-loads"],
+        code: 1,
+        message: "same file as the input",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "rewrite",
+            "{}/prog",
+            "-o",
+            "{}/out",
+            "--all-loads",
+            "--report",
+            "{}/prog",
+        ],
+        code: 1,
+        message: "same file as the input",
+        may_write: &[],
+    },
+    // Inputs that are not regular files are refused, never read without bound.
+    Case {
+        args: &["rewrite", "{}/fifo", "-o", "{}/out", "--all-loads"],
+        code: 1,
+        message: "not a regular file",
+        may_write: &[],
+    },
+    Case {
+        args: &["profile", "show", "{}/zero.json"],
+        code: 1,
+        message: "/dev/zero",
+        may_write: &[],
+    },
+    Case {
+        args: &["rewrite", "{}/notes.txt", "-o", "{}/out", "--all-loads"],
+        code: 1,
+        message: "not an ELF",
+        may_write: &[],
+    },
+    // Shell conventions for a program that cannot be run.
+    Case {
+        args: &["run", "--pool", "{}/notes.txt", "--", "{}/no-such-program"],
+        code: 127,
+        message: "no-such-program",
+        may_write: &[],
+    },
+    Case {
+        args: &["run", "--pool", "{}/notes.txt", "--", "{}/notes.txt"],
+        code: 126,
+        message: "notes.txt",
+        may_write: &[],
+    },
+];
+
+#[test]
+fn every_bad_input_gets_its_exit_code_and_one_line_and_changes_nothing() {
+    let dir = scratch("bad-input");
+    let failures: Vec<String> = CASES
+        .iter()
+        .filter_map(|case| run_case(&dir, case).err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn dev_null_and_dev_stdout_are_written_in_place() {
+    let dir = scratch("bad-input-dev");
+    for out in ["/dev/null", "/dev/stdout"] {
+        let status = Command::new(MSH)
+            .args(["rewrite"])
+            .arg(dir.join("prog"))
+            .args(["--all-loads", "-o", out])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "msh rewrite -o {out}");
+        let meta = std::fs::symlink_metadata(out).unwrap();
+        assert!(!meta.is_file(), "{out} was replaced by a regular file");
+    }
+}
