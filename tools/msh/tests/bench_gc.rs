@@ -60,7 +60,7 @@ fn bench_gc_json_has_every_workload_and_configuration() {
 }
 
 #[test]
-fn bench_gc_rejects_bad_arguments_in_one_line() {
+fn bench_gc_rejects_bad_arguments_in_the_parser() {
     for args in [
         &["--runs", "0"][..],
         &["--scale", "9"],
@@ -71,9 +71,8 @@ fn bench_gc_rejects_bad_arguments_in_one_line() {
             .args(args)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
         let message = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(message.trim().lines().count(), 1, "{message}");
-        assert!(message.starts_with("msh: "), "{message}");
+        assert!(message.contains(args[0]), "{message}");
     }
 }

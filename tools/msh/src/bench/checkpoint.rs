@@ -22,17 +22,17 @@ pub struct CheckpointBenchArgs {
     #[arg(long)]
     json: bool,
     /// The process's heap, MiB.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     mib: u64,
     /// Fraction of the heap's pages rewritten per epoch, in (0, 1].
     #[arg(long, default_value_t = 0.01)]
     fraction: f64,
     /// Incremental checkpoints (epochs) per round.
-    #[arg(long, default_value_t = 5)]
-    epochs: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    epochs: u64,
     /// Rounds (a full checkpoint and its epochs); figures are medians.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    rounds: u64,
     /// Where checkpoints are written (default: the temporary directory).
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
@@ -259,9 +259,6 @@ pub fn measure(args: &CheckpointBenchArgs) -> Result<Report> {
     if !(args.fraction > 0.0 && args.fraction <= 1.0) {
         bail!("--fraction {} is not in (0, 1]", args.fraction);
     }
-    if args.mib == 0 || args.rounds == 0 || args.epochs == 0 {
-        bail!("--mib, --rounds and --epochs must be at least 1");
-    }
     examples::build()?;
     let base = args
         .dir
@@ -270,8 +267,7 @@ pub fn measure(args: &CheckpointBenchArgs) -> Result<Report> {
         .join(format!("msh-bench-checkpoint-{}", std::process::id()));
     let result = (|| {
         let mut target = Target::start(args.mib)?;
-        let bar =
-            super::harvest::progress_bar((args.rounds * (args.epochs + 1)) as u64, "checkpointing");
+        let bar = super::harvest::progress_bar(args.rounds * (args.epochs + 1), "checkpointing");
         let (mut full, mut incremental, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let mut verified = false;
         let mut seed = 1;

@@ -29,16 +29,16 @@ pub struct GcArgs {
     #[arg(long)]
     json: bool,
     /// Runs per workload and configuration (figures are medians).
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    runs: u64,
     /// Workload size: 0 is small (tests), each step doubles the work.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=6))]
     scale: u32,
     /// bdwgc's initial heap, MiB (the same in every configuration).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     heap_mib: u32,
     /// The incremental modes mark in slices of at most this many ms.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=60_000))]
     time_limit_ms: u32,
     /// Allocation path in every configuration: bdwgc's per-thread free lists (its
     /// default; one object per refill in manual-VDB mode) or the global ones.
@@ -168,21 +168,14 @@ fn load_average() -> Option<f64> {
 
 /// Runs every workload in every configuration `args.runs` times, interleaved.
 pub fn measure(args: &GcArgs) -> Result<Report> {
-    if args.runs == 0 {
-        bail!("--runs must be at least 1");
-    }
-    if args.scale > 6 {
-        bail!("--scale must be 0 to 6");
-    }
-    if args.heap_mib == 0 || args.time_limit_ms == 0 {
-        bail!("--heap-mib and --time-limit-ms must be at least 1");
-    }
+    // The parser bounds every number.
+    let runs = args.runs as usize;
     examples::build()?;
-    let steps = (args.runs * WORKLOADS.len() * CONFIGS.len()) as u64;
+    let steps = (runs * WORKLOADS.len() * CONFIGS.len()) as u64;
     let bar = super::harvest::progress_bar(steps, "collecting");
     // samples[workload][config] = one Sample per run
     let mut samples: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); CONFIGS.len()]; WORKLOADS.len()];
-    for run in 0..args.runs {
+    for run in 0..runs {
         for (w, workload) in WORKLOADS.iter().enumerate() {
             for k in 0..CONFIGS.len() {
                 let c = (k + run) % CONFIGS.len();
@@ -217,7 +210,7 @@ pub fn measure(args: &GcArgs) -> Result<Report> {
     Ok(Report {
         workloads,
         bdwgc,
-        runs: args.runs,
+        runs,
         alloc: args.alloc.name(),
         load_avg_1m: load_average(),
     })
