@@ -7,5 +7,6 @@ pub mod attach;
 mod dirty;
 pub mod error;
 pub mod runtime;
+mod track_dirty;
 
 pub use error::msh_status;

@@ -17,10 +17,17 @@ pub enum Backing {
 /// One line of `/proc/self/maps`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mapping {
+    /// First byte.
     pub start: usize,
+    /// One past the last byte.
     pub end: usize,
+    /// `r` in the permissions.
+    pub readable: bool,
+    /// `w` in the permissions.
     pub writable: bool,
+    /// `s` (shared) rather than `p` (private) in the permissions.
     pub shared: bool,
+    /// The backing file's inode; 0 for anonymous memory.
     pub inode: u64,
 }
 
@@ -65,6 +72,7 @@ pub fn parse_line(line: &[u8]) -> Option<Mapping> {
     Some(Mapping {
         start,
         end,
+        readable: perms[0] == b'r',
         writable: perms[1] == b'w',
         shared: perms[3] == b's',
         inode,
@@ -87,6 +95,12 @@ fn read_maps() -> Result<Vec<u8>, Error> {
         // SAFETY: the kernel initialized `n` more bytes.
         unsafe { text.set_len(text.len() + n) };
     }
+}
+
+/// Every mapping of this process, in address order.
+pub fn current_mappings() -> Result<Vec<Mapping>, Error> {
+    let text = read_maps()?;
+    Ok(text.split(|&c| c == b'\n').filter_map(parse_line).collect())
 }
 
 /// Classifies `[start, end)` against `mappings` (sorted by address, as the kernel lists them).
@@ -152,6 +166,7 @@ mod tests {
         Mapping {
             start,
             end,
+            readable: p[0] == b'r',
             writable: p[1] == b'w',
             shared: p[3] == b's',
             inode,

@@ -34,6 +34,7 @@
 #![allow(clippy::manual_is_multiple_of)]
 
 mod bitmap;
+pub mod control;
 pub mod features;
 mod maps;
 mod mprotect;
@@ -44,6 +45,8 @@ mod uffd_sync;
 
 use alloc::vec::Vec;
 use core::fmt;
+
+pub use maps::{current_mappings, Mapping};
 
 /// A dirty-tracking mechanism.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -468,8 +471,10 @@ impl Tracker {
         let (mut pages, mut runs) = (0usize, 0usize);
         // Runs that continue across internal chunks or adjacent ranges are merged.
         let mut pending: Option<Run> = None;
-        let ranges = self.ranges.clone();
-        for (index, &(start, end)) in ranges.iter().enumerate() {
+        // By index, not over a copy: collecting allocates nothing (a checkpointer's
+        // control thread collects its own heap and must not write it meanwhile).
+        for index in 0..self.ranges.len() {
+            let (start, end) = self.ranges[index];
             if end <= cursor {
                 continue;
             }
@@ -507,6 +512,16 @@ impl Tracker {
         }
         flush(&mut pending, emit);
         Ok(None)
+    }
+
+    /// The memory this tracker itself writes while collecting, `(address, bytes)`
+    /// (uffd-async: the kernel's output vector), if any. A caller that collects memory
+    /// holding the tracker and copies it afterwards copies these pages too.
+    pub fn scratch(&self) -> Option<(usize, usize)> {
+        match &self.mechanism {
+            Mechanism::UffdAsync(m) => Some(m.scratch()),
+            _ => None,
+        }
     }
 
     /// Every written page, as runs; re-arms them when `rearm`.

@@ -157,6 +157,14 @@ impl UffdAsync {
         Ok(None)
     }
 
+    /// The output vector `PAGEMAP_SCAN` writes during a collect.
+    pub fn scratch(&self) -> (usize, usize) {
+        (
+            self.regions.as_ptr() as usize,
+            self.regions.len() * core::mem::size_of::<PageRegion>(),
+        )
+    }
+
     pub fn teardown(&mut self, in_owner: bool) {
         if in_owner {
             for &(start, end) in &self.ranges {

@@ -1,5 +1,6 @@
 //! The `msh` command's library: each subcommand in a module of its own.
 pub mod bench;
+pub mod checkpoint;
 pub mod demo;
 pub mod doctor;
 pub mod examples;

@@ -2,7 +2,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use msh_cli::{bench, demo, doctor, run};
+use msh_cli::{bench, checkpoint, demo, doctor, run};
 
 mod kpatch;
 
@@ -29,6 +29,8 @@ enum Command {
     Kpatch(kpatch::KpatchArgs),
     /// Run a program with scavengers: libmsh.so preloaded, every thread a primary.
     Run(run::RunArgs),
+    /// Checkpoint a process started with `msh run --track-dirty` (full or incremental); `verify` compares.
+    Checkpoint(checkpoint::CheckpointArgs),
     /// Insert prefetch+yield at profiled loads of an unmodified x86-64 ELF binary.
     Rewrite(msh_rewrite::cli::RewriteArgs),
     /// Allocation and access traces of a program, in SQLite; `list`, `stat`, `plot`, `report`.
@@ -54,6 +56,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(&args),
         Command::Doctor(args) => doctor::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Checkpoint(args) => checkpoint::run(&args),
         Command::Rewrite(args) => msh_rewrite::cli::run(&args),
         Command::Pagewalk(args) => msh_pagewalk::cli::run(&args),
         Command::Profile(args) => msh_profile::cli::run(args),

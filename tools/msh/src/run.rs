@@ -12,8 +12,11 @@ use std::process::Command;
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The scavenger pool: one `PATH ARGS…` line per scavenger; `#` starts a comment.
-    #[arg(long, value_name = "FILE")]
-    pub pool: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "track_dirty")]
+    pub pool: Option<PathBuf>,
+    /// Track written pages for `msh checkpoint --pid PID` (MSH_TRACK_DIRTY=1).
+    #[arg(long)]
+    pub track_dirty: bool,
     /// Scavenger slots per primary thread (1 to 1024).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub scavengers_per_thread: Option<u32>,
@@ -77,8 +80,6 @@ pub fn find_libmsh() -> Result<PathBuf> {
 /// The command `msh run` would exec, with its environment.
 pub fn command(args: &RunArgs) -> Result<Command> {
     let lib = find_libmsh()?;
-    // An absolute path: the program may change directory before reading it.
-    let pool = std::path::absolute(&args.pool).context("cannot resolve the pool path")?;
     let mut command = Command::new(&args.command[0]);
     command.args(&args.command[1..]);
     let mut preload = lib.into_os_string();
@@ -86,9 +87,15 @@ pub fn command(args: &RunArgs) -> Result<Command> {
         preload.push(" ");
         preload.push(existing);
     }
-    command
-        .env("LD_PRELOAD", preload)
-        .env("MSH_SCAV_POOL_PATH", pool);
+    command.env("LD_PRELOAD", preload);
+    if let Some(pool) = &args.pool {
+        // An absolute path: the program may change directory before reading it.
+        let pool = std::path::absolute(pool).context("cannot resolve the pool path")?;
+        command.env("MSH_SCAV_POOL_PATH", pool);
+    }
+    if args.track_dirty {
+        command.env("MSH_TRACK_DIRTY", "1");
+    }
     if let Some(n) = args.scavengers_per_thread {
         command.env("MAX_SCAV_PER_THREAD", n.to_string());
     }

@@ -1,6 +1,8 @@
 //! `msh bench …`: measurements as ratios against a baseline taken in the same run.
 pub mod attach;
+pub mod checkpoint;
 pub mod dirty;
+pub mod gc;
 pub mod harvest;
 pub mod switch;
 
@@ -23,6 +25,10 @@ pub enum BenchCommand {
     },
     /// Dirty-page tracking: every backend on a large mapping (arm, first write, collect, exactness).
     Dirty(dirty::DirtyArgs),
+    /// Boehm GC: stop-the-world, incremental on its own dirty bits, incremental fed by msh.
+    Gc(gc::GcArgs),
+    /// Checkpoints of an unmodified process: full vs incremental (msh run --track-dirty), and criu.
+    Checkpoint(checkpoint::CheckpointBenchArgs),
     /// What preloading libmsh costs (ptrchase, memcached), and harvest when preloaded.
     Attach(attach::AttachArgs),
     /// Pointer chase (primary) + compute scavenger: alone, with msh, as OS threads.
@@ -57,6 +63,8 @@ pub fn run(command: &BenchCommand) -> Result<()> {
             Ok(())
         }
         BenchCommand::Dirty(args) => dirty::run(args),
+        BenchCommand::Gc(args) => gc::run(args),
+        BenchCommand::Checkpoint(args) => checkpoint::run(args),
         BenchCommand::Attach(args) => attach::run_cli(args),
         BenchCommand::Harvest(args) => harvest::run_cli(args),
     }

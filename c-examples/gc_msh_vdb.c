@@ -1,0 +1,159 @@
+/* msh as bdwgc's dirty-bit source: see gc_msh_vdb.h. */
+#define _GNU_SOURCE
+#include "gc_msh_vdb.h"
+
+#include <gc/gc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_REGIONS 256
+#define MAX_MAPPINGS 4096
+
+static msh_dirty_tracker *tracker;
+static int feed_bdwgc = 1;
+static uint32_t requested_backend;
+static uintptr_t known[MAX_MAPPINGS][2]; /* anonymous mappings before bdwgc started */
+static size_t known_count;
+static msh_dirty_range regions[MAX_REGIONS];
+static size_t region_count;
+static size_t tracked_heap_size;
+static gc_msh_vdb_stats stats;
+static GC_on_collection_event_proc chained;
+
+static void die(const char *what) {
+    fprintf(stderr, "gc_msh_vdb: %s\n", what);
+    exit(1);
+}
+
+/* Anonymous private writable mappings, as [start, end) pairs. */
+static size_t anon_mappings(uintptr_t (*out)[2], size_t capacity) {
+    FILE *maps = fopen("/proc/self/maps", "r");
+    if (!maps) die("cannot read /proc/self/maps");
+    char line[512];
+    size_t n = 0;
+    while (fgets(line, sizeof line, maps)) {
+        unsigned long start, end, inode;
+        char perms[5];
+        if (sscanf(line, "%lx-%lx %4s %*s %*s %lu", &start, &end, perms, &inode) != 4) continue;
+        if (strcmp(perms, "rw-p") != 0 || inode != 0 || strstr(line, "[stack]")) continue;
+        if (n == capacity) die("too many mappings");
+        out[n][0] = start;
+        out[n][1] = end;
+        n++;
+    }
+    fclose(maps);
+    return n;
+}
+
+void gc_msh_vdb_snapshot_maps(void) { known_count = anon_mappings(known, MAX_MAPPINGS); }
+
+/* Passes every page msh saw written since the last call to bdwgc's dirty set. */
+static void feed_dirty_pages(void) {
+    uintptr_t pages[512], cursor = 0;
+    size_t n;
+    do {
+        msh_status s = msh_dirty_collect(tracker, MSH_DIRTY_REARM, pages, 512, &n, &cursor);
+        if (s != MSH_OK) {
+            /* Continuing would let bdwgc free live objects: stop loudly instead. */
+            fprintf(stderr, "gc_msh_vdb: msh_dirty_collect: %s (%s)\n", msh_strerror(s), msh_dirty_last_error());
+            abort();
+        }
+        /* Only heap pages: the tracked mappings also hold bdwgc's own metadata (mark
+         * stack, free lists), and a dirty bit for such a page lands in bdwgc's page
+         * hash table, where it aliases a heap page and makes it be rescanned. */
+        for (size_t i = 0; i < n; i++)
+            if (GC_is_heap_ptr((void *)pages[i])) {
+                if (feed_bdwgc) GC_end_stubborn_change((void *)pages[i]);
+                stats.pages_fed++;
+            }
+    } while (cursor != 0);
+}
+
+/* (Re)creates the tracker over the anonymous mappings holding GC heap that appeared
+ * since the snapshot (bdwgc has no API listing its heap sections). */
+static void retrack(void) {
+    static uintptr_t now[MAX_MAPPINGS][2];
+    size_t count = anon_mappings(now, MAX_MAPPINGS);
+    for (size_t i = 0; i < count; i++) {
+        /* The parts of this mapping that are neither old nor already tracked. */
+        uintptr_t start = now[i][0], end = now[i][1];
+        while (start < end) {
+            uintptr_t stop = end, skip_to = 0;
+            for (size_t j = 0; j < known_count; j++) {
+                if (known[j][0] <= start && known[j][1] > start) skip_to = known[j][1] > skip_to ? known[j][1] : skip_to;
+                else if (known[j][0] > start && known[j][0] < stop) stop = known[j][0];
+            }
+            for (size_t j = 0; j < region_count; j++) {
+                uintptr_t rs = regions[j].start, re = rs + regions[j].len;
+                if (rs <= start && re > start) skip_to = re > skip_to ? re : skip_to;
+                else if (rs > start && rs < stop) stop = rs;
+            }
+            if (skip_to) {
+                start = skip_to;
+                continue;
+            }
+            /* Only parts holding GC heap (bdwgc's metadata sits beside it; a thread
+             * stack would be wrong to track). Free blocks have no header, so test
+             * every page. */
+            int holds_heap = 0;
+            for (uintptr_t page = start; page < stop && !holds_heap; page += 4096) holds_heap = GC_is_heap_ptr((void *)page);
+            if (holds_heap) {
+                if (region_count == MAX_REGIONS) die("too many heap sections to track");
+                regions[region_count++] = (msh_dirty_range){start, stop - start};
+            }
+            start = stop;
+        }
+    }
+    if (region_count == 0) die("cannot find the GC heap mappings");
+    msh_status s = msh_dirty_create(regions, region_count, requested_backend, &tracker);
+    if (s != MSH_OK) {
+        fprintf(stderr, "gc_msh_vdb: msh_dirty_create: %s (%s)\n", msh_strerror(s), msh_dirty_last_error());
+        exit(1);
+    }
+    tracked_heap_size = GC_get_heap_size();
+    stats.tracked_ranges = region_count;
+    msh_dirty_get_backend(tracker, &stats.backend);
+}
+
+/* Called by bdwgc with its lock held. */
+static void on_collection_event(GC_EventType event) {
+    if (event == GC_EVENT_MARK_START && tracker) {
+        stats.feeds++;
+        feed_dirty_pages();
+        if (GC_get_heap_size() != tracked_heap_size) {
+            /* The heap grew (bdwgc 8.2 does not always call its heap-resize hook): track
+             * the new sections too, and count every page in them as written, since they
+             * were used before msh watched them. */
+            size_t old_count = region_count;
+            stats.heap_resizes++;
+            msh_dirty_destroy(tracker);
+            tracker = NULL;
+            retrack();
+            for (size_t r = old_count; r < region_count; r++)
+                for (uintptr_t page = regions[r].start; page < regions[r].start + regions[r].len; page += 4096) {
+                    if (feed_bdwgc) GC_end_stubborn_change((void *)page);
+                    stats.pages_fed++;
+                }
+        }
+    }
+    if (chained) chained(event);
+}
+
+void gc_msh_vdb_start(uint32_t backend, int feed) {
+    if (!GC_is_incremental_mode() || !GC_get_manual_vdb_allowed()) die("bdwgc is not in incremental manual-VDB mode");
+    requested_backend = backend;
+    feed_bdwgc = feed;
+    retrack();
+    chained = GC_get_on_collection_event();
+    GC_set_on_collection_event(on_collection_event);
+}
+
+void gc_msh_vdb_stop(void) {
+    GC_set_on_collection_event(chained);
+    chained = NULL;
+    if (tracker) msh_dirty_destroy(tracker);
+    tracker = NULL;
+}
+
+gc_msh_vdb_stats gc_msh_vdb_get_stats(void) { return stats; }
