@@ -80,7 +80,7 @@ pub enum Error {
     Chain(String),
     #[error("{0}")]
     NameTaken(String),
-    #[error("generated patch would break {0}: {1} new parse errors")]
+    #[error("generated patch would break {0} ({1} new parse errors)")]
     BreaksParse(String, usize),
     #[error("spatch: {0}")]
     Spatch(String),
