@@ -82,6 +82,8 @@ pub enum Error {
     NameTaken(String),
     #[error("generated patch would break {0} ({1} new parse errors)")]
     BreaksParse(String, usize),
+    #[error("{0}")]
+    Livepatch(String),
     #[error("spatch: {0}")]
     Spatch(String),
     #[error("bad argument: {0}")]

@@ -46,6 +46,9 @@ pub struct Plan<'a> {
     pub prefix: &'a str,
     pub policy_var: &'a str,
     pub kernel_version: &'a str,
+    /// Change only `.c` files (kpatch-build refuses header changes): what
+    /// the header would hold goes into each touched `.c` file instead.
+    pub livepatch: bool,
 }
 
 /// One file the patch creates or changes.
@@ -428,6 +431,29 @@ pub fn generate(
     let p = plan.prefix;
     let header = header_path(plan.family);
     let include_line = format!("#include <{}>\n", header.trim_start_matches("include/"));
+    if plan.livepatch {
+        let in_headers: BTreeMap<&str, usize> =
+            plan.sites
+                .iter()
+                .filter(|s| !s.path.ends_with(".c"))
+                .fold(BTreeMap::new(), |mut m, s| {
+                    *m.entry(s.path.as_str()).or_default() += 1;
+                    m
+                });
+        if !in_headers.is_empty() {
+            let listed: Vec<String> = in_headers
+                .iter()
+                .map(|(path, n)| format!("{path}: {n}"))
+                .collect();
+            return Err(Error::Livepatch(format!(
+                "--livepatch changes only .c files, but {} sites of {}.{} are in headers ({}); every .c file calling them would need its own copy, which this mode does not generate yet",
+                in_headers.values().sum::<usize>(),
+                plan.structure,
+                plan.field,
+                listed.join(", ")
+            )));
+        }
+    }
 
     // Chain elements, callee first so each is defined before use; shared tails once.
     let mut seen = HashSet::new();
@@ -513,6 +539,14 @@ pub fn generate(
         .ok_or_else(|| Error::Chain("no .c file to define the policy variable in".into()))?;
     appendix.entry(policy_host.clone()).or_default();
     let mut files = Vec::new();
+    let header_file = header_text(plan, &prototypes, &header_copies);
+    // Livepatch: the header's text, minus nothing, at the include point of
+    // every touched .c file (its copies are static inline or macros, its
+    // declarations extern: each file may hold them all).
+    let inlined = format!(
+        "/*\n * msh kpatch --livepatch layout: kpatch-build refuses header changes, so\n * this block is what <{}> would hold:\n * static inline copies of the header-level chain elements and the policy\n * type, here and in every other .c file this patch touches; copies of\n * elements defined in a .c file stay appended to that file (where its\n * static helpers are visible), declared extern here.\n */\n{header_file}",
+        header.trim_start_matches("include/")
+    );
     let mut paths: Vec<String> = changes.keys().chain(appendix.keys()).cloned().collect();
     paths.sort();
     paths.dedup();
@@ -520,9 +554,16 @@ pub fn generate(
         let old = read(&path)?;
         let mut file_changes = changes.remove(&path).unwrap_or_default();
         let at = include_point(&old);
-        file_changes.push(Change {
-            what: format!("the include of <{}>", header.trim_start_matches("include/")),
-            edits: vec![(at..at, include_line.clone())],
+        file_changes.push(if plan.livepatch {
+            Change {
+                what: "the inlined policy-aware copies".to_owned(),
+                edits: vec![(at..at, inlined.clone())],
+            }
+        } else {
+            Change {
+                what: format!("the include of <{}>", header.trim_start_matches("include/")),
+                edits: vec![(at..at, include_line.clone())],
+            }
         });
         if let Some(copies) = appendix.get(&path) {
             let mut tail = format!(
@@ -562,8 +603,13 @@ pub fn generate(
             })
             .collect();
         let new = apply_edits(&old, file_edits);
-        let copied = appendix_copied.remove(&path).unwrap_or_default();
-        let defines = appendix_defines.remove(&path).unwrap_or_default();
+        let mut copied = appendix_copied.remove(&path).unwrap_or_default();
+        let mut defines = appendix_defines.remove(&path).unwrap_or_default();
+        if plan.livepatch {
+            // What tree-sitter cannot read in the block, it could not read in the header.
+            copied.push(inlined.clone());
+            defines.extend(header_defines.iter().cloned());
+        }
         files.push(PatchedFile {
             path,
             old: Some(old),
@@ -573,8 +619,8 @@ pub fn generate(
             changes: file_changes,
         });
     }
-    let header_file = header_text(plan, &prototypes, &header_copies);
-    files.insert(
+    if !plan.livepatch {
+        files.insert(
         0,
         PatchedFile {
             path: header.clone(),
@@ -585,6 +631,7 @@ pub fn generate(
             changes: Vec::new(),
         },
     );
+    }
     for api in plan.sites.iter().map(|s| &s.api) {
         new_names.push(format!("{p}{api}"));
     }

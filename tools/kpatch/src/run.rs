@@ -36,6 +36,8 @@ pub struct Options {
     pub emit_cocci: Option<PathBuf>,
     pub check_spatch: bool,
     pub threads: usize,
+    /// Change only `.c` files (for kpatch-build).
+    pub livepatch: bool,
 }
 
 pub struct Report {
@@ -282,6 +284,7 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         prefix: "bpf_policy_",
         policy_var: &policy_var,
         kernel_version: &version,
+        livepatch: options.livepatch,
     };
     let generated = patch::generate(&plan, |path| tree.read(path))?;
     check_names_unused(&tree, &generated, options.threads)?;
@@ -408,7 +411,8 @@ fn check_names_unused(
     generated: &GeneratedPatch,
     threads: usize,
 ) -> Result<(), Error> {
-    if tree.root.join(&generated.header_path).exists() {
+    let header_in_patch = generated.files.iter().any(|f| f.path == generated.header_path);
+    if header_in_patch && tree.root.join(&generated.header_path).exists() {
         return Err(Error::NameTaken(format!(
             "{} already exists: is the tree already patched?",
             generated.header_path

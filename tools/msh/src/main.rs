@@ -113,10 +113,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(&args),
         Command::Rewrite(args) => msh_rewrite::cli::run(&args),
         Command::Profile(args) => msh_profile::cli::run(args),
-        Command::Kpatch(args) => {
-            kpatch::main(args);
-            Ok(())
-        }
+        Command::Kpatch(args) => kpatch::run(&args),
         Command::Bench { bench } => match bench {
             BenchCommand::Switch {
                 json,

@@ -37,6 +37,7 @@ pub fn options(selection: Selection, output: &Path) -> Options {
         emit_cocci: None,
         check_spatch: false,
         threads: msh_kpatch::tree::default_threads(),
+        livepatch: false,
     }
 }
 
