@@ -405,8 +405,11 @@ impl PatchedFile {
                 .filter(|(r, _)| r.start < line_end)
                 .map(|(r, t)| t.len() as isize - r.len() as isize)
                 .sum();
-            let new_end = ((line_end as isize + shift).max(line_start as isize) as usize).min(alone.len());
-            let new_end = alone[new_end..].find('\n').map_or(alone.len(), |i| new_end + i);
+            let new_end =
+                ((line_end as isize + shift).max(line_start as isize) as usize).min(alone.len());
+            let new_end = alone[new_end..]
+                .find('\n')
+                .map_or(alone.len(), |i| new_end + i);
             let squash = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
             let mut new_text = squash(&alone[line_start..new_end]);
             if new_text.len() > 160 {
@@ -432,14 +435,14 @@ pub fn generate(
     let header = header_path(plan.family);
     let include_line = format!("#include <{}>\n", header.trim_start_matches("include/"));
     if plan.livepatch {
-        let in_headers: BTreeMap<&str, usize> =
-            plan.sites
-                .iter()
-                .filter(|s| !s.path.ends_with(".c"))
-                .fold(BTreeMap::new(), |mut m, s| {
-                    *m.entry(s.path.as_str()).or_default() += 1;
-                    m
-                });
+        let in_headers: BTreeMap<&str, usize> = plan
+            .sites
+            .iter()
+            .filter(|s| !s.path.ends_with(".c"))
+            .fold(BTreeMap::new(), |mut m, s| {
+                *m.entry(s.path.as_str()).or_default() += 1;
+                m
+            });
         if !in_headers.is_empty() {
             let listed: Vec<String> = in_headers
                 .iter()
@@ -621,16 +624,16 @@ pub fn generate(
     }
     if !plan.livepatch {
         files.insert(
-        0,
-        PatchedFile {
-            path: header.clone(),
-            old: None,
-            new: header_file,
-            copied: header_copied,
-            defines: header_defines,
-            changes: Vec::new(),
-        },
-    );
+            0,
+            PatchedFile {
+                path: header.clone(),
+                old: None,
+                new: header_file,
+                copied: header_copied,
+                defines: header_defines,
+                changes: Vec::new(),
+            },
+        );
     }
     for api in plan.sites.iter().map(|s| &s.api) {
         new_names.push(format!("{p}{api}"));
@@ -711,7 +714,10 @@ static int *subsys[] = {\n#include <linux/cgroup_subsys.h>\n};\n";
             changes: vec![
                 Change {
                     what: "a harmless rename".into(),
-                    edits: vec![(old.find("g(").unwrap()..old.find("g(").unwrap() + 1, "h".into())],
+                    edits: vec![(
+                        old.find("g(").unwrap()..old.find("g(").unwrap() + 1,
+                        "h".into(),
+                    )],
                 },
                 Change {
                     what: "the include".into(),
@@ -721,7 +727,10 @@ static int *subsys[] = {\n#include <linux/cgroup_subsys.h>\n};\n";
         };
         let mut parser = crate::cparse::parser();
         let culprit = file
-            .culprit(|t| crate::cparse::error_count(&crate::cparse::parse(&mut parser, t)), 0)
+            .culprit(
+                |t| crate::cparse::error_count(&crate::cparse::parse(&mut parser, t)),
+                0,
+            )
             .unwrap();
         assert_eq!(culprit, "x.c:2: the include turns `1,` into `int b; 1,`");
     }

@@ -200,7 +200,10 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         let aliased = if via.is_empty() {
             String::new()
         } else {
-            format!(" (macro {}: no structure holds that member as a {types})", via.join(", "))
+            format!(
+                " (macro {}: no structure holds that member as a {types})",
+                via.join(", ")
+            )
         };
         return Err(Error::FieldNeverLocked(format!(
             "no structure in {tree_name} declares a {types} field `{field}`{aliased}: it is never locked with {}",
@@ -355,15 +358,23 @@ fn alias_holders(
     family: &'static LockFamily,
     threads: usize,
 ) -> Result<BTreeSet<String>, Error> {
-    let (last, path) = alias.members.split_last().expect("an alias has two members or more");
+    let (last, path) = alias
+        .members
+        .split_last()
+        .expect("an alias has two members or more");
     // (outermost structure, type of the member reached so far)
     let mut reached: Vec<(String, String)> = Vec::new();
     for (depth, member) in path.iter().enumerate() {
         let found: Vec<MemberDecl> = tree
-            .scan(&tree.files, &[member.as_bytes()], threads, |parser, file| {
-                let decls = sites::member_decls(parser, &file.text, member);
-                (!decls.is_empty()).then_some(decls)
-            })?
+            .scan(
+                &tree.files,
+                &[member.as_bytes()],
+                threads,
+                |parser, file| {
+                    let decls = sites::member_decls(parser, &file.text, member);
+                    (!decls.is_empty()).then_some(decls)
+                },
+            )?
             .into_iter()
             .flatten()
             .collect();
@@ -411,7 +422,10 @@ fn check_names_unused(
     generated: &GeneratedPatch,
     threads: usize,
 ) -> Result<(), Error> {
-    let header_in_patch = generated.files.iter().any(|f| f.path == generated.header_path);
+    let header_in_patch = generated
+        .files
+        .iter()
+        .any(|f| f.path == generated.header_path);
     if header_in_patch && tree.root.join(&generated.header_path).exists() {
         return Err(Error::NameTaken(format!(
             "{} already exists: is the tree already patched?",
@@ -454,9 +468,9 @@ fn check_still_parses(generated: &GeneratedPatch) -> Result<(), Error> {
         let allowed = errors(old) + copied;
         let after = errors(&file.new);
         if after > allowed {
-            let culprit = file.culprit(&mut errors, copied).unwrap_or_else(|| {
-                format!("{}: the changes together (none alone)", file.path)
-            });
+            let culprit = file
+                .culprit(&mut errors, copied)
+                .unwrap_or_else(|| format!("{}: the changes together (none alone)", file.path));
             return Err(Error::BreaksParse(culprit, after - allowed));
         }
     }
@@ -464,7 +478,10 @@ fn check_still_parses(generated: &GeneratedPatch) -> Result<(), Error> {
         let defined = cparse::defined_names(&mut parser, &file.new);
         if let Some(missing) = file.defines.iter().find(|n| !defined.contains(*n)) {
             return Err(Error::BreaksParse(
-                format!("{}: the copy `{missing}` does not parse as a definition", file.path),
+                format!(
+                    "{}: the copy `{missing}` does not parse as a definition",
+                    file.path
+                ),
                 1,
             ));
         }

@@ -156,7 +156,12 @@ pub fn field_aliases(src: &str, field: &str, path: &str) -> Vec<FieldAlias> {
 /// file, or next to one of `types`, or after `#define`. Parsing is the slow
 /// part of a scan; a common name such as `lock` is in most files as a
 /// substring, far fewer pass this.
-pub fn may_mention(bytes: &[u8], field: &str, apis: &aho_corasick::AhoCorasick, types: &[&str]) -> bool {
+pub fn may_mention(
+    bytes: &[u8],
+    field: &str,
+    apis: &aho_corasick::AhoCorasick,
+    types: &[&str],
+) -> bool {
     let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let finder = memchr::memmem::Finder::new(field.as_bytes());
     let (mut member, mut word) = (false, false);
@@ -176,8 +181,11 @@ pub fn may_mention(bytes: &[u8], field: &str, apis: &aho_corasick::AhoCorasick, 
         return false;
     }
     (member && apis.is_match(bytes))
-        || types.iter().any(|t| memchr::memmem::find(bytes, t.as_bytes()).is_some())
-        || memchr::memmem::find(bytes, b"define").is_some() && !field_aliases(&String::from_utf8_lossy(bytes), field, "").is_empty()
+        || types
+            .iter()
+            .any(|t| memchr::memmem::find(bytes, t.as_bytes()).is_some())
+        || memchr::memmem::find(bytes, b"define").is_some()
+            && !field_aliases(&String::from_utf8_lossy(bytes), field, "").is_empty()
 }
 
 /// Declarations of `field` with one of `family`'s lock types, in one file.

@@ -36,12 +36,16 @@ fn spin_lock_on_file_lock_rewrites_every_site_and_nothing_else() {
         "spin_lock_bh",
         "spin_unlock_bh",
         "spin_lock_nested",
+        "spin_trylock",
+        "spin_trylock_bh",
+        "spin_trylock_irq",
+        "spin_trylock_irqsave",
     ];
     let rewritten = check_applies_and_changes_only_sites(generated, &apis, "file_lock");
 
     // Independent oracle: grep for spinlock calls on any `file_lock` field.
     let grep = grep_tree(
-        r"\bspin_(un)?lock(_irq|_irqsave|_irqrestore|_bh|_nested)?\(&[A-Za-z0-9_>().-]*(->|\.)file_lock\b",
+        r"\bspin_(un|try)?lock(_irq|_irqsave|_irqrestore|_bh|_nested)?\(&[A-Za-z0-9_>().-]*(->|\.)file_lock\b",
     );
     let genwqe: Vec<_> = grep
         .iter()
@@ -79,20 +83,21 @@ fn down_write_on_mmap_lock_rewrites_every_write_site_and_nothing_else() {
         "down_write_killable",
         "down_write_nested",
         "down_write_nest_lock",
+        "down_write_trylock",
         "up_write",
     ];
     let rewritten = check_applies_and_changes_only_sites(generated, &apis, "mmap_lock");
     // The lock argument is the first one: `down_write_nest_lock(&a->rwsem, &mm->mmap_lock)` locks `rwsem`.
     let grep: BTreeSet<_> = grep_tree(
-        r"\b(down_write(_killable|_nested|_nest_lock)?|up_write)\(&[A-Za-z0-9_>().-]*->mmap_lock\b",
+        r"\b(down_write(_killable|_nested|_nest_lock|_trylock)?|up_write)\(&[A-Za-z0-9_>().-]*->mmap_lock\b",
     )
     .into_iter()
     .collect();
     assert_eq!(rewritten, grep);
     assert_eq!(
         rewritten.len(),
-        4,
-        "6.1 takes mmap_lock for writing only in include/linux/mmap_lock.h"
+        5,
+        "6.1 takes mmap_lock for writing only in include/linux/mmap_lock.h (trylock included)"
     );
 }
 
@@ -193,6 +198,30 @@ fn committed_examples_are_what_the_tool_generates() {
             mmap_lock().patch.clone(),
         ),
     ];
+    for (name, selection, livepatch) in [
+        (
+            "sighand_struct-siglock.patch",
+            lock("spin_lock", "sighand_struct.siglock"),
+            false,
+        ),
+        (
+            "xarray-xa_lock.patch",
+            lock("spin_lock", "xarray.xa_lock"),
+            false,
+        ),
+        (
+            "files_struct-file_lock.livepatch.patch",
+            lock("spin_lock", "files_struct.file_lock"),
+            true,
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.patch");
+        let mut options = options(selection, &out);
+        options.livepatch = livepatch;
+        msh_kpatch::run(&options).unwrap_or_else(|e| panic!("{name}: {e}"));
+        expected.push((name.to_owned(), std::fs::read_to_string(&out).unwrap()));
+    }
     for generated in [file_lock(), mmap_lock()] {
         let family = generated.report.family;
         let apis: Vec<&str> = family

@@ -143,7 +143,8 @@ fn livepatch_form_changes_no_header_or_says_which_headers_hold_sites() {
 #[test]
 fn a_live_recording_of_dup1_selects_files_struct_file_lock() {
     let dir = tempfile::tempdir().unwrap();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernel-patches/workloads");
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernel-patches/workloads");
     let binary = dir.path().join("dup1");
     let gcc = std::process::Command::new("gcc")
         .args(["-O2", "-pthread", "-o"])

@@ -64,4 +64,3 @@ pub fn run(args: &KpatchArgs) -> anyhow::Result<()> {
     println!("{report}");
     Ok(())
 }
-

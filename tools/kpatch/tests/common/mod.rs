@@ -4,9 +4,9 @@
 #![allow(dead_code)]
 
 use msh_kpatch::{Options, Report, Selection};
-use std::path::{Path, PathBuf};
 use regex::Regex;
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The extracted kernel tree; panics with the fix when it is missing.
@@ -329,4 +329,3 @@ pub fn check_applies_and_changes_only_sites(
     }
     rewritten
 }
-
