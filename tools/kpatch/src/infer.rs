@@ -238,7 +238,9 @@ pub fn fields_from_profile(
         for key in fields {
             let vote = votes.entry(key).or_default();
             vote.0 += share;
-            vote.1.push(caller.function.clone());
+            if !vote.1.contains(&caller.function) {
+                vote.1.push(caller.function.clone());
+            }
         }
     }
     // `mapping->host->i_lock`: the site does not say the structure; when one
@@ -254,7 +256,11 @@ pub fn fields_from_profile(
                 .expect("listed above");
             let vote = votes.get_mut(target).expect("listed above");
             vote.0 += samples;
-            vote.1.extend(callers);
+            for caller in callers {
+                if !vote.1.contains(&caller) {
+                    vote.1.push(caller);
+                }
+            }
         }
     }
     inference.candidates = votes

@@ -203,6 +203,26 @@ hammer  7251   436.3:     250000 cpu-clock: \n\
     }
 
     #[test]
+    fn an_irq_section_counts_at_its_unlock() {
+        let text = "sig 1 1.0: 1 cpu-clock:\n\tffff _raw_spin_unlock_irq+0x1 ([kernel.kallsyms])\n\tffff get_signal+0x2 ([kernel.kallsyms])\n";
+        let profile = parse(text, "t").unwrap();
+        let caller = &profile.callers[0];
+        assert_eq!(caller.function, "get_signal");
+        let apis: Vec<_> = caller
+            .entries()
+            .iter()
+            .map(|(f, api)| (f.key, *api))
+            .collect();
+        assert_eq!(
+            apis,
+            [
+                ("spinlock", "spin_unlock_irq"),
+                ("raw_spinlock", "raw_spin_unlock_irq")
+            ]
+        );
+    }
+
+    #[test]
     fn no_lock_frames_is_an_error() {
         let text = "a 1 1.0: 1 cpu-clock:\n\tffff memcpy+0x1 ([kernel.kallsyms])\n";
         let err = parse(text, "x.txt").unwrap_err();

@@ -522,4 +522,47 @@ struct mm_struct {\n\tstruct {\n\t\tspinlock_t a, file_lock;\n\t};\n\tstruct inn
             [("files_struct", 4), ("mm_struct", 8), ("inner", 10)]
         );
     }
+
+    #[test]
+    fn a_field_defined_as_a_nested_member_is_an_alias() {
+        let src = "#define d_lock\td_lockref.lock\n#define d_iname x\n#define other(x) a.b\n\
+struct dentry {\n\tunsigned int d_flags;\n\tstruct lockref d_lockref;\n};\n";
+        let aliases = field_aliases(src, "d_lock", "dcache.h");
+        assert_eq!(aliases.len(), 1);
+        assert_eq!(aliases[0].members, ["d_lockref", "lock"]);
+        assert_eq!(aliases[0].line, 1);
+        let mut p = cparse::parser();
+        assert_eq!(
+            member_decls(&mut p, src, "d_lockref"),
+            [MemberDecl {
+                structure: "dentry".into(),
+                member_type: "lockref".into()
+            }]
+        );
+        let apis = aho_corasick::AhoCorasick::new(["spin_lock"]).unwrap();
+        assert!(may_mention(
+            src.as_bytes(),
+            "d_lock",
+            &apis,
+            &["spinlock_t"]
+        ));
+    }
+
+    #[test]
+    fn the_prefilter_wants_a_member_access_with_an_api_or_a_lock_type() {
+        let apis = aho_corasick::AhoCorasick::new(["spin_lock", "spin_unlock"]).unwrap();
+        let may = |src: &str| may_mention(src.as_bytes(), "lock", &apis, &["spinlock_t"]);
+        assert!(may("void f(struct a *a) { spin_lock(&a->lock); }"));
+        assert!(may("void f(struct a *a) { spin_lock(&a-> lock); }"));
+        assert!(may("struct a { spinlock_t lock; };"));
+        assert!(
+            !may("void f(void) { spin_lock(&block->clock); }"),
+            "substrings only"
+        );
+        assert!(
+            !may("void f(struct a *a) { mutex_lock(&a->lock); }"),
+            "no API of the family"
+        );
+        assert!(!may("int lock;"));
+    }
 }

@@ -248,3 +248,18 @@ fn committed_examples_are_what_the_tool_generates() {
         );
     }
 }
+
+/// `d_lock` is `#define d_lock d_lockref.lock` (include/linux/dcache.h): the
+/// field no structure declares by that name. It resolves to `dentry`, and
+/// every `spin_*(&...->d_lock)` call is a site.
+#[test]
+fn a_field_that_is_a_macro_for_a_nested_member_resolves_to_its_structure() {
+    let generated = generate(lock("spin_lock", "d_lock"));
+    let report = &generated.report;
+    assert_eq!(report.structure, "dentry");
+    let grep = grep_tree(
+        r"\bspin_(un|try)?lock(_irq|_irqsave|_irqrestore|_bh|_nested)?\(&[A-Za-z0-9_>().-]*(->|\.)d_lock\b",
+    );
+    assert_eq!(report.sites.len(), grep.len());
+    assert!(report.sites.len() > 300, "{} sites", report.sites.len());
+}
