@@ -35,6 +35,7 @@ fn example_patches_compile_under_x86_64_defconfig() {
         "kernel-patches/files_struct-file_lock.patch",
         "kernel-patches/mm_struct-mmap_lock.patch",
     ]);
+    workload_patches_compile_under_x86_64_defconfig();
     for object in [
         "fs/file.o",
         "kernel/locking/spinlock.o",
@@ -50,10 +51,9 @@ fn example_patches_compile_under_x86_64_defconfig() {
 
 /// The workloads' other locks, one patch at a time (each spinlock patch
 /// creates the same header): signal1's siglock, fallocate1's xa_lock, and
-/// the livepatch form of file_lock (dup1, open1, open2).
-#[test]
+/// the livepatch form of file_lock (dup1, open1, open2). Called from the one
+/// test above: the builds share target/kbuild-src and target/kbuild-out.
 fn workload_patches_compile_under_x86_64_defconfig() {
-    common::kernel_tree();
     check_build(&[
         "kernel-patches/sighand_struct-siglock.patch",
         "--",
