@@ -2,9 +2,9 @@
 //!
 //! A policy replaces how one lock (one structure field) waits, so every
 //! acquire and release of that field moves together: `--lock spin_lock` also
-//! rewrites the field's `spin_lock_irqsave`/`spin_unlock_irqrestore` sites.
-//! Trylocks never wait and keep the stock code; both implementations share
-//! the lock word, so mixing them is safe.
+//! rewrites the field's `spin_lock_irqsave`/`spin_unlock_irqrestore` sites,
+//! and its trylocks (which never wait: their hook is `trylock`, not
+//! `contended`). Both implementations share the lock word.
 
 use crate::Error;
 

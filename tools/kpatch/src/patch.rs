@@ -136,6 +136,8 @@ fn with_policy_param(params_text: &str, kind: DefKind) -> String {
 fn event_of(plan: &Plan, chain: &Chain) -> &'static str {
     if plan.family.release.contains(&chain.api.as_str()) {
         "release"
+    } else if chain.api.contains("trylock") {
+        "trylock"
     } else {
         "contended"
     }
@@ -311,6 +313,7 @@ const POLICY_DEFINITION: &str = "#ifndef BPF_LOCK_POLICY_DEFINED
 struct bpf_lock_policy {
 \tvoid (*contended)(void *lock);\t/* entering the slowpath */
 \tvoid (*release)(void *lock);\t/* releasing the lock */
+\tvoid (*trylock)(void *lock);\t/* a trylock attempt (it never waits) */
 };
 
 static __always_inline void bpf_lock_policy_contended(struct bpf_lock_policy *policy, void *lock)
@@ -324,6 +327,14 @@ static __always_inline void bpf_lock_policy_contended(struct bpf_lock_policy *po
 static __always_inline void bpf_lock_policy_release(struct bpf_lock_policy *policy, void *lock)
 {
 \tvoid (*hook)(void *lock) = READ_ONCE(policy->release);
+
+\tif (hook)
+\t\thook(lock);
+}
+
+static __always_inline void bpf_lock_policy_trylock(struct bpf_lock_policy *policy, void *lock)
+{
+\tvoid (*hook)(void *lock) = READ_ONCE(policy->trylock);
 
 \tif (hook)
 \t\thook(lock);
