@@ -35,6 +35,12 @@ expression E, subclass, nest_lock;
 - down_write_nest_lock(&E.lock_field, nest_lock)
 + bpf_policy_down_write_nest_lock(&E.lock_field, nest_lock, &policy_var)
 |
+- down_write_trylock(&E->lock_field)
++ bpf_policy_down_write_trylock(&E->lock_field, &policy_var)
+|
+- down_write_trylock(&E.lock_field)
++ bpf_policy_down_write_trylock(&E.lock_field, &policy_var)
+|
 - up_write(&E->lock_field)
 + bpf_policy_up_write(&E->lock_field, &policy_var)
 |

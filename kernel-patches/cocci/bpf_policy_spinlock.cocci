@@ -41,6 +41,30 @@ expression E, flags, subclass;
 - spin_lock_nested(&E.lock_field, subclass)
 + bpf_policy_spin_lock_nested(&E.lock_field, subclass, &policy_var)
 |
+- spin_trylock(&E->lock_field)
++ bpf_policy_spin_trylock(&E->lock_field, &policy_var)
+|
+- spin_trylock(&E.lock_field)
++ bpf_policy_spin_trylock(&E.lock_field, &policy_var)
+|
+- spin_trylock_bh(&E->lock_field)
++ bpf_policy_spin_trylock_bh(&E->lock_field, &policy_var)
+|
+- spin_trylock_bh(&E.lock_field)
++ bpf_policy_spin_trylock_bh(&E.lock_field, &policy_var)
+|
+- spin_trylock_irq(&E->lock_field)
++ bpf_policy_spin_trylock_irq(&E->lock_field, &policy_var)
+|
+- spin_trylock_irq(&E.lock_field)
++ bpf_policy_spin_trylock_irq(&E.lock_field, &policy_var)
+|
+- spin_trylock_irqsave(&E->lock_field, flags)
++ bpf_policy_spin_trylock_irqsave(&E->lock_field, flags, &policy_var)
+|
+- spin_trylock_irqsave(&E.lock_field, flags)
++ bpf_policy_spin_trylock_irqsave(&E.lock_field, flags, &policy_var)
+|
 - spin_unlock(&E->lock_field)
 + bpf_policy_spin_unlock(&E->lock_field, &policy_var)
 |

@@ -27,10 +27,17 @@ pub fn file_name(family: &LockFamily) -> String {
 /// Extra arguments (after the lock) each API takes in 6.1.
 fn extra_args(api: &str) -> &'static [&'static str] {
     match api {
-        "spin_lock_irqsave" | "spin_unlock_irqrestore" => &["flags"],
-        "spin_lock_nested" | "down_write_nested" | "down_read_nested" | "mutex_lock_nested" => {
-            &["subclass"]
-        }
+        "spin_lock_irqsave"
+        | "spin_unlock_irqrestore"
+        | "spin_trylock_irqsave"
+        | "raw_spin_lock_irqsave"
+        | "raw_spin_unlock_irqrestore"
+        | "raw_spin_trylock_irqsave" => &["flags"],
+        "spin_lock_nested"
+        | "raw_spin_lock_nested"
+        | "down_write_nested"
+        | "down_read_nested"
+        | "mutex_lock_nested" => &["subclass"],
         "down_write_nest_lock" => &["nest_lock"],
         _ => &[],
     }

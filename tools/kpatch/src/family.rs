@@ -2,9 +2,9 @@
 //!
 //! A policy replaces how one lock (one structure field) waits, so every
 //! acquire and release of that field moves together: `--lock spin_lock` also
-//! rewrites the field's `spin_lock_irqsave`/`spin_unlock_irqrestore` sites.
-//! Trylocks never wait and keep the stock code; both implementations share
-//! the lock word, so mixing them is safe.
+//! rewrites the field's `spin_lock_irqsave`/`spin_unlock_irqrestore` sites,
+//! and its trylocks (which never wait: their hook is `trylock`, not
+//! `contended`). Both implementations share the lock word.
 
 use crate::Error;
 
@@ -26,6 +26,10 @@ pub struct LockFamily {
     pub api_header: &'static str,
 }
 
+/// The spinlock_t and raw_spinlock_t families share their out-of-line
+/// entry points (`spin_lock_irqsave` and `raw_spin_lock_irqsave` both enter
+/// `_raw_spin_lock_irqsave`), so a frame can name either; the function
+/// holding the site tells which.
 pub const FAMILIES: &[LockFamily] = &[
     LockFamily {
         key: "spinlock",
@@ -36,6 +40,10 @@ pub const FAMILIES: &[LockFamily] = &[
             "spin_lock_irq",
             "spin_lock_irqsave",
             "spin_lock_nested",
+            "spin_trylock",
+            "spin_trylock_bh",
+            "spin_trylock_irq",
+            "spin_trylock_irqsave",
         ],
         release: &[
             "spin_unlock",
@@ -43,21 +51,41 @@ pub const FAMILIES: &[LockFamily] = &[
             "spin_unlock_irq",
             "spin_unlock_irqrestore",
         ],
+        perf_entry_symbols: SPIN_SYMBOLS_FOR_SPINLOCK,
+        perf_internal_symbols: SPIN_INTERNALS,
+        api_header: "linux/spinlock.h",
+    },
+    LockFamily {
+        key: "raw_spinlock",
+        field_types: &["raw_spinlock_t"],
+        acquire: &[
+            "raw_spin_lock",
+            "raw_spin_lock_bh",
+            "raw_spin_lock_irq",
+            "raw_spin_lock_irqsave",
+            "raw_spin_lock_nested",
+            "raw_spin_trylock",
+            "raw_spin_trylock_irqsave",
+        ],
+        release: &[
+            "raw_spin_unlock",
+            "raw_spin_unlock_bh",
+            "raw_spin_unlock_irq",
+            "raw_spin_unlock_irqrestore",
+        ],
         perf_entry_symbols: &[
-            ("_raw_spin_lock", "spin_lock"),
-            ("_raw_spin_lock_bh", "spin_lock_bh"),
-            ("_raw_spin_lock_irq", "spin_lock_irq"),
-            ("_raw_spin_lock_irqsave", "spin_lock_irqsave"),
-            ("_raw_spin_lock_nested", "spin_lock_nested"),
+            ("_raw_spin_lock", "raw_spin_lock"),
+            ("_raw_spin_lock_bh", "raw_spin_lock_bh"),
+            ("_raw_spin_lock_irq", "raw_spin_lock_irq"),
+            ("_raw_spin_lock_irqsave", "raw_spin_lock_irqsave"),
+            ("_raw_spin_lock_nested", "raw_spin_lock_nested"),
+            ("_raw_spin_trylock", "raw_spin_trylock"),
+            ("_raw_spin_unlock", "raw_spin_unlock"),
+            ("_raw_spin_unlock_bh", "raw_spin_unlock_bh"),
+            ("_raw_spin_unlock_irq", "raw_spin_unlock_irq"),
+            ("_raw_spin_unlock_irqrestore", "raw_spin_unlock_irqrestore"),
         ],
-        perf_internal_symbols: &[
-            "queued_spin_lock_slowpath",
-            "native_queued_spin_lock_slowpath",
-            "__pv_queued_spin_lock_slowpath",
-            "pv_wait",
-            "pv_wait_head_or_lock",
-            "do_raw_spin_lock",
-        ],
+        perf_internal_symbols: SPIN_INTERNALS,
         api_header: "linux/spinlock.h",
     },
     LockFamily {
@@ -68,6 +96,7 @@ pub const FAMILIES: &[LockFamily] = &[
             "down_write_killable",
             "down_write_nested",
             "down_write_nest_lock",
+            "down_write_trylock",
         ],
         release: &["up_write"],
         perf_entry_symbols: &[
@@ -75,6 +104,8 @@ pub const FAMILIES: &[LockFamily] = &[
             ("down_write_killable", "down_write_killable"),
             ("down_write_nested", "down_write_nested"),
             ("_down_write_nest_lock", "down_write_nest_lock"),
+            ("down_write_trylock", "down_write_trylock"),
+            ("up_write", "up_write"),
         ],
         perf_internal_symbols: &[
             "rwsem_down_write_slowpath",
@@ -95,6 +126,7 @@ pub const FAMILIES: &[LockFamily] = &[
             "down_read_killable",
             "down_read_interruptible",
             "down_read_nested",
+            "down_read_trylock",
         ],
         release: &["up_read"],
         perf_entry_symbols: &[
@@ -102,6 +134,8 @@ pub const FAMILIES: &[LockFamily] = &[
             ("down_read_killable", "down_read_killable"),
             ("down_read_interruptible", "down_read_interruptible"),
             ("down_read_nested", "down_read_nested"),
+            ("down_read_trylock", "down_read_trylock"),
+            ("up_read", "up_read"),
         ],
         perf_internal_symbols: &[
             "rwsem_down_read_slowpath",
@@ -119,6 +153,7 @@ pub const FAMILIES: &[LockFamily] = &[
             "mutex_lock_interruptible",
             "mutex_lock_killable",
             "mutex_lock_nested",
+            "mutex_trylock",
         ],
         release: &["mutex_unlock"],
         perf_entry_symbols: &[
@@ -126,6 +161,8 @@ pub const FAMILIES: &[LockFamily] = &[
             ("mutex_lock_interruptible", "mutex_lock_interruptible"),
             ("mutex_lock_killable", "mutex_lock_killable"),
             ("mutex_lock_nested", "mutex_lock_nested"),
+            ("mutex_trylock", "mutex_trylock"),
+            ("mutex_unlock", "mutex_unlock"),
         ],
         perf_internal_symbols: &[
             "__mutex_lock_slowpath",
@@ -143,6 +180,33 @@ pub const FAMILIES: &[LockFamily] = &[
     },
 ];
 
+/// Out-of-line entry points of the spinlock_t API. The unlocks are there
+/// because cpu-clock is an hrtimer: a sample due while interrupts are off
+/// fires when `_raw_spin_unlock_irq{,restore}` turns them back on, so an
+/// `_irq` critical section shows up at its unlock.
+const SPIN_SYMBOLS_FOR_SPINLOCK: &[(&str, &str)] = &[
+    ("_raw_spin_lock", "spin_lock"),
+    ("_raw_spin_lock_bh", "spin_lock_bh"),
+    ("_raw_spin_lock_irq", "spin_lock_irq"),
+    ("_raw_spin_lock_irqsave", "spin_lock_irqsave"),
+    ("_raw_spin_lock_nested", "spin_lock_nested"),
+    ("_raw_spin_trylock", "spin_trylock"),
+    ("_raw_spin_trylock_bh", "spin_trylock_bh"),
+    ("_raw_spin_unlock", "spin_unlock"),
+    ("_raw_spin_unlock_bh", "spin_unlock_bh"),
+    ("_raw_spin_unlock_irq", "spin_unlock_irq"),
+    ("_raw_spin_unlock_irqrestore", "spin_unlock_irqrestore"),
+];
+
+const SPIN_INTERNALS: &[&str] = &[
+    "queued_spin_lock_slowpath",
+    "native_queued_spin_lock_slowpath",
+    "__pv_queued_spin_lock_slowpath",
+    "pv_wait",
+    "pv_wait_head_or_lock",
+    "do_raw_spin_lock",
+];
+
 impl LockFamily {
     /// The family whose acquire API is `lock_fn` (`spin_lock`, `down_write`, ...).
     pub fn by_acquire_api(lock_fn: &str) -> Result<&'static LockFamily, Error> {
@@ -152,14 +216,22 @@ impl LockFamily {
             .ok_or_else(|| Error::UnknownPrimitive(lock_fn.to_owned()))
     }
 
-    /// The family and API a kernel symbol in a call chain enters.
-    pub fn by_perf_symbol(symbol: &str) -> Option<(&'static LockFamily, &'static str)> {
-        FAMILIES.iter().find_map(|f| {
-            f.perf_entry_symbols
-                .iter()
-                .find(|(s, _)| *s == symbol)
-                .map(|(_, api)| (f, *api))
-        })
+    /// The families and APIs a kernel symbol in a call chain enters.
+    pub fn by_perf_symbol(symbol: &str) -> Vec<(&'static LockFamily, &'static str)> {
+        FAMILIES
+            .iter()
+            .flat_map(|f| {
+                f.perf_entry_symbols
+                    .iter()
+                    .filter(move |(s, _)| *s == symbol)
+                    .map(move |(_, api)| (f, *api))
+            })
+            .collect()
+    }
+
+    /// Whether `api` releases the lock.
+    pub fn is_release(&self, api: &str) -> bool {
+        self.release.contains(&api)
     }
 
     /// Whether `symbol` is inside some lock implementation.
@@ -201,8 +273,21 @@ mod tests {
             LockFamily::by_acquire_api("spin_lokc"),
             Err(Error::UnknownPrimitive(_))
         ));
-        let (family, api) = LockFamily::by_perf_symbol("_raw_spin_lock_irqsave").unwrap();
-        assert_eq!((family.key, api), ("spinlock", "spin_lock_irqsave"));
+        let entries: Vec<_> = LockFamily::by_perf_symbol("_raw_spin_lock_irqsave")
+            .into_iter()
+            .map(|(f, api)| (f.key, api))
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                ("spinlock", "spin_lock_irqsave"),
+                ("raw_spinlock", "raw_spin_lock_irqsave")
+            ]
+        );
+        assert_eq!(
+            LockFamily::by_perf_symbol("_raw_spin_unlock_irqrestore")[0].1,
+            "spin_unlock_irqrestore"
+        );
         assert!(LockFamily::is_internal_symbol(
             "native_queued_spin_lock_slowpath"
         ));

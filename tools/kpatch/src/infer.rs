@@ -173,7 +173,7 @@ pub fn fields_from_profile(
     let callers: Vec<_> = profile
         .callers
         .iter()
-        .filter(|c| family.is_none_or(|f| f == c.family))
+        .filter(|c| family.is_none_or(|f| c.entries().iter().any(|(e, _)| *e == f)))
         .collect();
     let caller_names: BTreeSet<String> = callers.iter().map(|c| c.function.clone()).collect();
     let bodies = find_bodies(tree, &caller_names, threads)?;
@@ -202,30 +202,65 @@ pub fn fields_from_profile(
                     .flat_map(|w| w.locks.iter()),
             );
         }
-        locks.retain(|l| {
-            caller.family.is_site_api(&l.api) && !caller.family.release.contains(&l.api.as_str())
-        });
-        if locks.iter().any(|l| l.api == caller.api) {
-            locks.retain(|l| l.api == caller.api);
-        }
-        let fields: BTreeSet<(Option<String>, String)> = locks
+        // The lock calls the frame can stand for: same family and direction
+        // (a `_raw_spin_unlock_irq` frame is an unlock site); exact API first.
+        let entries: Vec<_> = caller
+            .entries()
+            .into_iter()
+            .filter(|(f, _)| family.is_none_or(|want| want == *f))
+            .collect();
+        let matching = |l: &FieldLock, exact: bool| {
+            entries.iter().find(|(f, api)| {
+                f.is_site_api(&l.api)
+                    && f.is_release(api) == f.is_release(&l.api)
+                    && (!exact || l.api == *api)
+            })
+        };
+        let exact = locks.iter().any(|l| matching(l, true).is_some());
+        let fields: BTreeSet<(&'static str, Option<String>, String)> = locks
             .iter()
-            .map(|l| (l.structure.clone(), l.field.clone()))
+            .filter_map(|l| {
+                matching(l, exact).map(|(f, _)| (f.key, l.structure.clone(), l.field.clone()))
+            })
             .collect();
         if fields.is_empty() {
+            let apis: BTreeSet<&str> = entries.iter().map(|(_, api)| *api).collect();
             inference.notes.push(format!(
-                "{} ({} samples): calls {} on no structure field (a global lock?)",
-                caller.function, caller.samples, caller.api
+                "{} ({} samples in {}): no {} on a structure field there in this tree (a global lock, or code that differs from the profiled kernel)",
+                caller.function,
+                caller.samples,
+                caller.symbol,
+                apis.into_iter().collect::<Vec<_>>().join("/")
             ));
             continue;
         }
         let share = caller.samples as f64 / fields.len() as f64;
-        for (structure, field) in fields {
-            let vote = votes
-                .entry((caller.family.key, structure, field))
-                .or_default();
+        for key in fields {
+            let vote = votes.entry(key).or_default();
             vote.0 += share;
-            vote.1.push(caller.function.clone());
+            if !vote.1.contains(&caller.function) {
+                vote.1.push(caller.function.clone());
+            }
+        }
+    }
+    // `mapping->host->i_lock`: the site does not say the structure; when one
+    // structure is known for that field and family, the votes are its.
+    let keys: Vec<_> = votes.keys().cloned().collect();
+    for (key, structure, field) in keys.iter().filter(|(_, s, _)| s.is_none()) {
+        let mut typed = keys
+            .iter()
+            .filter(|(k, s, f)| k == key && f == field && s.is_some());
+        if let (Some(target), None) = (typed.next(), typed.next()) {
+            let (samples, callers) = votes
+                .remove(&(*key, structure.clone(), field.clone()))
+                .expect("listed above");
+            let vote = votes.get_mut(target).expect("listed above");
+            vote.0 += samples;
+            for caller in callers {
+                if !vote.1.contains(&caller) {
+                    vote.1.push(caller);
+                }
+            }
         }
     }
     inference.candidates = votes

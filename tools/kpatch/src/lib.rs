@@ -37,7 +37,11 @@
 //! scan and parses only the files that pass a byte prefilter (`memchr` for
 //! the field name, Aho-Corasick for function names, then a check that a
 //! name sits on a definition line), on a small pool of scoped threads that
-//! take files one at a time ([`tree::default_threads`]). On the 2-vCPU build
+//! take files one at a time ([`tree::default_threads`]). The site scan's
+//! prefilter ([`sites::may_mention`]) wants the field as a whole word after
+//! `->`/`.` in a file that calls the family's API, next to a lock type, or
+//! after `#define`: a field named `lock` still passes thousands of files,
+//! each parsed whole (36 s for `zone.lock`, the known slow case). On the 2-vCPU build
 //! VM (busy with other builds): 3-5 s with `--lock`, 9-13 s with
 //! `--perf-script`, against a 60 s budget; two threads gave 0-30% over one
 //! (I/O and page cache dominate the `--lock` runs).
@@ -80,8 +84,10 @@ pub enum Error {
     Chain(String),
     #[error("{0}")]
     NameTaken(String),
-    #[error("generated patch would break {0}: {1} new parse errors")]
+    #[error("generated patch would break {0} ({1} new parse errors)")]
     BreaksParse(String, usize),
+    #[error("{0}")]
+    Livepatch(String),
     #[error("spatch: {0}")]
     Spatch(String),
     #[error("bad argument: {0}")]

@@ -46,6 +46,9 @@ pub struct Plan<'a> {
     pub prefix: &'a str,
     pub policy_var: &'a str,
     pub kernel_version: &'a str,
+    /// Change only `.c` files (kpatch-build refuses header changes): what
+    /// the header would hold goes into each touched `.c` file instead.
+    pub livepatch: bool,
 }
 
 /// One file the patch creates or changes.
@@ -58,6 +61,8 @@ pub struct PatchedFile {
     pub copied: Vec<String>,
     /// Names the patch defines or declares in this file.
     pub defines: Vec<String>,
+    /// The changes to the original file, one per construct.
+    pub changes: Vec<Change>,
 }
 
 pub struct GeneratedPatch {
@@ -131,6 +136,8 @@ fn with_policy_param(params_text: &str, kind: DefKind) -> String {
 fn event_of(plan: &Plan, chain: &Chain) -> &'static str {
     if plan.family.release.contains(&chain.api.as_str()) {
         "release"
+    } else if chain.api.contains("trylock") {
+        "trylock"
     } else {
         "contended"
     }
@@ -306,6 +313,7 @@ const POLICY_DEFINITION: &str = "#ifndef BPF_LOCK_POLICY_DEFINED
 struct bpf_lock_policy {
 \tvoid (*contended)(void *lock);\t/* entering the slowpath */
 \tvoid (*release)(void *lock);\t/* releasing the lock */
+\tvoid (*trylock)(void *lock);\t/* a trylock attempt (it never waits) */
 };
 
 static __always_inline void bpf_lock_policy_contended(struct bpf_lock_policy *policy, void *lock)
@@ -323,23 +331,34 @@ static __always_inline void bpf_lock_policy_release(struct bpf_lock_policy *poli
 \tif (hook)
 \t\thook(lock);
 }
+
+static __always_inline void bpf_lock_policy_trylock(struct bpf_lock_policy *policy, void *lock)
+{
+\tvoid (*hook)(void *lock) = READ_ONCE(policy->trylock);
+
+\tif (hook)
+\t\thook(lock);
+}
 #endif /* BPF_LOCK_POLICY_DEFINED */
 ";
 
-/// Where the new `#include` goes: after the last `#include` before `before`
-/// among those at the shallowest `#if` depth (an include guard is one
-/// level; `#include "rwbase_rt.c"` inside `#ifdef CONFIG_PREEMPT_RT` is
-/// deeper). 0 if the file has none.
-fn include_point(src: &str, before: usize) -> usize {
+/// Where the new `#include` goes: after the last `#include` of the file's
+/// leading block (everything before its first line of C code), at the
+/// shallowest `#if` depth there (an include guard is one level). Later
+/// includes are no candidates: kernel/cgroup/cgroup.c includes
+/// <linux/cgroup_subsys.h> inside array initializers (an X-macro), where a
+/// header of declarations breaks the file. 0 if the leading block has none.
+fn include_point(src: &str) -> usize {
+    let blanked = crate::cparse::blank_comments(src);
     let mut depth = 0usize;
     let mut best: Option<(usize, usize)> = None; // (depth, offset after the line)
-    for line in crate::cparse::logical_lines(src) {
-        if line.range.start >= before {
-            break;
-        }
-        let text = line.text.trim_start();
-        let Some(directive) = text.strip_prefix('#').map(str::trim_start) else {
+    for line in crate::cparse::logical_lines(&blanked) {
+        let text = line.text.trim();
+        if text.is_empty() {
             continue;
+        }
+        let Some(directive) = text.strip_prefix('#').map(str::trim_start) else {
+            break; // the first line of C code ends the leading block
         };
         if directive.starts_with("if") {
             depth += 1;
@@ -352,6 +371,73 @@ fn include_point(src: &str, before: usize) -> usize {
     best.map_or(0, |(_, offset)| offset)
 }
 
+/// One construct the generator changed in a file (a site rewrite, the
+/// include, the appended copies), kept so that a parse check that fails can
+/// name the construct it got wrong.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// What the change is, e.g. "the rewrite of spin_lock(&p->siglock)".
+    pub what: String,
+    /// (byte range in the original file, replacement).
+    pub edits: Vec<(Range<usize>, String)>,
+}
+
+impl PatchedFile {
+    /// The first change that, applied alone to the original file, adds
+    /// parse errors (`errors` counts them; `allowed_extra` is what copied
+    /// kernel code may bring): "LINE: WHAT turns `OLD` into `NEW`".
+    pub fn culprit(
+        &self,
+        mut errors: impl FnMut(&str) -> usize,
+        allowed_extra: usize,
+    ) -> Option<String> {
+        let old = self.old.as_deref()?;
+        let base = errors(old);
+        self.changes.iter().find_map(|change| {
+            let edits = change
+                .edits
+                .iter()
+                .map(|(range, text)| Edit {
+                    range: range.clone(),
+                    replacement: text.clone(),
+                })
+                .collect();
+            let alone = apply_edits(old, edits);
+            if errors(&alone) <= base + allowed_extra {
+                return None;
+            }
+            let at = change.edits.iter().map(|(r, _)| r.start).min()?;
+            let line_start = old[..at].rfind('\n').map_or(0, |i| i + 1);
+            let line_end = old[at..].find('\n').map_or(old.len(), |i| at + i);
+            // The same line after the change: shift by what edits before it added.
+            let shift: isize = change
+                .edits
+                .iter()
+                .filter(|(r, _)| r.start < line_end)
+                .map(|(r, t)| t.len() as isize - r.len() as isize)
+                .sum();
+            let new_end =
+                ((line_end as isize + shift).max(line_start as isize) as usize).min(alone.len());
+            let new_end = alone[new_end..]
+                .find('\n')
+                .map_or(alone.len(), |i| new_end + i);
+            let squash = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+            let mut new_text = squash(&alone[line_start..new_end]);
+            if new_text.len() > 160 {
+                new_text = format!("{}...", &new_text[..new_text.floor_char_boundary(160)]);
+            }
+            Some(format!(
+                "{}:{}: {} turns `{}` into `{}`",
+                self.path,
+                old[..at].matches('\n').count() + 1,
+                change.what,
+                squash(&old[line_start..line_end]),
+                new_text
+            ))
+        })
+    }
+}
+
 pub fn generate(
     plan: &Plan,
     read: impl Fn(&str) -> Result<String, Error>,
@@ -359,6 +445,29 @@ pub fn generate(
     let p = plan.prefix;
     let header = header_path(plan.family);
     let include_line = format!("#include <{}>\n", header.trim_start_matches("include/"));
+    if plan.livepatch {
+        let in_headers: BTreeMap<&str, usize> = plan
+            .sites
+            .iter()
+            .filter(|s| !s.path.ends_with(".c"))
+            .fold(BTreeMap::new(), |mut m, s| {
+                *m.entry(s.path.as_str()).or_default() += 1;
+                m
+            });
+        if !in_headers.is_empty() {
+            let listed: Vec<String> = in_headers
+                .iter()
+                .map(|(path, n)| format!("{path}: {n}"))
+                .collect();
+            return Err(Error::Livepatch(format!(
+                "--livepatch changes only .c files, but {} sites of {}.{} are in headers ({}); every .c file calling them would need its own copy, which this mode does not generate yet",
+                in_headers.values().sum::<usize>(),
+                plan.structure,
+                plan.field,
+                listed.join(", ")
+            )));
+        }
+    }
 
     // Chain elements, callee first so each is defined before use; shared tails once.
     let mut seen = HashSet::new();
@@ -417,15 +526,19 @@ pub fn generate(
         }
     }
 
-    // Edits to existing files: site rewrites, appended copies, includes.
-    let mut edits: BTreeMap<String, Vec<Edit>> = BTreeMap::new();
+    // Changes to existing files: site rewrites, appended copies, includes.
+    let mut changes: BTreeMap<String, Vec<Change>> = BTreeMap::new();
     for site in plan.sites {
-        let file = edits.entry(site.path.clone()).or_default();
-        file.push(Edit {
-            range: site.callee.clone(),
-            replacement: format!("{p}{}", site.api),
+        changes.entry(site.path.clone()).or_default().push(Change {
+            what: format!("the rewrite of `{}`", site.call_text),
+            edits: vec![
+                (site.callee.clone(), format!("{p}{}", site.api)),
+                (
+                    site.close_paren..site.close_paren,
+                    format!(", &{}", plan.policy_var),
+                ),
+            ],
         });
-        file.push(insert(site.close_paren, format!(", &{}", plan.policy_var)));
     }
     let policy_host = appendix
         .keys()
@@ -440,21 +553,32 @@ pub fn generate(
         .ok_or_else(|| Error::Chain("no .c file to define the policy variable in".into()))?;
     appendix.entry(policy_host.clone()).or_default();
     let mut files = Vec::new();
-    let mut paths: Vec<String> = edits.keys().chain(appendix.keys()).cloned().collect();
+    let header_file = header_text(plan, &prototypes, &header_copies);
+    // Livepatch: the header's text, minus nothing, at the include point of
+    // every touched .c file (its copies are static inline or macros, its
+    // declarations extern: each file may hold them all).
+    let inlined = format!(
+        "/*\n * msh kpatch --livepatch layout: kpatch-build refuses header changes, so\n * this block is what <{}> would hold:\n * static inline copies of the header-level chain elements and the policy\n * type, here and in every other .c file this patch touches; copies of\n * elements defined in a .c file stay appended to that file (where its\n * static helpers are visible), declared extern here.\n */\n{header_file}",
+        header.trim_start_matches("include/")
+    );
+    let mut paths: Vec<String> = changes.keys().chain(appendix.keys()).cloned().collect();
     paths.sort();
     paths.dedup();
     for path in paths {
         let old = read(&path)?;
-        let mut file_edits = edits.remove(&path).unwrap_or_default();
-        let first_edit = file_edits
-            .iter()
-            .map(|e| e.range.start)
-            .min()
-            .unwrap_or(old.len());
-        file_edits.push(insert(
-            include_point(&old, first_edit),
-            include_line.clone(),
-        ));
+        let mut file_changes = changes.remove(&path).unwrap_or_default();
+        let at = include_point(&old);
+        file_changes.push(if plan.livepatch {
+            Change {
+                what: "the inlined policy-aware copies".to_owned(),
+                edits: vec![(at..at, inlined.clone())],
+            }
+        } else {
+            Change {
+                what: format!("the include of <{}>", header.trim_start_matches("include/")),
+                edits: vec![(at..at, include_line.clone())],
+            }
+        });
         if let Some(copies) = appendix.get(&path) {
             let mut tail = format!(
                 "\n/*\n * Generated by msh kpatch: policy-aware copies for {}.{}\n * (see <{}>).\n */\n",
@@ -479,30 +603,49 @@ pub fn generate(
             } else {
                 format!("\n{tail}")
             };
-            file_edits.push(insert(at, tail));
+            file_changes.push(Change {
+                what: "the appended policy-aware copies".to_owned(),
+                edits: vec![(at..at, tail)],
+            });
         }
+        let file_edits = file_changes
+            .iter()
+            .flat_map(|c| &c.edits)
+            .map(|(range, text)| Edit {
+                range: range.clone(),
+                replacement: text.clone(),
+            })
+            .collect();
         let new = apply_edits(&old, file_edits);
-        let copied = appendix_copied.remove(&path).unwrap_or_default();
-        let defines = appendix_defines.remove(&path).unwrap_or_default();
+        let mut copied = appendix_copied.remove(&path).unwrap_or_default();
+        let mut defines = appendix_defines.remove(&path).unwrap_or_default();
+        if plan.livepatch {
+            // What tree-sitter cannot read in the block, it could not read in the header.
+            copied.push(inlined.clone());
+            defines.extend(header_defines.iter().cloned());
+        }
         files.push(PatchedFile {
             path,
             old: Some(old),
             new,
             copied,
             defines,
+            changes: file_changes,
         });
     }
-    let header_file = header_text(plan, &prototypes, &header_copies);
-    files.insert(
-        0,
-        PatchedFile {
-            path: header.clone(),
-            old: None,
-            new: header_file,
-            copied: header_copied,
-            defines: header_defines,
-        },
-    );
+    if !plan.livepatch {
+        files.insert(
+            0,
+            PatchedFile {
+                path: header.clone(),
+                old: None,
+                new: header_file,
+                copied: header_copied,
+                defines: header_defines,
+                changes: Vec::new(),
+            },
+        );
+    }
     for api in plan.sites.iter().map(|s| &s.api) {
         new_names.push(format!("{p}{api}"));
     }
@@ -557,13 +700,50 @@ mod tests {
     }
 
     #[test]
-    fn include_goes_after_the_last_include_before_the_first_edit() {
-        let src = "/* c */\n#include <a.h>\n#include <b.h>\nint x;\n#include <late.h>\n";
+    fn include_goes_after_the_leading_includes_never_into_code() {
+        let src = "/* c\n#include <no.h> */\n#include <a.h>\n#ifdef X\n#include <deep.h>\n#endif\n#include <b.h>\n\
+static int *subsys[] = {\n#include <linux/cgroup_subsys.h>\n};\n";
         assert_eq!(
-            &src[include_point(src, 40)..],
-            "int x;\n#include <late.h>\n"
+            &src[include_point(src)..],
+            "static int *subsys[] = {\n#include <linux/cgroup_subsys.h>\n};\n"
         );
-        assert_eq!(include_point("int x;\n", 3), 0);
+        assert_eq!(include_point("int x;\n#include <a.h>\n"), 0);
+        let guarded = "#ifndef H\n#define H\n#include <a.h>\nint x;\n#endif\n";
+        assert_eq!(&guarded[include_point(guarded)..], "int x;\n#endif\n");
+    }
+
+    #[test]
+    fn a_change_that_breaks_parsing_is_named_with_its_line() {
+        let old = "int a[] = {\n1,\n};\nvoid f(void) { g(); }\n";
+        let at = old.find("1,").unwrap();
+        let file = PatchedFile {
+            path: "x.c".into(),
+            old: Some(old.into()),
+            new: String::new(),
+            copied: Vec::new(),
+            defines: Vec::new(),
+            changes: vec![
+                Change {
+                    what: "a harmless rename".into(),
+                    edits: vec![(
+                        old.find("g(").unwrap()..old.find("g(").unwrap() + 1,
+                        "h".into(),
+                    )],
+                },
+                Change {
+                    what: "the include".into(),
+                    edits: vec![(at..at, "int b;\n".into())],
+                },
+            ],
+        };
+        let mut parser = crate::cparse::parser();
+        let culprit = file
+            .culprit(
+                |t| crate::cparse::error_count(&crate::cparse::parse(&mut parser, t)),
+                0,
+            )
+            .unwrap();
+        assert_eq!(culprit, "x.c:2: the include turns `1,` into `int b; 1,`");
     }
 
     #[test]

@@ -23,9 +23,8 @@ use std::collections::BTreeMap;
 pub struct LockCaller {
     /// Source-level function name (compiler suffixes like `.isra.0` removed).
     pub function: String,
-    pub family: &'static LockFamily,
-    /// The acquire API, e.g. `spin_lock` for a `_raw_spin_lock` frame.
-    pub api: &'static str,
+    /// The lock primitive's frame, e.g. `_raw_spin_lock_irqsave`.
+    pub symbol: String,
     /// Samples whose chain goes through this caller and primitive.
     pub samples: u64,
     /// Of those, samples taken inside the lock implementation (waiting).
@@ -43,15 +42,14 @@ pub struct PerfProfile {
 /// Parses perf script text. `source` names the input in errors.
 pub fn parse(text: &str, source: &str) -> Result<PerfProfile, Error> {
     let mut profile = PerfProfile::default();
-    let mut counts: BTreeMap<(String, &'static str), (u64, u64, &'static LockFamily)> =
-        BTreeMap::new();
+    let mut counts: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
     let mut frames: Vec<String> = Vec::new();
     let mut in_sample = false;
     let mut flush = |frames: &mut Vec<String>, profile: &mut PerfProfile| {
         if !frames.is_empty() {
             profile.samples_with_chains += 1;
-            if let Some((caller, api, family, in_lock)) = lock_caller(frames) {
-                let entry = counts.entry((caller, api)).or_insert((0, 0, family));
+            if let Some((caller, symbol, in_lock)) = lock_caller(frames) {
+                let entry = counts.entry((caller, symbol)).or_insert((0, 0));
                 entry.0 += 1;
                 entry.1 += in_lock as u64;
             }
@@ -104,10 +102,9 @@ pub fn parse(text: &str, source: &str) -> Result<PerfProfile, Error> {
     profile.callers = counts
         .into_iter()
         .map(
-            |((function, api), (samples, samples_in_lock, family))| LockCaller {
+            |((function, symbol), (samples, samples_in_lock))| LockCaller {
                 function,
-                family,
-                api,
+                symbol,
                 samples,
                 samples_in_lock,
             },
@@ -148,13 +145,12 @@ fn source_name(symbol: &str) -> &str {
     symbol.split('.').next().unwrap_or(symbol)
 }
 
-/// The caller of the first lock API frame from the leaf, its API and family,
-/// and whether every frame below the API frame is lock-internal.
-fn lock_caller(frames: &[String]) -> Option<(String, &'static str, &'static LockFamily, bool)> {
-    let (index, family, api) = frames
+/// The caller of the first lock API frame from the leaf, that frame's
+/// symbol, and whether every frame below it is lock-internal.
+fn lock_caller(frames: &[String]) -> Option<(String, String, bool)> {
+    let index = frames
         .iter()
-        .enumerate()
-        .find_map(|(i, s)| LockFamily::by_perf_symbol(s).map(|(f, api)| (i, f, api)))?;
+        .position(|s| !LockFamily::by_perf_symbol(s).is_empty())?;
     let caller = frames.get(index + 1)?;
     if caller == "[unknown]" {
         return None;
@@ -162,7 +158,14 @@ fn lock_caller(frames: &[String]) -> Option<(String, &'static str, &'static Lock
     let in_lock = frames[..index]
         .iter()
         .all(|s| LockFamily::is_internal_symbol(s));
-    Some((caller.clone(), api, family, in_lock))
+    Some((caller.clone(), frames[index].clone(), in_lock))
+}
+
+impl LockCaller {
+    /// The (family, API) pairs the caller's lock frame may stand for.
+    pub fn entries(&self) -> Vec<(&'static LockFamily, &'static str)> {
+        LockFamily::by_perf_symbol(&self.symbol)
+    }
 }
 
 #[cfg(test)]
@@ -191,11 +194,31 @@ hammer  7251   436.3:     250000 cpu-clock: \n\
         assert_eq!(
             (
                 caller.function.as_str(),
-                caller.api,
+                caller.symbol.as_str(),
                 caller.samples,
                 caller.samples_in_lock
             ),
-            ("alloc_fd", "spin_lock", 2, 2)
+            ("alloc_fd", "_raw_spin_lock", 2, 2)
+        );
+    }
+
+    #[test]
+    fn an_irq_section_counts_at_its_unlock() {
+        let text = "sig 1 1.0: 1 cpu-clock:\n\tffff _raw_spin_unlock_irq+0x1 ([kernel.kallsyms])\n\tffff get_signal+0x2 ([kernel.kallsyms])\n";
+        let profile = parse(text, "t").unwrap();
+        let caller = &profile.callers[0];
+        assert_eq!(caller.function, "get_signal");
+        let apis: Vec<_> = caller
+            .entries()
+            .iter()
+            .map(|(f, api)| (f.key, *api))
+            .collect();
+        assert_eq!(
+            apis,
+            [
+                ("spinlock", "spin_unlock_irq"),
+                ("raw_spinlock", "raw_spin_unlock_irq")
+            ]
         );
     }
 

@@ -5,7 +5,7 @@ use crate::chain::{Chain, LockIndex};
 use crate::family::LockFamily;
 use crate::infer::{self, Inference};
 use crate::patch::{self, GeneratedPatch, Plan};
-use crate::sites::{self, FieldDecl, FileFindings, Site};
+use crate::sites::{self, FieldAlias, FieldDecl, FileFindings, MemberDecl, Site};
 use crate::tree::KernelTree;
 use crate::{cocci, cparse, perf_script, Error};
 use aho_corasick::AhoCorasick;
@@ -36,6 +36,8 @@ pub struct Options {
     pub emit_cocci: Option<PathBuf>,
     pub check_spatch: bool,
     pub threads: usize,
+    /// Change only `.c` files (for kpatch-build).
+    pub livepatch: bool,
 }
 
 pub struct Report {
@@ -157,26 +159,54 @@ pub fn run(options: &Options) -> Result<Report, Error> {
     lap("profile", &mut timings);
 
     // 2. Every site and declaration of the field.
-    let findings: Vec<FileFindings> = tree.scan(
+    let api_matcher = AhoCorasick::new(family.acquire.iter().chain(family.release))
+        .expect("API names are plain strings");
+    let findings: Vec<FileFindings> = tree.scan_filtered(
         &tree.files,
-        &[field.as_bytes()],
+        |bytes| sites::may_mention(bytes, &field, &api_matcher, family.field_types),
         options.threads,
         |parser, file| {
             let found = sites::scan_file(parser, &file.path, &file.text, family, &field);
-            (!found.sites.is_empty() || !found.decls.is_empty()).then_some(found)
+            (!found.sites.is_empty() || !found.decls.is_empty() || !found.aliases.is_empty())
+                .then_some(found)
         },
     )?;
-    let decls: Vec<FieldDecl> = findings
+    let mut decls: Vec<FieldDecl> = findings
         .iter()
         .flat_map(|f| f.decls.iter().cloned())
         .collect();
+    let aliases: BTreeSet<FieldAlias> = findings
+        .iter()
+        .flat_map(|f| f.aliases.iter().cloned())
+        .collect();
+    for alias in &aliases {
+        for structure in alias_holders(&tree, alias, family, options.threads)? {
+            decls.push(FieldDecl {
+                structure,
+                path: alias.path.clone(),
+                line: alias.line,
+            });
+        }
+    }
     let declaring: BTreeSet<String> = decls.iter().map(|d| d.structure.clone()).collect();
+    let via: Vec<String> = aliases
+        .iter()
+        .map(|a| format!("{field} = {} ({}:{})", a.members.join("."), a.path, a.line))
+        .collect();
     let all_sites: Vec<Site> = findings.into_iter().flat_map(|f| f.sites).collect();
     lap("index sites", &mut timings);
     let types = family.field_types.join(" or ");
     if declaring.is_empty() {
+        let aliased = if via.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (macro {}: no structure holds that member as a {types})",
+                via.join(", ")
+            )
+        };
         return Err(Error::FieldNeverLocked(format!(
-            "no structure in {tree_name} declares a {types} field `{field}`: it is never locked with {}",
+            "no structure in {tree_name} declares a {types} field `{field}`{aliased}: it is never locked with {}",
             family.acquire[0]
         )));
     }
@@ -257,6 +287,7 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         prefix: "bpf_policy_",
         policy_var: &policy_var,
         kernel_version: &version,
+        livepatch: options.livepatch,
     };
     let generated = patch::generate(&plan, |path| tree.read(path))?;
     check_names_unused(&tree, &generated, options.threads)?;
@@ -318,6 +349,72 @@ pub fn run(options: &Options) -> Result<Report, Error> {
     })
 }
 
+/// The structures in which `alias` (`d_lock` = `d_lockref.lock`) names a
+/// lock of `family`: those declaring the first member, whose type declares
+/// the next, ..., whose type declares the last with a lock type.
+fn alias_holders(
+    tree: &KernelTree,
+    alias: &FieldAlias,
+    family: &'static LockFamily,
+    threads: usize,
+) -> Result<BTreeSet<String>, Error> {
+    let (last, path) = alias
+        .members
+        .split_last()
+        .expect("an alias has two members or more");
+    // (outermost structure, type of the member reached so far)
+    let mut reached: Vec<(String, String)> = Vec::new();
+    for (depth, member) in path.iter().enumerate() {
+        let found: Vec<MemberDecl> = tree
+            .scan(
+                &tree.files,
+                &[member.as_bytes()],
+                threads,
+                |parser, file| {
+                    let decls = sites::member_decls(parser, &file.text, member);
+                    (!decls.is_empty()).then_some(decls)
+                },
+            )?
+            .into_iter()
+            .flatten()
+            .collect();
+        reached = if depth == 0 {
+            found
+                .into_iter()
+                .map(|m| (m.structure, m.member_type))
+                .collect()
+        } else {
+            reached
+                .iter()
+                .flat_map(|(outer, ty)| {
+                    found
+                        .iter()
+                        .filter(move |m| m.structure == *ty)
+                        .map(move |m| (outer.clone(), m.member_type.clone()))
+                })
+                .collect()
+        };
+    }
+    let types: BTreeSet<&str> = reached.iter().map(|(_, ty)| ty.as_str()).collect();
+    let holders_of_last: BTreeSet<String> = tree
+        .scan(&tree.files, &[last.as_bytes()], threads, |parser, file| {
+            if !types.iter().any(|t| file.text.contains(t)) {
+                return None;
+            }
+            let decls = sites::lock_decls(parser, &file.path, &file.text, family, last);
+            (!decls.is_empty()).then_some(decls)
+        })?
+        .into_iter()
+        .flatten()
+        .map(|d| d.structure)
+        .collect();
+    Ok(reached
+        .into_iter()
+        .filter(|(_, ty)| holders_of_last.contains(ty))
+        .map(|(outer, _)| outer)
+        .collect())
+}
+
 /// Refuses names the tree already uses (`bpf_spin_lock` is a BPF helper in
 /// 6.1, hence the `bpf_policy_` prefix) and a header that exists.
 fn check_names_unused(
@@ -325,7 +422,11 @@ fn check_names_unused(
     generated: &GeneratedPatch,
     threads: usize,
 ) -> Result<(), Error> {
-    if tree.root.join(&generated.header_path).exists() {
+    let header_in_patch = generated
+        .files
+        .iter()
+        .any(|f| f.path == generated.header_path);
+    if header_in_patch && tree.root.join(&generated.header_path).exists() {
         return Err(Error::NameTaken(format!(
             "{} already exists: is the tree already patched?",
             generated.header_path
@@ -363,22 +464,24 @@ fn check_still_parses(generated: &GeneratedPatch) -> Result<(), Error> {
     let mut errors = |text: &str| cparse::error_count(&cparse::parse(&mut parser, text));
     for file in &generated.files {
         let Some(old) = &file.old else { continue };
-        let allowed = errors(old) + file.copied.iter().map(|c| errors(c)).sum::<usize>();
+        let copied: usize = file.copied.iter().map(|c| errors(c)).sum();
+        let allowed = errors(old) + copied;
         let after = errors(&file.new);
         if after > allowed {
-            let lines = cparse::error_lines(&cparse::parse(&mut cparse::parser(), &file.new));
-            let lines: Vec<String> = lines.iter().take(5).map(usize::to_string).collect();
-            return Err(Error::BreaksParse(
-                format!("{} (errors at lines {})", file.path, lines.join(", ")),
-                after - allowed,
-            ));
+            let culprit = file
+                .culprit(&mut errors, copied)
+                .unwrap_or_else(|| format!("{}: the changes together (none alone)", file.path));
+            return Err(Error::BreaksParse(culprit, after - allowed));
         }
     }
     for file in &generated.files {
         let defined = cparse::defined_names(&mut parser, &file.new);
         if let Some(missing) = file.defines.iter().find(|n| !defined.contains(*n)) {
             return Err(Error::BreaksParse(
-                format!("{}: `{missing}` does not parse as a definition", file.path),
+                format!(
+                    "{}: the copy `{missing}` does not parse as a definition",
+                    file.path
+                ),
                 1,
             ));
         }

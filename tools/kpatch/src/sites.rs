@@ -41,11 +41,30 @@ pub struct FieldDecl {
     pub line: usize,
 }
 
+/// `#define FIELD a.b.c`: the field is a name for a nested member
+/// (`#define d_lock d_lockref.lock` in include/linux/dcache.h).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FieldAlias {
+    /// The member path the name expands to: `["d_lockref", "lock"]`.
+    pub members: Vec<String>,
+    pub path: String,
+    pub line: usize,
+}
+
+/// A structure member of any type: `struct lockref d_lockref;` in `dentry`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MemberDecl {
+    pub structure: String,
+    /// The struct, union or typedef name of the member's type.
+    pub member_type: String,
+}
+
 /// Everything one file contributes for a field.
 #[derive(Debug, Default)]
 pub struct FileFindings {
     pub sites: Vec<Site>,
     pub decls: Vec<FieldDecl>,
+    pub aliases: Vec<FieldAlias>,
     /// Parse errors in the original file, to compare after patching.
     pub parse_errors: usize,
 }
@@ -95,7 +114,124 @@ pub fn scan_file(
         });
     }
     findings.sites.sort_by_key(|s| s.callee.start);
+    findings.aliases = field_aliases(src, field, path);
     findings
+}
+
+/// Object-like macros that make `field` a name for a nested member.
+pub fn field_aliases(src: &str, field: &str, path: &str) -> Vec<FieldAlias> {
+    let is_member = |w: &str| {
+        w.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let mut aliases = Vec::new();
+    for (i, line) in src.lines().enumerate() {
+        let Some(rest) = line.trim_start().strip_prefix('#') else {
+            continue;
+        };
+        let Some(rest) = rest.trim_start().strip_prefix("define") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        if words.next() != Some(field) {
+            continue;
+        }
+        let (Some(value), None) = (words.next(), words.next()) else {
+            continue;
+        };
+        let members: Vec<String> = value.split('.').map(str::to_owned).collect();
+        if members.len() >= 2 && members.iter().all(|m| is_member(m)) {
+            aliases.push(FieldAlias {
+                members,
+                path: path.to_owned(),
+                line: i + 1,
+            });
+        }
+    }
+    aliases
+}
+
+/// Whether a file can hold a site, a declaration or an alias of `field`:
+/// the field as a whole word after `->` or `.` with one of `apis` in the
+/// file, or next to one of `types`, or after `#define`. Parsing is the slow
+/// part of a scan; a common name such as `lock` is in most files as a
+/// substring, far fewer pass this.
+pub fn may_mention(
+    bytes: &[u8],
+    field: &str,
+    apis: &aho_corasick::AhoCorasick,
+    types: &[&str],
+) -> bool {
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let finder = memchr::memmem::Finder::new(field.as_bytes());
+    let (mut member, mut word) = (false, false);
+    for at in finder.find_iter(bytes) {
+        let end = at + field.len();
+        if (at > 0 && is_ident(bytes[at - 1])) || bytes.get(end).is_some_and(|b| is_ident(*b)) {
+            continue;
+        }
+        word = true;
+        let before = bytes[..at].trim_ascii_end();
+        if before.ends_with(b"->") || before.ends_with(b".") {
+            member = true;
+            break;
+        }
+    }
+    if !word {
+        return false;
+    }
+    (member && apis.is_match(bytes))
+        || types
+            .iter()
+            .any(|t| memchr::memmem::find(bytes, t.as_bytes()).is_some())
+        || memchr::memmem::find(bytes, b"define").is_some()
+            && !field_aliases(&String::from_utf8_lossy(bytes), field, "").is_empty()
+}
+
+/// Declarations of `field` with one of `family`'s lock types, in one file.
+pub fn lock_decls(
+    parser: &mut Parser,
+    path: &str,
+    src: &str,
+    family: &LockFamily,
+    field: &str,
+) -> Vec<FieldDecl> {
+    let tree = cparse::parse(parser, src);
+    let mut decls = Vec::new();
+    walk(tree.root_node(), |node| {
+        if node.kind() == "struct_specifier" {
+            decls.extend(field_decls(node, src, family, field, path));
+        }
+    });
+    decls
+}
+
+/// Members named `member` of any type, in the named structures of a file.
+pub fn member_decls(parser: &mut Parser, src: &str, member: &str) -> Vec<MemberDecl> {
+    let tree = cparse::parse(parser, src);
+    let mut found = Vec::new();
+    walk(tree.root_node(), |node| {
+        if node.kind() != "struct_specifier" && node.kind() != "union_specifier" {
+            return;
+        }
+        let Some(name) = node.child_by_field_name("name") else {
+            return;
+        };
+        for (words, _) in member_segments(node, src, member) {
+            let mut w = words.split_whitespace();
+            let member_type = match w.next() {
+                Some("struct" | "union") => w.next(),
+                first => first,
+            };
+            if let Some(member_type) = member_type {
+                found.push(MemberDecl {
+                    structure: text(name, src).to_owned(),
+                    member_type: member_type.trim_end_matches('*').to_owned(),
+                });
+            }
+        }
+    });
+    found
 }
 
 /// `node` in `node_src` is a site if it calls a family API on `field`;
@@ -231,23 +367,49 @@ fn field_decls(
     field: &str,
     path: &str,
 ) -> Vec<FieldDecl> {
-    let (Some(name), Some(body)) = (
-        node.child_by_field_name("name"),
-        node.child_by_field_name("body"),
-    ) else {
+    let Some(name) = node.child_by_field_name("name") else {
+        return Vec::new();
+    };
+    member_segments(node, src, field)
+        .into_iter()
+        .filter(|(words, _)| {
+            family.field_types.iter().any(|ty| {
+                words
+                    .strip_prefix(ty)
+                    .is_some_and(|rest| rest.starts_with(' '))
+            })
+        })
+        .map(|(_, absolute)| FieldDecl {
+            structure: text(name, src).to_owned(),
+            path: path.to_owned(),
+            line: src[..absolute].matches('\n').count() + 1,
+        })
+        .collect()
+}
+
+/// The member declarations (whitespace-squashed, with their byte offset)
+/// that declare `field` directly in the struct `node` or in its anonymous
+/// members; not in nested named structs, which own their members.
+fn member_segments(node: Node, src: &str, field: &str) -> Vec<(String, usize)> {
+    let Some(body) = node.child_by_field_name("body") else {
         return Vec::new();
     };
     let body_text = cparse::blank_comments(text(body, src));
-    // Skip the bodies of nested *named* structs: they own their fields.
+    if !body_text.contains(field) {
+        return Vec::new();
+    }
     let mut nested: Vec<Range<usize>> = Vec::new();
     walk(body, |n| {
-        if n != body && n.kind() == "struct_specifier" && n.child_by_field_name("name").is_some() {
+        if n != body
+            && matches!(n.kind(), "struct_specifier" | "union_specifier")
+            && n.child_by_field_name("name").is_some()
+        {
             if let Some(b) = n.child_by_field_name("body") {
                 nested.push(b.start_byte() - body.start_byte()..b.end_byte() - body.start_byte());
             }
         }
     });
-    let mut decls = Vec::new();
+    let mut segments = Vec::new();
     let mut start = 0;
     for (i, c) in body_text.char_indices() {
         if !matches!(c, ';' | '{' | '}') {
@@ -259,28 +421,25 @@ fn field_decls(
         if nested.iter().any(|r| r.contains(&segment_start)) {
             continue;
         }
-        let words = segment.split_whitespace().collect::<Vec<_>>().join(" ");
-        let declares_field = |rest: &str| {
-            rest.split(|c: char| !(c.is_alphanumeric() || c == '_'))
-                .any(|w| w == field)
-                && !rest.contains('(')
-        };
-        let is_lock = family.field_types.iter().any(|ty| {
-            words
-                .strip_prefix(ty)
-                .is_some_and(|rest| rest.starts_with(' ') && declares_field(rest))
-        });
-        if is_lock {
+        // Preprocessor lines inside the body (`#ifdef CONFIG_X`) are not declarations.
+        let code: String = segment
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let words = code.split_whitespace().collect::<Vec<_>>().join(" ");
+        let declares = words
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .skip(1)
+            .any(|w| w == field)
+            && !words.contains('(');
+        if declares {
             let absolute =
                 body.start_byte() + segment_start + (segment.len() - segment.trim_start().len());
-            decls.push(FieldDecl {
-                structure: text(name, src).to_owned(),
-                path: path.to_owned(),
-                line: src[..absolute].matches('\n').count() + 1,
-            });
+            segments.push((words, absolute));
         }
     }
-    decls
+    segments
 }
 
 #[cfg(test)]
@@ -362,5 +521,48 @@ struct mm_struct {\n\tstruct {\n\t\tspinlock_t a, file_lock;\n\t};\n\tstruct inn
             structs,
             [("files_struct", 4), ("mm_struct", 8), ("inner", 10)]
         );
+    }
+
+    #[test]
+    fn a_field_defined_as_a_nested_member_is_an_alias() {
+        let src = "#define d_lock\td_lockref.lock\n#define d_iname x\n#define other(x) a.b\n\
+struct dentry {\n\tunsigned int d_flags;\n\tstruct lockref d_lockref;\n};\n";
+        let aliases = field_aliases(src, "d_lock", "dcache.h");
+        assert_eq!(aliases.len(), 1);
+        assert_eq!(aliases[0].members, ["d_lockref", "lock"]);
+        assert_eq!(aliases[0].line, 1);
+        let mut p = cparse::parser();
+        assert_eq!(
+            member_decls(&mut p, src, "d_lockref"),
+            [MemberDecl {
+                structure: "dentry".into(),
+                member_type: "lockref".into()
+            }]
+        );
+        let apis = aho_corasick::AhoCorasick::new(["spin_lock"]).unwrap();
+        assert!(may_mention(
+            src.as_bytes(),
+            "d_lock",
+            &apis,
+            &["spinlock_t"]
+        ));
+    }
+
+    #[test]
+    fn the_prefilter_wants_a_member_access_with_an_api_or_a_lock_type() {
+        let apis = aho_corasick::AhoCorasick::new(["spin_lock", "spin_unlock"]).unwrap();
+        let may = |src: &str| may_mention(src.as_bytes(), "lock", &apis, &["spinlock_t"]);
+        assert!(may("void f(struct a *a) { spin_lock(&a->lock); }"));
+        assert!(may("void f(struct a *a) { spin_lock(&a-> lock); }"));
+        assert!(may("struct a { spinlock_t lock; };"));
+        assert!(
+            !may("void f(void) { spin_lock(&block->clock); }"),
+            "substrings only"
+        );
+        assert!(
+            !may("void f(struct a *a) { mutex_lock(&a->lock); }"),
+            "no API of the family"
+        );
+        assert!(!may("int lock;"));
     }
 }

@@ -119,7 +119,8 @@ impl KernelTree {
         self.scan_filtered(paths, |bytes| matcher.is_match(bytes), threads, visit)
     }
 
-    fn scan_filtered<T: Send>(
+    /// Like [`scan`](Self::scan), for files whose bytes `keep` accepts.
+    pub fn scan_filtered<T: Send>(
         &self,
         paths: &[String],
         keep: impl Fn(&[u8]) -> bool + Sync,

@@ -26,31 +26,36 @@ pub struct KpatchArgs {
     /// Run spatch with the semantic patch and compare with the generated patch.
     #[arg(long)]
     check_spatch: bool,
+    /// Change only .c files, for kpatch-build (which refuses header changes).
+    #[arg(long)]
+    livepatch: bool,
     /// Worker threads for the tree scans (default: the machine's cores).
     #[arg(long)]
     threads: Option<usize>,
 }
 
-fn run(args: KpatchArgs) -> anyhow::Result<()> {
-    let selection = match (args.perf_script, args.lock) {
-        (Some(script), _) => msh_kpatch::Selection::Profile {
-            script,
+/// Runs the subcommand; the caller prints a failure as one line.
+pub fn run(args: &KpatchArgs) -> anyhow::Result<()> {
+    let selection = match (&args.perf_script, &args.lock, &args.field) {
+        (Some(script), _, field) => msh_kpatch::Selection::Profile {
+            script: script.clone(),
             lock: None,
-            field: args.field,
+            field: field.clone(),
         },
-        (None, Some(api)) => msh_kpatch::Selection::Lock {
-            api,
-            field: args.field.expect("clap: --lock requires --field"),
+        (None, Some(api), Some(field)) => msh_kpatch::Selection::Lock {
+            api: api.clone(),
+            field: field.clone(),
         },
-        (None, None) => unreachable!("clap requires --perf-script or --lock"),
+        _ => anyhow::bail!("give --perf-script, or --lock with --field"),
     };
     let options = msh_kpatch::Options {
-        kernel: args.kernel,
+        kernel: args.kernel.clone(),
         selection,
-        policy_var: args.policy_var,
-        output: args.output,
-        emit_cocci: args.emit_cocci,
+        policy_var: args.policy_var.clone(),
+        output: args.output.clone(),
+        emit_cocci: args.emit_cocci.clone(),
         check_spatch: args.check_spatch,
+        livepatch: args.livepatch,
         threads: args
             .threads
             .unwrap_or_else(msh_kpatch::tree::default_threads),
@@ -58,12 +63,4 @@ fn run(args: KpatchArgs) -> anyhow::Result<()> {
     let report = msh_kpatch::run(&options)?;
     println!("{report}");
     Ok(())
-}
-
-/// Runs the subcommand; a failure is one line on stderr and exit status 1.
-pub fn main(args: KpatchArgs) {
-    if let Err(err) = run(args) {
-        eprintln!("msh kpatch: {err:#}");
-        std::process::exit(1);
-    }
 }

@@ -60,10 +60,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rewrite(args) => msh_rewrite::cli::run(&args),
         Command::Pagewalk(args) => msh_pagewalk::cli::run(&args),
         Command::Profile(args) => msh_profile::cli::run(args),
-        Command::Kpatch(args) => {
-            kpatch::main(args);
-            Ok(())
-        }
+        Command::Kpatch(args) => kpatch::run(&args),
         Command::Trace(args) => msh_trace::cli::run(&args),
         Command::Bench { bench } => bench::run(&bench),
     }
