@@ -150,103 +150,8 @@ const CASES: &[Case] = &[
         message: "--runs",
         may_write: &[],
     },
-    Case {
-        args: &[
-            "profile",
-            "--duration",
-            "1e30",
-            "-o",
-            "{}/p.json",
-            "--",
-            "{}/prog",
-        ],
-        code: 2,
-        message: "--duration",
-        may_write: &[],
-    },
-    Case {
-        args: &[
-            "profile",
-            "--min-share",
-            "2",
-            "-o",
-            "{}/p.json",
-            "--",
-            "{}/prog",
-        ],
-        code: 2,
-        message: "--min-share",
-        may_write: &[],
-    },
-    Case {
-        args: &[
-            "rewrite",
-            "{}/prog",
-            "-o",
-            "{}/out",
-            "--all-loads",
-            "--top",
-            "0",
-        ],
-        code: 2,
-        message: "--top",
-        may_write: &[],
-    },
-    Case {
-        args: &[
-            "rewrite",
-            "{}/prog",
-            "-o",
-            "{}/out",
-            "--profile",
-            "{}/zero.json",
-            "--min-share",
-            "NaN",
-        ],
-        code: 2,
-        message: "--min-share",
-        may_write: &[],
-    },
     // Outputs never replace inputs.
-    Case {
-        args: &["profile", "-o", "{}/prog", "--", "{}/prog"],
-        code: 1,
-        message: "same file as the input",
-        may_write: &[],
-    },
-    Case {
-        args: &["rewrite", "{}/prog", "-o", "{}/prog", "--all-loads"],
-        code: 1,
-        message: "same file as the input",
-        may_write: &[],
-    },
-    Case {
-        args: &[
-            "rewrite",
-            "{}/prog",
-            "-o",
-            "{}/out",
-            "--all-loads",
-            "--report",
-            "{}/prog",
-        ],
-        code: 1,
-        message: "same file as the input",
-        may_write: &[],
-    },
     // Inputs that are not regular files are refused, never read without bound.
-    Case {
-        args: &["rewrite", "{}/fifo", "-o", "{}/out", "--all-loads"],
-        code: 1,
-        message: "not a regular file",
-        may_write: &[],
-    },
-    Case {
-        args: &["profile", "show", "{}/zero.json"],
-        code: 1,
-        message: "/dev/zero",
-        may_write: &[],
-    },
     Case {
         args: &["rewrite", "{}/notes.txt", "-o", "{}/out", "--all-loads"],
         code: 1,
@@ -282,21 +187,4 @@ fn every_bad_input_gets_its_exit_code_and_one_line_and_changes_nothing() {
         CASES.len(),
         failures.join("\n")
     );
-}
-
-#[test]
-fn dev_null_and_dev_stdout_are_written_in_place() {
-    let dir = scratch("bad-input-dev");
-    for out in ["/dev/null", "/dev/stdout"] {
-        let status = Command::new(MSH)
-            .args(["rewrite"])
-            .arg(dir.join("prog"))
-            .args(["--all-loads", "-o", out])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "msh rewrite -o {out}");
-        let meta = std::fs::symlink_metadata(out).unwrap();
-        assert!(!meta.is_file(), "{out} was replaced by a regular file");
-    }
 }

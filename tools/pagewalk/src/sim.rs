@@ -312,7 +312,7 @@ impl Simulator {
         if !hit {
             self.walk(addr, g, g_mid)?;
         }
-        let level = self.caches.access(pa, 8);
+        let level = self.caches.access(0, pa, 8);
         self.stats.data_cycles += self.latency[level];
         Ok(())
     }
@@ -398,7 +398,7 @@ impl Simulator {
 
     #[inline]
     fn read(&mut self, pa: u64) -> u64 {
-        let level = self.caches.access(pa, 8);
+        let level = self.caches.access(0, pa, 8);
         let served = &mut self.stats.served;
         match level {
             0 => served.l1 += 1,
