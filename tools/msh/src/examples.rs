@@ -23,6 +23,11 @@ pub fn build_dir() -> PathBuf {
 /// scavenger objects) with make: what `msh demo` and the harvest benchmarks run, and
 /// nothing else, so a machine without the GC examples' packages runs them too.
 pub fn build() -> Result<PathBuf> {
+    build_targets(&["harvest"])
+}
+
+/// Builds libmsh and the given make targets of the C examples (`all` for every one).
+pub fn build_targets(targets: &[&str]) -> Result<PathBuf> {
     let root = repo_root();
     let examples = root.join("c-examples");
     if !examples.join("Makefile").exists() {
@@ -35,7 +40,7 @@ pub fn build() -> Result<PathBuf> {
         .arg("-s")
         .arg("-C")
         .arg(&examples)
-        .arg("harvest")
+        .args(targets)
         .output()
         .context("cannot run make (install build-essential: apt-get install build-essential)")?;
     if !output.status.success() {

@@ -259,7 +259,7 @@ pub fn measure(args: &CheckpointBenchArgs) -> Result<Report> {
     if !(args.fraction > 0.0 && args.fraction <= 1.0) {
         bail!("--fraction {} is not in (0, 1]", args.fraction);
     }
-    examples::build()?;
+    examples::build_targets(&["all"])?;
     let base = args
         .dir
         .clone()

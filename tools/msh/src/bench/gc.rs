@@ -170,7 +170,7 @@ fn load_average() -> Option<f64> {
 pub fn measure(args: &GcArgs) -> Result<Report> {
     // The parser bounds every number.
     let runs = args.runs as usize;
-    examples::build()?;
+    examples::build_targets(&["all"])?;
     let steps = (runs * WORKLOADS.len() * CONFIGS.len()) as u64;
     let bar = super::harvest::progress_bar(steps, "collecting");
     // samples[workload][config] = one Sample per run
