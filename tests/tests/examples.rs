@@ -74,8 +74,13 @@ fn the_pkg_config_file_compiles_a_program() {
         status.success(),
         "cc $(pkg-config --cflags --libs msh) failed"
     );
+    // The program records libmsh's soname, libmsh.so.0; cargo leaves only libmsh.so
+    // in target/, so give the loader the name an installation would have.
+    let soname = build.join("libmsh.so.0");
+    let _ = std::fs::remove_file(&soname);
+    std::os::unix::fs::symlink(profile_dir().join("libmsh.so"), &soname).unwrap();
     let out = Command::new(&exe)
-        .env("LD_LIBRARY_PATH", profile_dir())
+        .env("LD_LIBRARY_PATH", &build)
         .output()
         .unwrap();
     assert!(
