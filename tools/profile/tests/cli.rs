@@ -250,9 +250,10 @@ fn attaches_to_a_running_process_and_shows_the_profile() {
 fn duration_bounds_a_long_command() {
     // Also: `auto` (the default) is `pmu` with a PMU, else `sample` (here without its
     // confirming sim run, which would take its own time).
-    // 300 M chase steps over 16 MiB (a set-up of ~0.1 s, so the chase fills the window
-    // even on a busy machine) take many seconds; --duration stops profiling (and the
-    // command) after 1.5 s and still writes a profile.
+    // 3 G chase steps over 16 MiB (a set-up of ~0.1 s, so the chase fills the window
+    // even on a busy machine) take a minute or more even from the caches; --duration
+    // stops profiling (and the command) after 1.5 s and still writes a profile. The
+    // bound leaves room for a busy machine and is still far below the full run.
     let program = build("ptrchase", "ptrchase-duration", &[]);
     let out = output("duration.json");
     let started = std::time::Instant::now();
@@ -266,11 +267,11 @@ fn duration_bounds_a_long_command() {
         "--",
         program.to_str().unwrap(),
         "16",
-        "300000000",
+        "3000000000",
     ])
     .unwrap();
     assert!(
-        started.elapsed().as_secs_f64() < 6.0,
+        started.elapsed().as_secs_f64() < 20.0,
         "took {:?}",
         started.elapsed()
     );
@@ -300,11 +301,7 @@ fn a_binary_rebuilt_during_the_run_is_not_attributed() {
         out.to_str().unwrap().to_owned(),
         program.to_str().unwrap().to_owned(),
     );
-    let profiler = std::thread::spawn(move || {
-        msh_profile(&["--backend", "sample", "-o", &o, "--", &p, "64", "10000000"])
-    });
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    // Replace the file (a new inode, as a linker does) with a different build.
+    // The different build is ready before the run starts, so the swap takes an instant.
     let replacement = scratch().join("ptrchase-rebuilt-new");
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ptrchase.c");
     let status = std::process::Command::new("cc")
@@ -314,8 +311,31 @@ fn a_binary_rebuilt_during_the_run_is_not_attributed() {
         .status()
         .unwrap();
     assert!(status.success());
+    // 200 M steps over 64 MiB: many seconds, so the swap lands mid-run however busy
+    // the machine is.
+    let profiler = std::thread::spawn(move || {
+        msh_profile(&["--backend", "sample", "--duration", "5", "-o", &o, "--", &p, "64", "200000000"])
+    });
+    wait_until_running(&program);
+    // Replace the file (a new inode, as a linker does) with the different build.
     std::fs::rename(&replacement, &program).unwrap();
     let err = profiler.join().unwrap().expect_err("must refuse");
     assert!(err.contains("rebuilt or replaced"), "{err}");
     assert!(!out.exists());
+}
+
+/// Waits (up to a minute) until some process is executing `program`.
+fn wait_until_running(program: &std::path::Path) {
+    let program = program.canonicalize().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let running = std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+            std::fs::read_link(entry.path().join("exe")).is_ok_and(|exe| exe == program)
+        });
+        if running {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{} never started", program.display());
 }
