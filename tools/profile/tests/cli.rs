@@ -314,7 +314,18 @@ fn a_binary_rebuilt_during_the_run_is_not_attributed() {
     // 200 M steps over 64 MiB: many seconds, so the swap lands mid-run however busy
     // the machine is.
     let profiler = std::thread::spawn(move || {
-        msh_profile(&["--backend", "sample", "--duration", "5", "-o", &o, "--", &p, "64", "200000000"])
+        msh_profile(&[
+            "--backend",
+            "sample",
+            "--duration",
+            "5",
+            "-o",
+            &o,
+            "--",
+            &p,
+            "64",
+            "200000000",
+        ])
     });
     wait_until_running(&program);
     // Replace the file (a new inode, as a linker does) with the different build.
