@@ -6,13 +6,47 @@
  *
  * Used three ways: linked into ptrchase_msh (compute_scavenger), as an OS thread in
  * ptrchase's os-threads mode, and standalone (`compute -t SECONDS`) to measure the
- * work rate alone. */
+ * work rate alone.
+ *
+ * A shared counter lets a benchmark read the units done by a process it cannot stop
+ * (a server's scavengers, an OS thread beside it) over a window it chooses: with
+ * COMPUTE_COUNTER=FILE (a file of at least 8 bytes), the pool scavenger and
+ * `compute --forever` add their units to the little-endian u64 at its start. */
 #include "compute.h"
 #include <msh.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#if defined(COMPUTE_MAIN) || (defined(COMPUTE_SCAVENGER_SO) && !defined(MSH_PROTOTYPE_STYLE))
+#define COUNTER_FLUSH_UNITS 256
+
+/* The counter named by COMPUTE_COUNTER, mapped shared; NULL when unset or unusable. */
+static uint64_t *shared_counter(void) {
+  const char *path = getenv("COMPUTE_COUNTER");
+  if (!path || !*path) return NULL;
+  int fd = open(path, O_RDWR | O_CLOEXEC);
+  if (fd < 0) { perror("compute: COMPUTE_COUNTER"); return NULL; }
+  void *map = mmap(NULL, sizeof(uint64_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (map == MAP_FAILED) { perror("compute: COMPUTE_COUNTER mmap"); return NULL; }
+  return map;
+}
+
+/* Computes until the process ends, adding units to `counter` in batches (one atomic
+ * add per batch keeps several scavengers from contending on its cache line). */
+static void compute_forever(uint64_t *counter) {
+  uint64_t state = 7;
+  for (;;) {
+    for (int i = 0; i < COUNTER_FLUSH_UNITS; i++) { state = compute_unit(state); msh_yield(); }
+    if (counter) __atomic_fetch_add(counter, COUNTER_FLUSH_UNITS, __ATOMIC_RELAXED);
+  }
+}
+#endif
 
 static inline uint64_t mix(uint64_t x) {
   x ^= x >> 33; x *= 0xff51afd7ed558ccdULL;
@@ -82,6 +116,8 @@ int entry(void) {
 }
 #else
 int msh_scavenger_main(int argc, char **argv) {
+  uint64_t *counter = shared_counter();
+  if (counter && parse_units(argc, argv) == 0) compute_forever(counter);
   struct compute_job job = { .seed = 7, .max_units = parse_units(argc, argv) };
   compute_scavenger(&job);
   return 0;
@@ -94,7 +130,12 @@ int main(int argc, char **argv) {
   double seconds = 1.0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "-t") && i + 1 < argc) seconds = atof(argv[++i]);
-    else { fprintf(stderr, "usage: compute [-t SECONDS]\n"); return 2; }
+    else if (!strcmp(argv[i], "--forever")) {
+      uint64_t *counter = shared_counter();
+      if (!counter) { fprintf(stderr, "compute: --forever needs COMPUTE_COUNTER=FILE\n"); return 2; }
+      compute_forever(counter);
+    }
+    else { fprintf(stderr, "usage: compute [-t SECONDS | --forever]\n"); return 2; }
   }
   if (seconds <= 0) { fprintf(stderr, "compute: -t must be positive\n"); return 2; }
   printf("compute: {\"units_per_s\": %.0f, \"unit_ns\": %.2f}\n",
