@@ -47,6 +47,7 @@ macro_rules! real_fn {
         }
     };
 }
+pub(super) use real_fn;
 
 type StartRoutine = extern "C" fn(*mut c_void) -> *mut c_void;
 real_fn!(

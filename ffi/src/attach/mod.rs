@@ -18,6 +18,7 @@
 
 mod exits;
 mod guarded;
+mod idle;
 mod interpose;
 mod loader;
 pub mod pool_file;
@@ -37,6 +38,12 @@ static SETTINGS: OnceLock<Settings> = OnceLock::new();
 /// Whether libmsh attached to this process at load.
 pub fn attached() -> bool {
     ATTACHED.load(Ordering::Relaxed)
+}
+
+/// Whether primaries run their scavengers while they wait for descriptors
+/// (`MSH_HARVEST_IDLE=1`).
+fn harvest_idle() -> bool {
+    SETTINGS.get().is_some_and(|s| s.harvest_idle)
 }
 
 #[used]

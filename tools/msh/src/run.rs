@@ -47,6 +47,12 @@ pub struct RunArgs {
     /// most --exit-wait ms).
     #[arg(long)]
     pub abandon_at_exit: bool,
+    /// Also harvest idle time: while a primary waits in epoll_wait, poll or select,
+    /// its scavengers run on its CPU, and it takes the CPU back within a few
+    /// microseconds of becoming ready (MSH_HARVEST_IDLE=1). The process then uses its
+    /// CPU fully while it would have slept.
+    #[arg(long)]
+    pub harvest_idle: bool,
     /// The main thread is not a primary (only threads it creates are).
     #[arg(long)]
     pub skip_first_thread: bool,
@@ -110,6 +116,9 @@ pub fn command(args: &RunArgs) -> Result<Command> {
     }
     if args.follow_exec {
         command.env("MSH_FOLLOW_EXEC", "1");
+    }
+    if args.harvest_idle {
+        command.env("MSH_HARVEST_IDLE", "1");
     }
     let flag = |on: bool| if on { "1" } else { "0" };
     command
