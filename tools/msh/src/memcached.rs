@@ -2,111 +2,30 @@
 //! and a small loopback client that checks every response. Used by the attach test
 //! and `msh bench attach`.
 
+use crate::bench::server::process::{self, Placement, ServerLaunch};
+use crate::bench::server::Protocol;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-pub const MEMCACHED: &str = "/usr/bin/memcached";
+/// A running memcached on 127.0.0.1; stopped on drop.
+pub type Server = crate::bench::server::process::Server;
 
-/// A running memcached on 127.0.0.1; killed on drop.
-pub struct Server {
-    child: Child,
-    pub port: u16,
-}
-
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// Starts memcached with `threads` workers. `prefix` runs it through another command
-/// (e.g. `msh run --pool … --`).
-pub fn start(prefix: &[String], threads: u32) -> Result<Server> {
-    if !std::path::Path::new(MEMCACHED).exists() {
-        bail!("{MEMCACHED} is missing: install Debian's memcached (.ci/run does)");
-    }
-    let port = free_port()?;
-    let mut args: Vec<String> = prefix.to_vec();
-    args.extend([
-        MEMCACHED.to_string(),
-        "-l".into(),
-        "127.0.0.1".into(),
-        "-p".into(),
-        port.to_string(),
-    ]);
-    args.extend([
-        "-U".into(),
-        "0".into(),
-        "-t".into(),
-        threads.to_string(),
-        "-m".into(),
-        "64".into(),
-    ]);
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        args.extend(["-u".into(), "root".into()]);
-    }
-    let child = Command::new(&args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {}", args[0]))?;
-    let mut server = Server { child, port };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = server.child.try_wait()? {
-            let mut stderr = String::new();
-            if let Some(mut pipe) = server.child.stderr.take() {
-                use std::io::Read;
-                let _ = pipe.read_to_string(&mut stderr);
-            }
-            bail!("memcached exited at start ({status}): {}", stderr.trim());
-        }
-        if Instant::now() > deadline {
-            bail!("memcached did not listen on port {port} within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(server)
-}
-
-impl Server {
-    /// Stops the server (SIGTERM, then SIGKILL after 5 s); returns its stderr.
-    pub fn stop(mut self) -> Result<String> {
-        self.terminate();
-        let mut stderr = String::new();
-        if let Some(mut pipe) = self.child.stderr.take() {
-            use std::io::Read;
-            let _ = pipe.read_to_string(&mut stderr);
-        }
-        Ok(stderr)
-    }
-
-    fn terminate(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.terminate();
-        }
-    }
+/// Starts Debian's memcached with `threads` workers; its stderr goes to `log`.
+/// `prefix` runs it through another command (e.g. `msh run --pool … --`).
+pub fn start(prefix: &[String], threads: u32, log: &Path) -> Result<Server> {
+    process::start_server(&ServerLaunch {
+        protocol: Protocol::Memcached,
+        binary: Path::new(Protocol::Memcached.binary()),
+        prefix,
+        env: &[],
+        memory_mib: 64,
+        threads,
+        placement: Placement::default(),
+        log,
+    })
 }
 
 /// What a load run did.

@@ -30,7 +30,8 @@ fn memcached_under_msh_run_answers_correctly() {
         "--stats".into(),
         "--".into(),
     ];
-    let server = memcached::start(&prefix, 4).expect("memcached under msh run");
+    let server =
+        memcached::start(&prefix, 4, &dir.join("memcached.log")).expect("memcached under msh run");
     let load =
         memcached::load(server.port, 4, 2000, Duration::from_secs(30)).expect("correct responses");
     assert_eq!(
@@ -38,7 +39,7 @@ fn memcached_under_msh_run_answers_correctly() {
         4 * 2000 * 2,
         "every request was answered in time"
     );
-    let stderr = server.stop().unwrap();
+    let stderr = server.stop();
     assert!(!stderr.contains("msh: "), "msh complained: {stderr}");
     assert!(
         stderr.contains("msh-stats: "),

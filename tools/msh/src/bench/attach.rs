@@ -166,14 +166,15 @@ pub fn run(opts: &AttachOptions, progress: &ProgressBar) -> Result<AttachReport>
         if opts.memcached {
             let mut times = [Duration::ZERO; 2];
             for (slot, prefix) in [(0, Vec::new()), (1, attach.clone())] {
-                let server = memcached::start(&prefix, 2)?;
+                let server =
+                    memcached::start(&prefix, 2, &build.join("bench-attach.memcached.log"))?;
                 let load = memcached::load(
                     server.port,
                     4,
                     opts.memcached_pairs,
                     Duration::from_secs(60),
                 )?;
-                server.stop()?;
+                server.stop();
                 times[slot] = load.elapsed;
             }
             mc_ratio.push(times[1].as_secs_f64() / times[0].as_secs_f64());

@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod dirty;
 pub mod gc;
 pub mod harvest;
+pub mod server;
 pub mod switch;
 
 use anyhow::Result;
@@ -33,6 +34,9 @@ pub enum BenchCommand {
     Attach(attach::AttachArgs),
     /// Pointer chase (primary) + compute scavenger: alone, with msh, as OS threads.
     Harvest(harvest::HarvestArgs),
+    /// Debian's redis or memcached under an open-loop load: latency and harvest of
+    /// each way to run batch work beside it (OS thread, SCHED_IDLE, msh).
+    Server(server::ServerArgs),
 }
 
 /// Runs one `msh bench` subcommand.
@@ -67,5 +71,6 @@ pub fn run(command: &BenchCommand) -> Result<()> {
         BenchCommand::Checkpoint(args) => checkpoint::run(args),
         BenchCommand::Attach(args) => attach::run_cli(args),
         BenchCommand::Harvest(args) => harvest::run_cli(args),
+        BenchCommand::Server(args) => server::run_cli(args),
     }
 }
