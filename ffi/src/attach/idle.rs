@@ -12,8 +12,11 @@
 //!     scavenger ─ budget ─> …                       probe -> 3 ready: return 3
 //! ```
 //!
-//! With no scavenger to run (all finished) it blocks for real for what is left of
-//! the timeout. Calls made by a scavenger itself are passed through.
+//! After each empty probe the thread offers its CPU to the kernel (`sched_yield`): a
+//! harvesting thread looks busy, and another thread of the server that was woken on
+//! the same CPU (memcached's worker while its listener harvests) must not wait for a
+//! time slice. With no scavenger to run (all finished) it blocks for real for what is
+//! left of the timeout. Calls made by a scavenger itself are passed through.
 
 use super::interpose::{real, real_fn};
 use core::ffi::c_int;
@@ -60,6 +63,8 @@ fn harvest(timeout_ms: c_int, mut probe: impl FnMut() -> c_int) -> Idle {
             return false;
         }
         timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+        // SAFETY: sched_yield takes no arguments and cannot fail on Linux.
+        unsafe { libc::sched_yield() };
         !timed_out
     });
     match all_finished {
