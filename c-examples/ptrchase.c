@@ -102,7 +102,7 @@ static void *compute_thread(void *arg) {
 static void usage(void) {
   fprintf(stderr,
     "usage: ptrchase [-m MIB] [-n HOPS] [--mode alone|os-threads|msh|yield]\n"
-    "                [-s SCAVENGERS] [-b BUDGET_NS]\n");
+    "                [-s SCAVENGERS] [-b BUDGET_NS] [-p MAX_SLOWDOWN_PERMILLE]\n");
   exit(2);
 }
 
@@ -111,7 +111,7 @@ int main(int argc, char **argv) {
   uint64_t hops = 20 * 1000 * 1000;
   const char *mode = "alone";
   int scavengers = 1;
-  long budget_ns = -1;
+  long budget_ns = -1, max_slowdown_permille = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "-m") && v) { mib = strtoul(v, NULL, 10); i++; }
@@ -119,10 +119,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--mode") && v) { mode = v; i++; }
     else if (!strcmp(a, "-s") && v) { scavengers = atoi(v); i++; }
     else if (!strcmp(a, "-b") && v) { budget_ns = atol(v); i++; }
+    else if (!strcmp(a, "-p") && v) { max_slowdown_permille = atol(v); i++; }
     else usage();
   }
   if (mib == 0 || hops == 0 || scavengers < 1 || scavengers > 64) usage();
-  (void)budget_ns; /* used by the msh build only */
+  (void)budget_ns; (void)max_slowdown_permille; /* used by the msh build only */
   int msh_mode = !strcmp(mode, "msh"), os_mode = !strcmp(mode, "os-threads");
   if (!msh_mode && !os_mode && strcmp(mode, "alone") && strcmp(mode, "yield")) usage();
 #ifndef PTRCHASE_MSH
@@ -147,6 +148,8 @@ int main(int argc, char **argv) {
     msh_config config;
     msh_config_init(&config);
     if (budget_ns >= 0) config.budget_ns = budget_ns;
+    /* -p: find the budget online, starting from -b (or the default). */
+    config.max_slowdown_permille = (uint32_t)max_slowdown_permille;
     config.scavengers_per_thread = scavengers;
     msh_status st = msh_init(&config);
     if (st == MSH_OK) st = msh_thread_register();
@@ -162,7 +165,7 @@ int main(int argc, char **argv) {
   uint64_t checksum = chase(start, hops);
   double elapsed = now_ns() - t0;
 
-  uint64_t work = 0;
+  uint64_t work = 0, budget_now_ns = 0;
   for (int s = 0; s < scavengers; s++) work += __atomic_load_n(&jobs[s].units, __ATOMIC_RELAXED);
   for (int s = 0; s < scavengers; s++) __atomic_store_n(&jobs[s].stop, 1, __ATOMIC_RELAXED);
   if (os_mode)
@@ -171,6 +174,7 @@ int main(int argc, char **argv) {
   if (msh_mode) {
     msh_stats stats = {0};
     msh_thread_stats(&stats);
+    budget_now_ns = stats.budget_ns;
     msh_status st = msh_shutdown(); /* runs the stopped scavengers to their end */
     if (st != MSH_OK) { fprintf(stderr, "ptrchase: msh_shutdown: %s\n", msh_strerror(st)); return 1; }
     fprintf(stderr, "ptrchase: switches=%llu scavenger_ns=%llu\n",
@@ -178,8 +182,9 @@ int main(int argc, char **argv) {
   }
 #endif
   printf("ptrchase: {\"mode\": \"%s\", \"mib\": %zu, \"hops\": %llu, \"elapsed_ns\": %.0f, "
-         "\"ns_per_hop\": %.2f, \"checksum\": %llu, \"scavenger_units\": %llu}\n",
+         "\"ns_per_hop\": %.2f, \"checksum\": %llu, \"scavenger_units\": %llu, \"budget_ns\": %llu}\n",
          mode, mib, (unsigned long long)hops, elapsed, elapsed / hops,
-         (unsigned long long)checksum, (unsigned long long)work);
+         (unsigned long long)checksum, (unsigned long long)work,
+         (unsigned long long)budget_now_ns);
   return 0;
 }

@@ -145,7 +145,8 @@ typedef struct {
   uintptr_t stack_size;
   // Scavenger slots per primary thread (1..=1024; default 4).
   uint32_t scavengers_per_thread;
-  // How long a scavenger may run per switch, in ns (0..=10^9; default 150). Enforced as a
+  // How long a scavenger may run per switch, in ns (0..=10^9; default 150): fixed
+  // when `max_slowdown_permille` is 0, else where the search starts. Enforced as a
   // count of the scavenger's yields, calibrated against the TSC as it runs.
   uint64_t budget_ns;
   // `MSH_FLAG_*` bits.
@@ -153,6 +154,9 @@ typedef struct {
   // A scavenger that runs this many ms of CPU time without yielding is preempted
   // and stopped (0..=60000; 0 = no watchdog; default 10).
   uint32_t watchdog_ms;
+  // Find the budget online: the longest that costs the primary at most this many
+  // thousandths of its time (0..=1000; default 0 = fixed `budget_ns`).
+  uint32_t max_slowdown_permille;
 } msh_config;
 
 // A scavenger's body.
@@ -177,6 +181,9 @@ typedef struct {
   uint64_t stopped;
   // Of those, scavengers the watchdog preempted.
   uint64_t preempted;
+  // The budget per switch now, in ns (found online unless fixed); in totals, the
+  // largest of the threads counted.
+  uint64_t budget_ns;
 } msh_stats;
 
 #ifdef __cplusplus

@@ -84,7 +84,8 @@ pub struct msh_config {
     pub stack_size: usize,
     /// Scavenger slots per primary thread (1..=1024; default 4).
     pub scavengers_per_thread: u32,
-    /// How long a scavenger may run per switch, in ns (0..=10^9; default 150). Enforced as a
+    /// How long a scavenger may run per switch, in ns (0..=10^9; default 150): fixed
+    /// when `max_slowdown_permille` is 0, else where the search starts. Enforced as a
     /// count of the scavenger's yields, calibrated against the TSC as it runs.
     pub budget_ns: u64,
     /// `MSH_FLAG_*` bits.
@@ -92,6 +93,9 @@ pub struct msh_config {
     /// A scavenger that runs this many ms of CPU time without yielding is preempted
     /// and stopped (0..=60000; 0 = no watchdog; default 10).
     pub watchdog_ms: u32,
+    /// Find the budget online: the longest that costs the primary at most this many
+    /// thousandths of its time (0..=1000; default 0 = fixed `budget_ns`).
+    pub max_slowdown_permille: u32,
 }
 
 impl From<Config> for msh_config {
@@ -106,6 +110,7 @@ impl From<Config> for msh_config {
                 0
             },
             watchdog_ms: config.watchdog_ms as u32,
+            max_slowdown_permille: config.max_slowdown_permille,
         }
     }
 }
@@ -121,6 +126,7 @@ impl msh_config {
             budget_ns: self.budget_ns,
             abandon_at_exit: self.flags & MSH_FLAG_ABANDON_AT_EXIT != 0,
             watchdog_ms: u64::from(self.watchdog_ms),
+            max_slowdown_permille: self.max_slowdown_permille,
         })
     }
 }
@@ -146,6 +152,9 @@ pub struct msh_stats {
     pub stopped: u64,
     /// Of those, scavengers the watchdog preempted.
     pub preempted: u64,
+    /// The budget per switch now, in ns (found online unless fixed); in totals, the
+    /// largest of the threads counted.
+    pub budget_ns: u64,
 }
 
 impl From<sched::Stats> for msh_stats {
@@ -159,6 +168,7 @@ impl From<sched::Stats> for msh_stats {
             threads: s.threads,
             stopped: s.stopped,
             preempted: s.preempted,
+            budget_ns: s.budget_ns,
         }
     }
 }

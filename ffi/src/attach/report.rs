@@ -21,6 +21,7 @@ fn as_json(stats: sched::Stats) -> Value {
         "scavengers_completed": stats.completed,
         "scavengers_stopped": stats.stopped,
         "scavengers_preempted": stats.preempted,
+        "budget_ns": stats.budget_ns,
     })
 }
 

@@ -6,7 +6,8 @@
 //! | `MSH_SCAV_POOL_PATH` | the pool file; attaching is on when it is set | off |
 //! | `MAX_SCAV_PER_THREAD` | scavenger slots per primary thread | 1 |
 //! | `SKIP_FIRST_THREAD` | `1`: the main thread is not a primary | 0 |
-//! | `MSH_BUDGET_NS` | budget per switch, ns | 150 |
+//! | `MSH_BUDGET_NS` | budget per switch, ns (with `MSH_MAX_SLOWDOWN`: where the search starts) | 150 |
+//! | `MSH_MAX_SLOWDOWN` | find the budget online: the longest that costs the primary at most this fraction of its time (0 to 1; 0 = fixed `MSH_BUDGET_NS`) | 0 |
 //! | `MSH_STACK_SIZE` | scavenger stack size, bytes | 65536 |
 //! | `MSH_STATS` | `1`: print `msh-stats: {json}` on stderr at exit | 0 |
 //! | `MSH_STRICT` | `1`: a pool error exits with status 2 instead of running without msh | 0 |
@@ -85,6 +86,22 @@ pub fn from_env(get: impl Fn(&str) -> Option<OsString>) -> Result<Option<Setting
             Some(other) => Err(format!("{name}={other}: expected 0 or 1")),
         }
     };
+    // A fraction, kept in thousandths (the runtime's unit).
+    let fraction_permille = |name: &str, default: u32| -> Result<u32, String> {
+        let Some(value) = get(name) else {
+            return Ok(default);
+        };
+        let shown = value.to_string_lossy();
+        let parsed: f64 = value
+            .to_str()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|v: &f64| v.is_finite())
+            .ok_or_else(|| format!("{name}={shown} is not a number"))?;
+        if !(0.0..=1.0).contains(&parsed) {
+            return Err(format!("{name}={shown}: expected 0 to 1"));
+        }
+        Ok((parsed * 1000.0).round() as u32)
+    };
     let mut warnings = Vec::new();
     let abandon = match get("MSH_AT_EXIT") {
         None => false,
@@ -114,6 +131,10 @@ pub fn from_env(get: impl Fn(&str) -> Option<OsString>) -> Result<Option<Setting
             stack_size: stack_size as usize,
             slots_per_thread: slots as usize,
             budget_ns: number("MSH_BUDGET_NS", defaults.budget_ns, 0, sched::MAX_BUDGET_NS)?,
+            max_slowdown_permille: fraction_permille(
+                "MSH_MAX_SLOWDOWN",
+                defaults.max_slowdown_permille,
+            )?,
             abandon_at_exit: abandon,
             watchdog_ms: number(
                 "MSH_WATCHDOG_MS",
@@ -170,6 +191,33 @@ mod tests {
         assert_eq!(s.config.slots_per_thread, 3);
         assert_eq!(s.config.budget_ns, 120);
         assert!(s.skip_first_thread && s.stats && !s.strict && s.config.abandon_at_exit);
+    }
+
+    #[test]
+    fn the_budget_is_fixed_unless_a_slowdown_is_allowed() {
+        let fixed = from_env(env(&[("MSH_SCAV_POOL_PATH", "p"), ("MSH_BUDGET_NS", "90")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (fixed.config.budget_ns, fixed.config.max_slowdown_permille),
+            (90, 0)
+        );
+        let both = from_env(env(&[
+            ("MSH_SCAV_POOL_PATH", "p"),
+            ("MSH_BUDGET_NS", "90"),
+            ("MSH_MAX_SLOWDOWN", "0.05"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(both.config.max_slowdown_permille, 50);
+        for bad in ["1.5", "-0.1", "NaN", "inf", "much"] {
+            let err = from_env(env(&[
+                ("MSH_SCAV_POOL_PATH", "p"),
+                ("MSH_MAX_SLOWDOWN", bad),
+            ]))
+            .unwrap_err();
+            assert!(err.starts_with(&format!("MSH_MAX_SLOWDOWN={bad}")), "{err}");
+        }
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub struct Chase {
     pub elapsed_ns: f64,
     pub checksum: u64,
     pub scavenger_units: u64,
+    /// The budget per switch the primary ended with, ns (0: not measured).
+    #[serde(default)]
+    pub budget_ns: u64,
 }
 
 impl Chase {

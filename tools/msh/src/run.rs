@@ -20,10 +20,16 @@ pub struct RunArgs {
     /// Scavenger slots per primary thread (1 to 1024).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub scavengers_per_thread: Option<u32>,
-    /// Budget per switch, in ns (0 to 1000000000).
+    /// Budget per switch, in ns (0 to 1000000000). Default 150; with --max-slowdown,
+    /// where the search starts.
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u64).range(0..=msh_core::sched::MAX_BUDGET_NS))]
     pub budget_ns: Option<u64>,
+    /// Find the budget per switch online, per thread: the longest that costs the
+    /// primary at most this fraction of its time (0 to 1). Off by default: on
+    /// `msh bench harvest` it has not yet beaten the fixed 150 ns.
+    #[arg(long, value_name = "F", value_parser = parse_fraction)]
+    pub max_slowdown: Option<f64>,
     /// At exit, run unfinished scavengers for at most this many ms, then abandon them
     /// with one line naming them (Ctrl-C abandons them at once). Default 2000.
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
@@ -108,6 +114,9 @@ pub fn command(args: &RunArgs) -> Result<Command> {
     if let Some(ns) = args.budget_ns {
         command.env("MSH_BUDGET_NS", ns.to_string());
     }
+    if let Some(fraction) = args.max_slowdown {
+        command.env("MSH_MAX_SLOWDOWN", fraction.to_string());
+    }
     if let Some(ms) = args.exit_wait {
         command.env("MSH_EXIT_WAIT_MS", ms.to_string());
     }
@@ -172,4 +181,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         message: format!("cannot run {}: {err}", args.command[0].to_string_lossy()),
     }
     .into())
+}
+
+/// A fraction from 0 to 1 (`--max-slowdown`).
+pub fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("expected a fraction from 0 to 1, got {text}")),
+    }
 }

@@ -115,14 +115,19 @@ pub(crate) fn run_chase(
 }
 
 pub(crate) fn scavenger_yields(stderr: &str) -> Result<f64> {
+    total_stat(stderr, "scavenger_yields")
+}
+
+/// A figure of the `total` object of the `msh-stats:` line in `stderr`.
+pub(crate) fn total_stat(stderr: &str, name: &str) -> Result<f64> {
     let line = stderr
         .lines()
         .find_map(|l| l.strip_prefix("msh-stats: "))
         .context("no msh-stats line")?;
     let stats: serde_json::Value = serde_json::from_str(line)?;
-    stats["total"]["scavenger_yields"]
+    stats["total"][name]
         .as_f64()
-        .context("no scavenger_yields in msh-stats")
+        .with_context(|| format!("no {name} in msh-stats"))
 }
 
 pub fn run(opts: &AttachOptions, progress: &ProgressBar) -> Result<AttachReport> {

@@ -28,6 +28,9 @@ pub struct HarvestArgs {
     /// Budget per switch in ns (default: the runtime's).
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub budget_ns: Option<u64>,
+    /// Find the budget online instead (the runtime's --max-slowdown, 0 to 1).
+    #[arg(long, value_name = "F", conflicts_with = "sweep", value_parser = crate::run::parse_fraction)]
+    pub max_slowdown: Option<f64>,
     /// Where the primary's yield point comes from.
     #[arg(long, value_enum, default_value = "linked")]
     pub mode: Mode,
@@ -51,6 +54,7 @@ pub fn run_cli(args: &HarvestArgs) -> Result<()> {
     let base = HarvestOptions {
         mode: args.mode,
         budget_ns: args.budget_ns,
+        max_slowdown_permille: args.max_slowdown.map(|f| (f * 1000.0).round() as u32),
         mib: args.mib,
         hops: args.hops,
         runs: args.runs as usize,
@@ -105,6 +109,8 @@ pub struct HarvestOptions {
     pub mode: Mode,
     /// Budget per switch; None = the runtime's default.
     pub budget_ns: Option<u64>,
+    /// Find the budget online with this allowance; None = fixed.
+    pub max_slowdown_permille: Option<u32>,
     pub mib: u64,
     pub hops: u64,
     pub runs: usize,
@@ -119,6 +125,7 @@ impl Default for HarvestOptions {
         HarvestOptions {
             mode: Mode::Linked,
             budget_ns: None,
+            max_slowdown_permille: None,
             mib: 64,
             hops: 2_000_000,
             runs: 5,
@@ -131,7 +138,11 @@ impl Default for HarvestOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct HarvestReport {
     pub mode: &'static str,
+    /// The budget per switch: the fixed one, or the median of where the online search
+    /// ended.
     pub budget_ns: u64,
+    /// `fixed` or `online` (`--max-slowdown`: found as the primary runs).
+    pub budget: &'static str,
     pub mib: u64,
     pub hops: u64,
     pub runs: usize,
@@ -166,6 +177,9 @@ fn chase_args(opts: &HarvestOptions, mode: &str) -> Vec<String> {
     if mode == "msh" {
         if let Some(budget) = opts.budget_ns {
             args.extend(["-b".into(), budget.to_string()]);
+        }
+        if let Some(permille) = opts.max_slowdown_permille {
+            args.extend(["-p".into(), permille.to_string()]);
         }
     }
     args
@@ -284,7 +298,12 @@ pub fn run(opts: &HarvestOptions, progress: &ProgressBar) -> Result<HarvestRepor
     let first = runs.remove(0);
     Ok(HarvestReport {
         mode: first.mode,
-        budget_ns: opts.budget_ns.unwrap_or(msh_core::sched::DEFAULT_BUDGET_NS),
+        budget_ns: first.budget_ns,
+        budget: if opts.max_slowdown_permille.is_some() {
+            "online"
+        } else {
+            "fixed"
+        },
         mib: opts.mib,
         hops: opts.hops,
         runs: opts.runs,
@@ -314,6 +333,7 @@ struct Variant {
     slowdown: Vec<f64>,
     fraction: Vec<f64>,
     units: Vec<f64>,
+    budgets: Vec<f64>,
 }
 
 impl Variant {
@@ -333,6 +353,7 @@ impl Variant {
             slowdown: Vec::new(),
             fraction: Vec::new(),
             units: Vec::new(),
+            budgets: Vec::new(),
         })
     }
 
@@ -345,12 +366,17 @@ impl Variant {
                 if let Some(budget) = opts.budget_ns {
                     extra.extend(["--budget-ns".to_string(), budget.to_string()]);
                 }
+                if let Some(permille) = opts.max_slowdown_permille {
+                    let fraction = f64::from(permille) / 1000.0;
+                    extra.extend(["--max-slowdown".to_string(), fraction.to_string()]);
+                }
                 let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
                 let prefix = super::attach::msh_run_prefix(pool, &extra)?;
                 let args = chase_args(opts, "alone");
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 let (mut chase, stderr) = super::attach::run_chase(&prefix, program, &args)?;
                 chase.scavenger_units = super::attach::scavenger_yields(&stderr)? as u64;
+                chase.budget_ns = super::attach::total_stat(&stderr, "budget_ns")? as u64;
                 chase
             }
         };
@@ -363,6 +389,7 @@ impl Variant {
         self.fraction
             .push(with_msh.units_per_s() / compute.units_per_s);
         self.units.push(with_msh.units_per_s());
+        self.budgets.push(with_msh.budget_ns as f64);
         Ok(())
     }
 
@@ -375,6 +402,7 @@ impl Variant {
             primary_slowdown: median(&mut self.slowdown),
             scavenger_msh_units_per_s: median(&mut self.units),
             scavenger_core_fraction: median(&mut self.fraction),
+            budget_ns: median(&mut self.budgets).round() as u64,
             pipeline: self.pipeline,
         }
     }
@@ -395,6 +423,8 @@ pub struct MshRun {
     pub scavenger_msh_units_per_s: f64,
     /// Median of the per-run (scavenger rate with msh / alone).
     pub scavenger_core_fraction: f64,
+    /// Median of the budget per switch the primary ended with, ns.
+    pub budget_ns: u64,
     /// `rewritten`: how the binary was profiled and rewritten.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<Pipeline>,
