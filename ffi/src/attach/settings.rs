@@ -14,7 +14,7 @@
 //! | `MSH_AT_EXIT` | `finish` (run unfinished scavengers, for at most `MSH_EXIT_WAIT_MS`) or `abandon` | finish |
 //! | `MSH_EXIT_WAIT_MS` | how long `finish` waits at exit before abandoning, ms (0 to 86400000) | 2000 |
 //! | `MSH_WATCHDOG_MS` | preempt a scavenger that runs this long (CPU time) without yielding, ms (0 = off, to 60000) | 10 |
-//! | `MSH_HARVEST_IDLE` | `1`: a primary waiting in `epoll_wait`/`epoll_pwait`/`poll` runs its scavengers until its descriptors are ready | 0 |
+//! | `MSH_HARVEST_IDLE` | `1`: a primary waiting in `epoll_wait`/`epoll_pwait`/`poll`/`ppoll`/`select` runs its scavengers until its descriptors are ready | 0 |
 //! | `MSH_FOLLOW_EXEC` | `1`: programs the process execs attach too; otherwise libmsh removes its variables from the environment at load | 0 |
 //!
 //! Every number is checked against its range; a bad value is one line naming the

@@ -37,9 +37,12 @@ fn build() -> &'static Path {
     })
 }
 
+/// One wait of the fixture: the call, the case, its result, ms, scavenger units.
+type Wait = (String, String, i64, f64, u64);
+
 /// Runs the fixture under `msh run` (with `extra` options); returns its lines and
 /// the compute units its scavengers did.
-fn run_waits(name: &str, extra: &[&str]) -> (Vec<(String, String, i64, f64)>, u64) {
+fn run_waits(name: &str, extra: &[&str]) -> (Vec<Wait>, u64) {
     let dir = build();
     let counter = dir.join(format!("{name}.units"));
     std::fs::write(&counter, 0u64.to_le_bytes()).unwrap();
@@ -68,6 +71,7 @@ fn run_waits(name: &str, extra: &[&str]) -> (Vec<(String, String, i64, f64)>, u6
                 f[1].to_string(),
                 f[2].parse().unwrap(),
                 f[3].parse().unwrap(),
+                f[4].parse().unwrap(),
             )
         })
         .collect();
@@ -83,8 +87,8 @@ fn waiting_calls_keep_their_meaning_while_idle_time_is_harvested() {
     assert_eq!(plain_units, 0, "scavengers ran without --harvest-idle");
     assert!(idle_units > 0, "no scavenger ran while the primary waited");
     for lines in [&plain, &idle] {
-        assert_eq!(lines.len(), 6, "{lines:?}");
-        for (call, case, result, elapsed_ms) in lines.iter() {
+        assert_eq!(lines.len(), 10, "{lines:?}");
+        for (call, case, result, elapsed_ms, _) in lines.iter() {
             match case.as_str() {
                 // Nothing ready: 0 after the whole 200 ms timeout (bounded above only
                 // loosely: the machine may be busy).
@@ -100,6 +104,14 @@ fn waiting_calls_keep_their_meaning_while_idle_time_is_harvested() {
                 other => panic!("unexpected line {other}"),
             }
         }
+    }
+    // Every call harvested: 200 ms of waiting is millions of units, far above one
+    // batch of the counter even on a busy machine.
+    for (call, case, _, _, units) in idle.iter().filter(|w| w.1 == "timeout") {
+        assert!(
+            *units > 0,
+            "{call} {case}: no scavenger ran while it waited"
+        );
     }
 }
 
