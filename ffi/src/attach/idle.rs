@@ -12,7 +12,7 @@
 //!     scavenger ─ budget ─> …                       probe -> 3 ready: return 3
 //! ```
 //!
-//! After each empty probe the thread offers its CPU to the kernel (`sched_yield`): a
+//! Before each probe the thread offers its CPU to the kernel (`sched_yield`): a
 //! harvesting thread looks busy, and another thread of the server that was woken on
 //! the same CPU (memcached's worker while its listener harvests) must not wait for a
 //! time slice. With no scavenger to run (all finished) it blocks for real for what is
@@ -55,18 +55,20 @@ fn harvest(timeout_ms: c_int, mut probe: impl FnMut() -> c_int) -> Idle {
     let mut answer = 0;
     let mut timed_out = false;
     let all_finished = sched::run_pending_while(|| {
-        let now = rdtsc();
-        if now.wrapping_sub(last_probe) < interval {
+        if rdtsc().wrapping_sub(last_probe) < interval {
             return true;
         }
-        last_probe = now;
+        // Offer the CPU first, then probe: on a busy machine the yield may last
+        // milliseconds, and the answer must be fresh when the thread is back. The
+        // next interval of harvest counts from then, not from before the yield.
+        // SAFETY: sched_yield takes no arguments and cannot fail on Linux.
+        unsafe { libc::sched_yield() };
         answer = probe();
+        last_probe = rdtsc();
         if answer != 0 {
             return false;
         }
         timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-        // SAFETY: sched_yield takes no arguments and cannot fail on Linux.
-        unsafe { libc::sched_yield() };
         !timed_out
     });
     match all_finished {

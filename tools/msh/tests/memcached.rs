@@ -7,18 +7,8 @@ use std::time::Duration;
 
 #[test]
 fn memcached_under_msh_run_answers_correctly() {
-    let dir = scratch("memcached");
-    ensure_libmsh();
-    let status = Command::new("make")
-        .args(["-s", "-C"])
-        .arg(repo_root().join("c-examples"))
-        .arg(format!("BUILD={}", dir.display()))
-        .arg(format!("LIBDIR={}", profile_dir().display()))
-        .arg("SKIP_CARGO=1")
-        .arg(format!("{}/compute_scav.so", dir.display()))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let scavenger = format!("{}/compute_scav.so", scratch("memcached").display());
+    let dir = make_examples("memcached", &[&scavenger]);
     let pool = dir.join("pool");
     let line = format!("{}/compute_scav.so 1000\n", dir.display());
     std::fs::write(&pool, line.repeat(4)).unwrap();

@@ -11,23 +11,13 @@ const MSH: &str = env!("CARGO_BIN_EXE_msh");
 fn build() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = scratch("server");
-        ensure_libmsh();
+        let scavenger = format!("{}/compute_scav.so", scratch("server").display());
+        let dir = make_examples("server", &[&scavenger]);
         cc(
             &[repo_root().join("tests/c/idle_wait.c")],
             &dir.join("idle_wait"),
             &[],
         );
-        let status = Command::new("make")
-            .args(["-s", "-C"])
-            .arg(repo_root().join("c-examples"))
-            .arg(format!("BUILD={}", dir.display()))
-            .arg(format!("LIBDIR={}", profile_dir().display()))
-            .arg("SKIP_CARGO=1")
-            .arg(format!("{}/compute_scav.so", dir.display()))
-            .status()
-            .unwrap();
-        assert!(status.success());
         std::fs::write(
             dir.join("compute.pool"),
             format!("{}/compute_scav.so\n", dir.display()),

@@ -234,8 +234,10 @@ fn attaches_to_a_running_process_and_shows_the_profile() {
     result.unwrap();
     let profile = msh_profile::Profile::load(&out).unwrap();
     let top = &profile.objects[0].sites[0];
+    // Well over half the samples: sampled shares move with the machine's load (0.89
+    // was seen under load where 0.96-0.98 is usual), the chase being on top does not.
     assert!(
-        top.symbol.starts_with("chase+") && top.share >= 0.9,
+        top.symbol.starts_with("chase+") && top.share >= 0.6,
         "{top:?}"
     );
     msh_profile(&["show", out.to_str().unwrap()]).unwrap();
