@@ -2,6 +2,7 @@
 //! so an overflow faults (and is reported by [`crate::overflow`]) instead of writing
 //! into whatever lies below.
 
+use crate::os::{errno, page_size};
 use core::ptr;
 
 /// Default usable stack size.
@@ -25,21 +26,6 @@ unsafe impl Send for Stack {}
 pub enum StackError {
     /// mmap or mprotect failed with this errno.
     Os(i32),
-}
-
-pub fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as usize
-    } else {
-        4096
-    }
-}
-
-fn errno() -> i32 {
-    // SAFETY: __errno_location always returns this thread's errno.
-    unsafe { *libc::__errno_location() }
 }
 
 impl Stack {

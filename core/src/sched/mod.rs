@@ -737,6 +737,7 @@ unsafe fn retire(me: *mut Primary, scav: *mut Scavenger, completed: bool) -> ! {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::os::{errno, set_errno};
     use core::sync::atomic::AtomicBool;
     use std::sync::Mutex;
 
@@ -964,12 +965,6 @@ pub(crate) mod tests {
         assert_eq!(stats.started, 0, "it had been started on A");
     }
 
-    fn errno() -> i32 {
-        unsafe { *libc::__errno_location() }
-    }
-    fn set_errno(value: i32) {
-        unsafe { *libc::__errno_location() = value };
-    }
 
     static SCAV_ERRNO_WRONG: AtomicU64 = AtomicU64::new(0);
     unsafe extern "C" fn errno_scavenger(arg: *mut c_void) {

@@ -11,7 +11,8 @@
 use crate::examples::median;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use msh_core::dirty::{page_size, Backend, Choice, Tracker};
+use msh_core::dirty::{Backend, Choice, Tracker};
+use msh_core::os::page_size;
 use serde::Serialize;
 use std::io::Write;
 use std::time::Instant;
