@@ -32,6 +32,9 @@ pub const POOL_CAPACITY: usize = 1 << 16;
 pub const DEFAULT_BUDGET_NS: u64 = 150;
 /// Default number of scavenger slots per primary thread.
 pub const DEFAULT_SLOTS: usize = 4;
+/// Most scavenger slots per primary thread accepted: each is a stack, and a ring this
+/// long already visits each scavenger rarely.
+pub const MAX_SLOTS: usize = 1024;
 /// Bytes kept for a scavenger's name (with the terminating NUL).
 pub const NAME_LEN: usize = 160;
 /// Default watchdog interval: a scavenger that runs this long (CPU time) without
@@ -287,7 +290,7 @@ fn config() -> Result<Config, Error> {
 /// watchdog's, when it is on).
 pub fn init(config: Config) -> Result<(), Error> {
     if config.slots_per_thread == 0
-        || config.slots_per_thread > 1024
+        || config.slots_per_thread > MAX_SLOTS
         || config.budget_ns > MAX_BUDGET_NS
         || config.stack_size > MAX_STACK_SIZE
         || config.watchdog_ms > MAX_WATCHDOG_MS
