@@ -885,15 +885,42 @@ pub(crate) mod tests {
         );
     }
 
+    static NO_OP_SCAVENGER_RAN: AtomicBool = AtomicBool::new(false);
+    unsafe extern "C" fn note_run(_: *mut c_void) {
+        NO_OP_SCAVENGER_RAN.store(true, Ordering::Relaxed);
+    }
+
     #[test]
     fn yields_are_no_ops_outside_msh_threads() {
         let _rt = fresh_runtime(Config::default());
+        // A scavenger waits in the pool, but this thread never registered: both TCB
+        // words are zero, so every kind of yield falls through without running it.
+        spawn(note_run, ptr::null_mut(), None).unwrap();
+        assert!(arch::thread_ctx().is_null() && arch::next_coro().is_null());
+        set_errno(7);
         arch::primary_yield();
         arch::yield_now();
         arch::prefetch_yield(&0u8);
+        assert!(
+            !NO_OP_SCAVENGER_RAN.load(Ordering::Relaxed),
+            "a yield ran a scavenger"
+        );
+        assert_eq!(pending(), 1, "the scavenger left the pool");
+        assert!(arch::thread_ctx().is_null() && arch::next_coro().is_null());
+        assert_eq!(errno(), 7, "a no-op yield changed errno");
+        assert_eq!(thread_stats(), None);
+
+        // Registered with nothing to run: the primary's yield does not switch.
+        drop(POOL.drain());
         register().unwrap();
-        arch::primary_yield(); // registered, nothing to run
+        assert!(arch::next_coro().is_null());
+        set_errno(9);
+        arch::primary_yield();
+        arch::prefetch_yield(&0u8);
+        assert_eq!(thread_stats().unwrap().switches, 0);
+        assert_eq!(errno(), 9, "a no-op yield changed errno");
         unregister().unwrap();
+        assert!(!NO_OP_SCAVENGER_RAN.load(Ordering::Relaxed));
     }
 
     static SAW_OTHER_SCAVENGER: AtomicBool = AtomicBool::new(false);
@@ -967,7 +994,6 @@ pub(crate) mod tests {
         assert_eq!(stats.completed, 1, "B finished A's scavenger: {stats:?}");
         assert_eq!(stats.started, 0, "it had been started on A");
     }
-
 
     static SCAV_ERRNO_WRONG: AtomicU64 = AtomicU64::new(0);
     unsafe extern "C" fn errno_scavenger(arg: *mut c_void) {
