@@ -28,6 +28,14 @@ pub enum StackError {
     Os(i32),
 }
 
+impl core::fmt::Display for StackError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StackError::Os(errno) => write!(f, "mmap or mprotect failed (errno {errno})"),
+        }
+    }
+}
+
 impl Stack {
     /// Maps a stack of at least `size` usable bytes (rounded up to pages).
     pub fn new(size: usize) -> Result<Stack, StackError> {

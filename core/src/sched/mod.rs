@@ -11,7 +11,7 @@ pub mod stop;
 pub use lending::{lend, reclaim};
 pub use stop::{in_scavenger, stop_running, StopReason};
 
-use crate::abi::{Coro, ThreadCtx};
+use crate::abi::{Coro, ThreadCtx, TCB_NEXT, TCB_THREAD};
 use crate::arch;
 use crate::budget;
 use crate::pool::{Pool, PoolError};
@@ -105,6 +105,27 @@ pub enum Error {
     TcbInUse,
     /// mmap/mprotect failed with this errno.
     Os(i32),
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::AlreadyInitialized => f.write_str("the runtime is already initialized"),
+            Error::NotInitialized => f.write_str("the runtime is not initialized"),
+            Error::AlreadyRegistered => f.write_str("this thread is already registered"),
+            Error::NotRegistered => f.write_str("this thread is not registered"),
+            Error::InScavenger => f.write_str("not allowed inside a scavenger"),
+            Error::PoolFull => write!(f, "the scavenger pool is full ({POOL_CAPACITY} waiting)"),
+            Error::Invalid => f.write_str("a configuration value is out of range"),
+            Error::Busy => f.write_str("other threads are still registered"),
+            Error::TcbInUse => write!(
+                f,
+                "the thread control block words msh uses (%fs:{TCB_NEXT:#x}, \
+                 %fs:{TCB_THREAD:#x}) are taken"
+            ),
+            Error::Os(errno) => write!(f, "cannot map a scavenger stack (errno {errno})"),
+        }
+    }
 }
 
 impl From<StackError> for Error {
@@ -883,6 +904,32 @@ pub(crate) mod tests {
             }),
             Err(Error::Invalid)
         );
+    }
+
+    #[test]
+    fn every_error_says_what_went_wrong_in_one_line() {
+        use std::string::{String, ToString};
+        let all = [
+            Error::AlreadyInitialized,
+            Error::NotInitialized,
+            Error::AlreadyRegistered,
+            Error::NotRegistered,
+            Error::InScavenger,
+            Error::PoolFull,
+            Error::Invalid,
+            Error::Busy,
+            Error::TcbInUse,
+            Error::Os(libc::ENOMEM),
+        ];
+        let texts: Vec<String> = all.iter().map(|e| e.to_string()).collect();
+        for (err, text) in all.iter().zip(&texts) {
+            assert!(
+                !text.is_empty() && !text.contains('\n'),
+                "{err:?}: {text:?}"
+            );
+            assert_eq!(texts.iter().filter(|t| *t == text).count(), 1, "{text}");
+        }
+        assert!(Error::Os(12).to_string().contains("errno 12"));
     }
 
     static NO_OP_SCAVENGER_RAN: AtomicBool = AtomicBool::new(false);

@@ -169,12 +169,11 @@ fn registered_noop_yield_cost(iterations: u64, runs: usize) -> Result<f64> {
         use msh_core::sched;
         let ours = !sched::is_initialized();
         if ours {
-            sched::init(sched::Config::default())
-                .map_err(|e| anyhow::anyhow!("msh init: {e:?}"))?;
+            sched::init(sched::Config::default()).map_err(|e| anyhow::anyhow!("msh init: {e}"))?;
         }
-        sched::register().map_err(|e| anyhow::anyhow!("msh register: {e:?}"))?;
+        sched::register().map_err(|e| anyhow::anyhow!("msh register: {e}"))?;
         let cost = noop_yield_cost(iterations, runs);
-        sched::unregister().map_err(|e| anyhow::anyhow!("msh unregister: {e:?}"))?;
+        sched::unregister().map_err(|e| anyhow::anyhow!("msh unregister: {e}"))?;
         if ours {
             let _ = sched::shutdown();
         }
