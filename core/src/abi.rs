@@ -19,28 +19,40 @@
 //! cached thread stack without clearing these words, so libmsh clears both when a
 //! thread it set them on exits.
 //!
-//! # The primary's yield (prefetch-and-yield, trampolines)
+//! # The primary's yield
 //!
 //! Every register but `%rsp` is clobbered across a switch, including callee-saved ones:
-//! a scavenger is not a callee. The caller saves whatever is live. `%rbp` is pushed by
-//! the sequence itself because compilers cannot always list it as a clobber.
+//! a scavenger is not a callee. The caller saves whatever is live. `%rbp` and `%rbx`
+//! are pushed by the sequence itself because Rust cannot list them as clobbers. This
+//! is [`crate::arch::primary_yield`] instruction for instruction, with its `const`
+//! operands written as the constants they are (`TCB_*`, [`RED_ZONE`] and the
+//! offsets in [`off`]):
 //! ```text
-//!     prefetcht0 (addr)                     ; prefetch-and-yield only
-//!     cmpq  $0, %fs:0x38 ; je 9f            ; nothing to run: fall through
-//!     lea   -128(%rsp), %rsp                ; step over the red zone
+//!     cmpq  $0, %fs:TCB_NEXT                ; nothing to run (or no libmsh):
+//!     je    9f                              ;   fall through
+//!     mov   %fs:TCB_THREAD, %rsi            ; %rsi = ThreadCtx
+//!     mov   %fs:TCB_NEXT, %rcx              ; %rcx = Coro to run
+//!     lea   -RED_ZONE(%rsp), %rsp           ; step over the red zone
 //!     push  %rbp
-//!     mov   %fs:0x40, %rax                  ; ThreadCtx
-//!     mov   %fs:0x38, %rcx                  ; Coro to run
-//!     mov   %rsp, PRIMARY_SP(%rax)
-//!     lea   1f(%rip), %rdx
-//!     mov   %rdx, PRIMARY_IP(%rax)
-//!     mov   %rcx, RUNNING(%rax)
-//!     mov   CORO_SP(%rcx), %rsp
+//!     push  %rbx
+//!     mov   %rsp, PRIMARY_SP(%rsi)          ; the primary resumes here, at 2
+//!     lea   2f(%rip), %rdx
+//!     mov   %rdx, PRIMARY_IP(%rsi)
+//!     mov   %rcx, RUNNING(%rsi)
+//!     incq  SWITCHES(%rsi)
+//!     mov   CORO_SP(%rcx), %rsp             ; onto the scavenger's stack
 //!     jmp   *CORO_IP(%rcx)
-//! 1:  pop   %rbp
-//!     lea   128(%rsp), %rsp
+//! 2:  pop   %rbx                            ; a scavenger switched back
+//!     pop   %rbp
+//!     lea   RED_ZONE(%rsp), %rsp
 //! 9:
 //! ```
+//! Prefetch-and-yield puts a `prefetcht0` before it. The C header's copy
+//! (`include/msh.h`) lists `%rbx` as clobbered instead of pushing it. The rewriter's
+//! trampolines (`tools/rewrite/src/trampoline.rs`) test the slot without touching
+//! live flags or registers, save the live registers themselves, keep the ThreadCtx in
+//! `%rax`, and do not yield when they run inside a scavenger.
+//!
 //! No `call`/`ret` pair is split across contexts, so the return-stack predictor stays
 //! aligned.
 //!
@@ -57,7 +69,7 @@
 //! # Per-thread state a scavenger shares with its primary
 //!
 //! A scavenger runs on its primary's thread, so everything the C library or the CPU
-//! keeps per thread is shared. What a switch keeps, and why (DESIGN decision 6):
+//! keeps per thread is shared. What a switch keeps, and why:
 //!
 //! | state | kept? | how, or why not |
 //! |---|---|---|
@@ -74,13 +86,17 @@
 //! The primary's fast path is untouched: the scavenger does the swap. On resume it
 //! stores the primary's `errno`, MXCSR and x87 control word in the [`ThreadCtx`]
 //! and loads its own from the top of its stack ([`off::SCAV_SAVE_AREA`] bytes:
-//! `errno` at 0, MXCSR at 4, control word at 8); on the way out it does the reverse.
-//! `ldmxcsr`/`fldcw` are issued only when the two sides' words differ. A fresh
-//! scavenger starts with `errno` 0 and its primary's control words; one that ends
-//! (returns, faults, exits, is preempted) gives the primary back its own.
+//! `errno` at [`off::SAVE_ERRNO`], MXCSR at [`off::SAVE_MXCSR`], control word at
+//! [`off::SAVE_FPUCW`]); on the way out it does the reverse. `ldmxcsr`/`fldcw` are
+//! issued only when the two sides' words differ (for the MXCSR, in the bits of
+//! [`MXCSR_CONTROL_MASK`]). A fresh scavenger starts with `errno` 0 and its
+//! primary's control words; one that ends (returns, faults, exits, is preempted)
+//! gives the primary back its own.
 
 use core::ptr;
 
+/// `%fs` offset of glibc's `tcbhead_t.tcb`: the thread control block's own address.
+pub const TCB_SELF: usize = 0;
 /// `%fs` offset of the pointer to the next coroutine to run (0 = none).
 pub const TCB_NEXT: usize = 0x38;
 /// `%fs` offset of the pointer to the thread's [`ThreadCtx`] (0 = not an msh thread).
@@ -89,6 +105,9 @@ pub const TCB_THREAD: usize = 0x40;
 pub const SAMPLE_EVERY: u64 = 256;
 /// Bytes below `%rsp` that leaf code may use without moving `%rsp` (SysV ABI).
 pub const RED_ZONE: usize = 128;
+/// The MXCSR bits whose difference makes a switch reload the register: all but the
+/// six sticky exception flags (bits 0-5), which nobody needs carried across a switch.
+pub const MXCSR_CONTROL_MASK: i32 = !0x3f;
 
 /// A packed yield context: where a suspended coroutine resumes.
 #[repr(C)]
@@ -222,8 +241,15 @@ pub mod off {
     /// `ThreadCtx::primary_fpucw`.
     pub const PRIMARY_FPUCW: usize = 120;
     /// Bytes a suspended scavenger keeps on top of its stack (`errno`, MXCSR, x87
-    /// control word; see the module documentation).
+    /// control word; see the module documentation). A multiple of 16, so that the
+    /// stack keeps its alignment.
     pub const SCAV_SAVE_AREA: usize = 16;
+    /// Save area: the scavenger's `errno` (4 bytes).
+    pub const SAVE_ERRNO: usize = 0;
+    /// Save area: the scavenger's MXCSR (4 bytes, `stmxcsr`/`ldmxcsr`).
+    pub const SAVE_MXCSR: usize = 4;
+    /// Save area: the scavenger's x87 control word (2 bytes, `fnstcw`/`fldcw`).
+    pub const SAVE_FPUCW: usize = 8;
 }
 
 // The asm relies on these: a layout change must fail the build, not corrupt a stack.
@@ -248,4 +274,9 @@ const _: () = {
     assert!(offset_of!(ThreadCtx, primary_errno) == off::PRIMARY_ERRNO);
     assert!(offset_of!(ThreadCtx, primary_mxcsr) == off::PRIMARY_MXCSR);
     assert!(offset_of!(ThreadCtx, primary_fpucw) == off::PRIMARY_FPUCW);
+    // The save area's slots do not overlap and fit in it.
+    assert!(off::SAVE_ERRNO + 4 <= off::SAVE_MXCSR);
+    assert!(off::SAVE_MXCSR + 4 <= off::SAVE_FPUCW);
+    assert!(off::SAVE_FPUCW + 2 <= off::SCAV_SAVE_AREA);
+    assert!(off::SCAV_SAVE_AREA.is_multiple_of(16));
 };

@@ -17,6 +17,7 @@ pub mod dirty;
 // Under `--cfg loom` only the pool is built: loom replaces its lock.
 #[cfg(not(loom))]
 mod fault;
+pub mod os;
 pub mod pool;
 #[cfg(not(loom))]
 pub mod sched;

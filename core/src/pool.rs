@@ -28,6 +28,14 @@ pub enum PoolError {
     Full,
 }
 
+impl core::fmt::Display for PoolError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PoolError::Full => f.write_str("the pool is full"),
+        }
+    }
+}
+
 /// A bounded FIFO shared between threads.
 pub struct Pool<T> {
     queue: Mutex<VecDeque<T>>,

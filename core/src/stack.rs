@@ -2,6 +2,7 @@
 //! so an overflow faults (and is reported by [`crate::overflow`]) instead of writing
 //! into whatever lies below.
 
+use crate::os::{errno, page_size};
 use core::ptr;
 
 /// Default usable stack size.
@@ -27,19 +28,12 @@ pub enum StackError {
     Os(i32),
 }
 
-pub fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as usize
-    } else {
-        4096
+impl core::fmt::Display for StackError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StackError::Os(errno) => write!(f, "mmap or mprotect failed (errno {errno})"),
+        }
     }
-}
-
-fn errno() -> i32 {
-    // SAFETY: __errno_location always returns this thread's errno.
-    unsafe { *libc::__errno_location() }
 }
 
 impl Stack {

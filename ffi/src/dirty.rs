@@ -233,7 +233,7 @@ unsafe fn collect_into<T>(
                 *cursor,
             )
         };
-        let page = msh_core::dirty::page_size();
+        let page = msh_core::os::page_size();
         let mut filled = 0usize;
         let next = tracker
             .collect(from, limit, flags & MSH_DIRTY_REARM != 0, &mut |run| {
@@ -402,7 +402,7 @@ mod tests {
 
     #[test]
     fn create_collect_destroy_through_the_c_abi() {
-        let page = msh_core::dirty::page_size();
+        let page = msh_core::os::page_size();
         let mut heap = vec![0u8; 64 * page + page];
         let base = (heap.as_mut_ptr() as usize + page - 1) & !(page - 1);
         let range = msh_dirty_range {

@@ -544,7 +544,7 @@ fn collect(conn: i32, state: &mut State, kind: CollectKind) -> bool {
         len: 0,
         ok: true,
     };
-    let page = dirty::page_size();
+    let page = msh_core::os::page_size();
     state.copy.start(kind != CollectKind::Full);
     if kind != CollectKind::Full {
         let (stash, copy, failed) = (&mut state.stash, &mut state.copy, &mut state.failed);
@@ -614,7 +614,7 @@ fn phase_a(state: &mut State, kind: CollectKind) -> Result<(), String> {
             state.pid
         ));
     }
-    let page = dirty::page_size();
+    let page = msh_core::os::page_size();
     // What the previous collect reported, for a retry.
     let retry_everything = kind == CollectKind::Retry && state.stash.everything;
     let previous: Vec<(usize, usize)> = if kind == CollectKind::Retry {

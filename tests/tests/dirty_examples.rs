@@ -140,56 +140,11 @@ fn mark_sweep_without_cards_is_caught_freeing_live_objects() {
 
 #[test]
 fn checkpoint_falls_back_when_the_kernel_has_no_userfaultfd() {
-    use std::os::unix::process::CommandExt;
-    // A seccomp filter makes userfaultfd(2) fail with ENOSYS, as on a kernel without it.
-    let filter = [
-        libc::sock_filter {
-            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        libc::sock_filter {
-            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 1,
-            k: libc::SYS_userfaultfd as u32,
-        },
-        libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
-        },
-        libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: libc::SECCOMP_RET_ALLOW,
-        },
-    ];
     let image = temp_path("nouffd.img");
     let mut command = Command::new(examples().join("checkpoint"));
     command.args([image.to_str().unwrap(), "--heap-mib", "16", "--epochs", "2"]);
-    // SAFETY: only prctl (async-signal-safe) between fork and exec; `filter` outlives it.
-    unsafe {
-        command.pre_exec(move || {
-            let program = libc::sock_fprog {
-                len: filter.len() as u16,
-                filter: filter.as_ptr() as *mut _,
-            };
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                || libc::prctl(
-                    libc::PR_SET_SECCOMP,
-                    libc::SECCOMP_MODE_FILTER,
-                    &program as *const _,
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // As on a kernel without userfaultfd.
+    msh_tests::deny_userfaultfd(&mut command);
     let out = command.output().expect("run checkpoint under seccomp");
     assert!(
         out.status.success(),
@@ -212,22 +167,7 @@ fn checkpoint_falls_back_when_the_kernel_has_no_userfaultfd() {
         "--backend",
         "uffd-async",
     ]);
-    // SAFETY: as above.
-    unsafe {
-        strict.pre_exec(move || {
-            let program = libc::sock_fprog {
-                len: filter.len() as u16,
-                filter: filter.as_ptr() as *mut _,
-            };
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-            libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                &program as *const _,
-            );
-            Ok(())
-        });
-    }
+    msh_tests::deny_userfaultfd(&mut strict);
     let out = strict.output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let message = String::from_utf8_lossy(&out.stderr);

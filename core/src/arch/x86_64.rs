@@ -13,13 +13,27 @@
 //!                 [ 128-byte red zone of the interrupted frame, untouched ]
 //!                 [ the primary's frames ... ]
 //! ```
+//! Stack of a suspended scavenger, from `Coro::sp` up:
+//! ```text
+//!   sp -> [ save area: errno, MXCSR, x87 control word ]   abi::off::SCAV_SAVE_AREA bytes
+//!         [ saved %rbx ]
+//!         [ saved %rbp ]
+//!         [ 128-byte red zone, untouched ]
+//!         [ the scavenger's frames ... ]
+//! ```
 //! A fresh coroutine's stack (see [`init_stack`]):
 //! ```text
 //!   sp -> [ arg  ]   16-byte aligned; `coro_entry` loads it into %rdi
 //!         [ main ]   and calls main(arg), which never returns
 //! ```
+//!
+//! No offset is written as a number in the asm: every one is a `const` operand taken
+//! from [`crate::abi`] (or, for the fresh stack, from this file), so the build checks
+//! the asm and the structs against each other.
 
-use crate::abi::{Coro, ThreadCtx, TCB_NEXT, TCB_THREAD};
+use crate::abi::{
+    off, Coro, ThreadCtx, MXCSR_CONTROL_MASK, RED_ZONE, TCB_NEXT, TCB_SELF, TCB_THREAD,
+};
 use core::arch::asm;
 
 /// Reads the TSC. Not serializing: good enough for budgets of ~100 ns.
@@ -81,83 +95,127 @@ pub unsafe fn set_next_coro(next: *mut Coro) {
     }
 }
 
-/// The primary's switch to the scavenger in `%rcx`, with its ThreadCtx in `%rsi`;
-/// resumes at the end when a scavenger switches back. One text for every yield.
+// The sequences below are `concat!`ed into several `asm!` blocks; each block passes,
+// as `const` operands, exactly the offsets its text names. The names are the same
+// everywhere: `{tcb_next}`, `{tcb_thread}` are `%fs` slots; `{running}`, `{psp}`,
+// `{pip}`, ... are `ThreadCtx` fields (`abi::off`); `{csp}`, `{cip}`, `{cnext}` are
+// `Coro` fields; `{save_*}` are slots of a suspended scavenger's save area.
+
+/// The primary's switch to a scavenger. On entry `%rsi` = ThreadCtx, `%rcx` = the
+/// Coro to run; on exit (a scavenger switched back) every register but `%rsp` is
+/// garbage. One text for every primary yield.
+///
+/// Operands: `red_zone`, `psp`, `pip`, `running`, `switches`, `csp`, `cip`.
 macro_rules! primary_switch {
     () => {
         concat!(
-            "lea -128(%rsp), %rsp\n",
+            // Step over the red zone of the code we interrupted, and keep the two
+            // registers Rust cannot declare clobbered.
+            "lea -{red_zone}(%rsp), %rsp\n",
             "push %rbp\n",
             "push %rbx\n",
-            "mov %rsp, 8(%rsi)\n",
+            // The primary resumes on this stack at label 2.
+            "mov %rsp, {psp}(%rsi)\n",
             "lea 2f(%rip), %rdx\n",
-            "mov %rdx, 16(%rsi)\n",
-            "mov %rcx, 0(%rsi)\n",
-            "incq 56(%rsi)\n",
-            "mov 0(%rcx), %rsp\n",
-            "jmp *8(%rcx)\n",
+            "mov %rdx, {pip}(%rsi)\n",
+            // The scavenger in %rcx is now running; count the switch.
+            "mov %rcx, {running}(%rsi)\n",
+            "incq {switches}(%rsi)\n",
+            // Onto its stack, at its resume point.
+            "mov {csp}(%rcx), %rsp\n",
+            "jmp *{cip}(%rcx)\n",
+            // A scavenger switched back: %rsp is as we left it.
             "2:\n",
             "pop %rbx\n",
             "pop %rbp\n",
-            "lea 128(%rsp), %rsp",
+            "lea {red_zone}(%rsp), %rsp",
         )
     };
 }
 
 /// The scavenger's side of the per-thread state swap (see `abi`, "Per-thread
-/// state"), on its way out: pushes its `errno`, MXCSR and x87 control word and
-/// gives the primary back its own. `%rsi` = ThreadCtx; clobbers `%rax`, `%rdx`.
+/// state"), on its way out: pushes its save area (`errno`, MXCSR, x87 control word)
+/// and gives the primary back its own. `%rsi` = ThreadCtx; clobbers `%rax`, `%rdx`.
+///
+/// Operands: `save_area`, `save_errno`, `save_mxcsr`, `save_fpucw`, `errno_addr`,
+/// `perrno`, `pmxcsr`, `pfpucw`, `mxcsr_control`.
 macro_rules! scav_out {
     () => {
         concat!(
-            "sub $16, %rsp\n",
-            "mov 104(%rsi), %rax\n",
+            "sub ${save_area}, %rsp\n",
+            // %rax = &errno. Ours to the save area, the primary's back in place.
+            "mov {errno_addr}(%rsi), %rax\n",
             "mov (%rax), %edx\n",
-            "mov %edx, 0(%rsp)\n",
-            "mov 112(%rsi), %edx\n",
+            "mov %edx, {save_errno}(%rsp)\n",
+            "mov {perrno}(%rsi), %edx\n",
             "mov %edx, (%rax)\n",
-            "stmxcsr 4(%rsp)\n",
-            "fnstcw 8(%rsp)\n",
-            "mov 4(%rsp), %edx\n",
-            "xor 116(%rsi), %edx\n",
-            "and $-64, %edx\n",
+            // Our control words to the save area; the primary's are loaded only when
+            // they differ from ours (MXCSR exception flags aside).
+            "stmxcsr {save_mxcsr}(%rsp)\n",
+            "fnstcw {save_fpucw}(%rsp)\n",
+            "mov {save_mxcsr}(%rsp), %edx\n",
+            "xor {pmxcsr}(%rsi), %edx\n",
+            "and ${mxcsr_control}, %edx\n",
             "jnz 7f\n",
-            "movzwl 8(%rsp), %edx\n",
-            "cmp %dx, 120(%rsi)\n",
+            "movzwl {save_fpucw}(%rsp), %edx\n",
+            "cmp %dx, {pfpucw}(%rsi)\n",
             "je 8f\n",
             "7:\n",
-            "ldmxcsr 116(%rsi)\n",
-            "fldcw 120(%rsi)\n",
+            "ldmxcsr {pmxcsr}(%rsi)\n",
+            "fldcw {pfpucw}(%rsi)\n",
             "8:",
         )
     };
 }
 
 /// The scavenger's side of the swap on resume: keeps the primary's `errno` and
-/// control words in the ThreadCtx and takes back its own from the top of its stack.
-/// `%rsi` = ThreadCtx; clobbers `%rax`, `%rdx`.
+/// control words in the ThreadCtx and takes back its own from the save area on top
+/// of its stack, which it then pops. `%rsi` = ThreadCtx; clobbers `%rax`, `%rdx`.
+///
+/// Operands: as for `scav_out!`.
 macro_rules! scav_in {
     () => {
         concat!(
-            "mov 104(%rsi), %rax\n",
+            // %rax = &errno. The primary's to the ThreadCtx, ours back in place.
+            "mov {errno_addr}(%rsi), %rax\n",
             "mov (%rax), %edx\n",
-            "mov %edx, 112(%rsi)\n",
-            "mov 0(%rsp), %edx\n",
+            "mov %edx, {perrno}(%rsi)\n",
+            "mov {save_errno}(%rsp), %edx\n",
             "mov %edx, (%rax)\n",
-            "stmxcsr 116(%rsi)\n",
-            "fnstcw 120(%rsi)\n",
-            "mov 4(%rsp), %edx\n",
-            "xor 116(%rsi), %edx\n",
-            "and $-64, %edx\n",
+            // The primary's control words to the ThreadCtx; ours are loaded only when
+            // they differ (MXCSR exception flags aside).
+            "stmxcsr {pmxcsr}(%rsi)\n",
+            "fnstcw {pfpucw}(%rsi)\n",
+            "mov {save_mxcsr}(%rsp), %edx\n",
+            "xor {pmxcsr}(%rsi), %edx\n",
+            "and ${mxcsr_control}, %edx\n",
             "jnz 7f\n",
-            "movzwl 8(%rsp), %edx\n",
-            "cmp %dx, 120(%rsi)\n",
+            "movzwl {save_fpucw}(%rsp), %edx\n",
+            "cmp %dx, {pfpucw}(%rsi)\n",
             "je 8f\n",
             "7:\n",
-            "ldmxcsr 4(%rsp)\n",
-            "fldcw 8(%rsp)\n",
+            "ldmxcsr {save_mxcsr}(%rsp)\n",
+            "fldcw {save_fpucw}(%rsp)\n",
             "8:\n",
-            "add $16, %rsp",
+            "add ${save_area}, %rsp",
+        )
+    };
+}
+
+/// A sample run's call to `ThreadCtx::calibrate` from inside a yield. `%rsi` =
+/// ThreadCtx; the call gets a 16-byte-aligned stack below the red zone, and `%r12`
+/// (callee-saved, declared clobbered by every block) keeps our `%rsp`.
+///
+/// Operands: `red_zone`, `calibrate`.
+macro_rules! call_calibrate {
+    () => {
+        concat!(
+            "mov %rsp, %r12\n",
+            "lea -{red_zone}(%rsp), %rsp\n",
+            "and $-16, %rsp\n",
+            "mov %rsi, %rdi\n",
+            "call *{calibrate}(%rsi)\n",
+            "mov %r12, %rsp",
         )
     };
 }
@@ -166,17 +224,24 @@ macro_rules! scav_in {
 /// when a scavenger switches back. One compare and a branch when there is nothing.
 #[inline(always)]
 pub fn primary_yield() {
-    // SAFETY: follows the protocol in `crate::abi`. When %fs:0x38 is non-null, the
-    // runtime guarantees %fs:0x40 is this thread's ThreadCtx and the coroutine is
-    // runnable; every register the other side may touch is declared clobbered.
+    // SAFETY: follows the protocol in `crate::abi`. When the TCB_NEXT slot is
+    // non-null, the runtime guarantees the TCB_THREAD slot is this thread's ThreadCtx
+    // and the coroutine is runnable; every register the other side may touch is
+    // declared clobbered.
     unsafe {
         asm!(
-            "cmpq $0, %fs:0x38",
+            // Nothing to run (or no libmsh at all): fall through to 9.
+            "cmpq $0, %fs:{tcb_next}",
             "je 9f",
-            "mov %fs:0x40, %rsi",
-            "mov %fs:0x38, %rcx",
+            // %rsi = ThreadCtx, %rcx = the scavenger to run.
+            "mov %fs:{tcb_thread}, %rsi",
+            "mov %fs:{tcb_next}, %rcx",
             primary_switch!(),
             "9:",
+            tcb_next = const TCB_NEXT, tcb_thread = const TCB_THREAD,
+            red_zone = const RED_ZONE, psp = const off::PRIMARY_SP, pip = const off::PRIMARY_IP,
+            running = const off::RUNNING, switches = const off::SWITCHES,
+            csp = const off::CORO_SP, cip = const off::CORO_IP,
             out("r12") _, out("r13") _, out("r14") _, out("r15") _,
             clobber_abi("C"),
             options(att_syntax)
@@ -197,73 +262,83 @@ pub fn prefetch_yield<T>(addr: *const T) {
 /// nothing.
 #[inline(always)]
 pub fn yield_now() {
-    // SAFETY: as for `primary_yield`. In a scavenger, %fs:0x40 is the thread's
-    // ThreadCtx and `running` the scavenger's own Coro; the primary's resume point
-    // was stored by its last switch; `calibrate` is set in every live ThreadCtx and
-    // is called on a 16-byte-aligned stack below the red zone.
+    // SAFETY: as for `primary_yield`. In a scavenger, the TCB_THREAD slot is the
+    // thread's ThreadCtx and `running` the scavenger's own Coro; the primary's resume
+    // point was stored by its last switch; `calibrate` is set in every live ThreadCtx
+    // and is called on a 16-byte-aligned stack below the red zone.
     unsafe {
         asm!(
-            "mov %fs:0x40, %rsi",
+            // %rsi = ThreadCtx; none: not an msh thread, nothing to do.
+            "mov %fs:{tcb_thread}, %rsi",
             "test %rsi, %rsi",
             "jz 9f",
-            "mov 0(%rsi), %rcx",
+            // %rcx = the running scavenger (us); none: we are the primary, go to 5.
+            "mov {running}(%rsi), %rcx",
             "test %rcx, %rcx",
             "jz 5f",
             // Scavenger: spend one unit of quota.
-            "incq 64(%rsi)",
-            "decq 40(%rsi)",
+            "incq {syields}(%rsi)",
+            "decq {quota}(%rsi)",
             "jnz 9f",
-            // Quota spent. End a sample run if one is under way.
-            "cmpq $0, 24(%rsi)",
+            // Quota spent. End a sample run if one is under way; the call clobbers
+            // %rsi and %rcx, so reload them.
+            "cmpq $0, {sstart}(%rsi)",
             "je 4f",
-            "mov %rsp, %r12",
-            "lea -128(%rsp), %rsp",
-            "and $-16, %rsp",
-            "mov %rsi, %rdi",
-            "call *88(%rsi)",
-            "mov %r12, %rsp",
-            "mov %fs:0x40, %rsi",
-            "mov 0(%rsi), %rcx",
-            // Back to the primary.
+            call_calibrate!(),
+            "mov %fs:{tcb_thread}, %rsi",
+            "mov {running}(%rsi), %rcx",
+            // Back to the primary. %rsi = ThreadCtx, %rcx = our Coro.
             "4:",
-            "lea -128(%rsp), %rsp",
+            "lea -{red_zone}(%rsp), %rsp",
             "push %rbp",
             "push %rbx",
             scav_out!(),
-            "mov %rsp, 0(%rcx)",
+            // We resume on this stack at label 3; the primary's next yield runs the
+            // scavenger after us in the ring.
+            "mov %rsp, {csp}(%rcx)",
             "lea 3f(%rip), %rdx",
-            "mov %rdx, 8(%rcx)",
-            "mov 16(%rcx), %rdx",
-            "mov %rdx, %fs:0x38",
-            "movq $0, 0(%rsi)",
-            "mov 8(%rsi), %rsp",
-            "jmp *16(%rsi)",
-            "3:",
-            // Resumed, perhaps on another thread: our errno and control words, a new
+            "mov %rdx, {cip}(%rcx)",
+            "mov {cnext}(%rcx), %rdx",
+            "mov %rdx, %fs:{tcb_next}",
+            // The primary runs again, on its stack, where it yielded.
+            "movq $0, {running}(%rsi)",
+            "mov {psp}(%rsi), %rsp",
+            "jmp *{pip}(%rsi)",
+            // Resumed, perhaps on another thread: every register but %rsp is garbage.
+            // %rsi = this thread's ThreadCtx; our errno and control words, a new
             // quota, and now and then a sample run.
-            "mov %fs:0x40, %rsi",
+            "3:",
+            "mov %fs:{tcb_thread}, %rsi",
             scav_in!(),
             "pop %rbx",
             "pop %rbp",
-            "lea 128(%rsp), %rsp",
-            "mov 48(%rsi), %rax",
-            "mov %rax, 40(%rsi)",
-            "decq 80(%rsi)",
+            "lea {red_zone}(%rsp), %rsp",
+            "mov {refill}(%rsi), %rax",
+            "mov %rax, {quota}(%rsi)",
+            "decq {countdown}(%rsi)",
             "jnz 9f",
-            "mov %rsp, %r12",
-            "lea -128(%rsp), %rsp",
-            "and $-16, %rsp",
-            "mov %rsi, %rdi",
-            "call *88(%rsi)",
-            "mov %r12, %rsp",
+            call_calibrate!(),
             "jmp 9f",
-            // Primary: switch to the next scavenger, if any.
+            // Primary (%rsi = ThreadCtx): switch to the next scavenger, if any.
             "5:",
-            "mov %fs:0x38, %rcx",
+            "mov %fs:{tcb_next}, %rcx",
             "test %rcx, %rcx",
             "jz 9f",
             primary_switch!(),
             "9:",
+            tcb_next = const TCB_NEXT, tcb_thread = const TCB_THREAD,
+            red_zone = const RED_ZONE, running = const off::RUNNING,
+            psp = const off::PRIMARY_SP, pip = const off::PRIMARY_IP,
+            sstart = const off::SAMPLE_START, quota = const off::QUOTA,
+            refill = const off::QUOTA_REFILL, switches = const off::SWITCHES,
+            syields = const off::SCAV_YIELDS, countdown = const off::SAMPLE_COUNTDOWN,
+            calibrate = const off::CALIBRATE,
+            errno_addr = const off::ERRNO_ADDR, perrno = const off::PRIMARY_ERRNO,
+            pmxcsr = const off::PRIMARY_MXCSR, pfpucw = const off::PRIMARY_FPUCW,
+            save_area = const off::SCAV_SAVE_AREA, save_errno = const off::SAVE_ERRNO,
+            save_mxcsr = const off::SAVE_MXCSR, save_fpucw = const off::SAVE_FPUCW,
+            mxcsr_control = const MXCSR_CONTROL_MASK,
+            csp = const off::CORO_SP, cip = const off::CORO_IP, cnext = const off::CORO_NEXT,
             out("r12") _, out("r13") _, out("r14") _, out("r15") _,
             clobber_abi("C"),
             options(att_syntax)
@@ -276,20 +351,26 @@ pub fn yield_now() {
 ///
 /// # Safety
 /// Must run on a scavenger's stack, with `ctx` the calling thread's context block
-/// and `ctx.running` already cleared and `%fs:0x38` set by the caller.
+/// and `ctx.running` already cleared and the TCB_NEXT slot set by the caller.
 pub unsafe fn resume_primary(ctx: *mut ThreadCtx) -> ! {
     // SAFETY: primary_sp/primary_ip were stored by the primary's last switch on this
     // thread, and the primary's stack is intact below them; errno_addr is this
     // thread's errno.
     unsafe {
         asm!(
-            "mov 104(%rdi), %rax",
-            "mov 112(%rdi), %edx",
+            // %rdi = ThreadCtx. The primary's errno and control words, unconditionally:
+            // this path is rare and ours are not kept.
+            "mov {errno_addr}(%rdi), %rax",
+            "mov {perrno}(%rdi), %edx",
             "mov %edx, (%rax)",
-            "ldmxcsr 116(%rdi)",
-            "fldcw 120(%rdi)",
-            "mov 8(%rdi), %rsp",
-            "jmp *16(%rdi)",
+            "ldmxcsr {pmxcsr}(%rdi)",
+            "fldcw {pfpucw}(%rdi)",
+            // The primary's stack, where it yielded.
+            "mov {psp}(%rdi), %rsp",
+            "jmp *{pip}(%rdi)",
+            errno_addr = const off::ERRNO_ADDR, perrno = const off::PRIMARY_ERRNO,
+            pmxcsr = const off::PRIMARY_MXCSR, pfpucw = const off::PRIMARY_FPUCW,
+            psp = const off::PRIMARY_SP, pip = const off::PRIMARY_IP,
             in("rdi") ctx,
             options(att_syntax, noreturn)
         )
@@ -308,23 +389,37 @@ pub unsafe fn suspend_to_primary(own: *mut Coro, ctx: *mut ThreadCtx, next: *mut
     // registers the primary may change are declared clobbered.
     unsafe {
         asm!(
-            "mov %rdx, %fs:0x38",
-            "lea -128(%rsp), %rsp",
+            // %rdi = own Coro, %rsi = ThreadCtx, %rdx = the primary's next scavenger.
+            "mov %rdx, %fs:{tcb_next}",
+            "lea -{red_zone}(%rsp), %rsp",
             "push %rbp",
             "push %rbx",
             scav_out!(),
-            "mov %rsp, 0(%rdi)",
+            // We resume on this stack at label 2.
+            "mov %rsp, {csp}(%rdi)",
             "lea 2f(%rip), %rax",
-            "mov %rax, 8(%rdi)",
-            "movq $0, 0(%rsi)",
-            "mov 8(%rsi), %rsp",
-            "jmp *16(%rsi)",
+            "mov %rax, {cip}(%rdi)",
+            // The primary runs again, on its stack, where it yielded.
+            "movq $0, {running}(%rsi)",
+            "mov {psp}(%rsi), %rsp",
+            "jmp *{pip}(%rsi)",
+            // Resumed, perhaps on another thread: every register but %rsp is garbage.
+            // %rsi = this thread's ThreadCtx; our errno and control words back.
             "2:",
-            "mov %fs:0x40, %rsi",
+            "mov %fs:{tcb_thread}, %rsi",
             scav_in!(),
             "pop %rbx",
             "pop %rbp",
-            "lea 128(%rsp), %rsp",
+            "lea {red_zone}(%rsp), %rsp",
+            tcb_next = const TCB_NEXT, tcb_thread = const TCB_THREAD,
+            red_zone = const RED_ZONE, running = const off::RUNNING,
+            psp = const off::PRIMARY_SP, pip = const off::PRIMARY_IP,
+            errno_addr = const off::ERRNO_ADDR, perrno = const off::PRIMARY_ERRNO,
+            pmxcsr = const off::PRIMARY_MXCSR, pfpucw = const off::PRIMARY_FPUCW,
+            save_area = const off::SCAV_SAVE_AREA, save_errno = const off::SAVE_ERRNO,
+            save_mxcsr = const off::SAVE_MXCSR, save_fpucw = const off::SAVE_FPUCW,
+            mxcsr_control = const MXCSR_CONTROL_MASK,
+            csp = const off::CORO_SP, cip = const off::CORO_IP,
             in("rdi") own, in("rsi") ctx, in("rdx") next,
             out("r12") _, out("r13") _, out("r14") _, out("r15") _,
             clobber_abi("C"),
@@ -336,9 +431,10 @@ pub unsafe fn suspend_to_primary(own: *mut Coro, ctx: *mut ThreadCtx, next: *mut
 /// Address of this thread's next-coroutine TCB word, for other threads to poke.
 pub fn next_coro_slot() -> *mut *mut Coro {
     let tcb: usize;
-    // SAFETY: glibc's tcbhead_t starts with a pointer to itself (`%fs:0`).
+    // SAFETY: glibc's tcbhead_t starts with a pointer to itself (`TCB_SELF`).
     unsafe {
-        asm!("mov {}, qword ptr fs:[0]", out(reg) tcb, options(nostack, readonly, preserves_flags));
+        asm!("mov {}, qword ptr fs:[{off}]", out(reg) tcb, off = const TCB_SELF,
+             options(nostack, readonly, preserves_flags));
     }
     (tcb + TCB_NEXT) as *mut *mut Coro
 }
@@ -346,6 +442,11 @@ pub fn next_coro_slot() -> *mut *mut Coro {
 /// A coroutine's first function: it gets the argument given to [`init_stack`] and
 /// must never return (there is nothing to return to).
 pub type CoroMain = unsafe extern "C" fn(arg: *mut ()) -> !;
+
+/// Where [`init_stack`] leaves the argument, as a byte offset from the fresh `sp`.
+const ENTRY_ARG: usize = 0;
+/// Where [`init_stack`] leaves the first function, as a byte offset from the fresh `sp`.
+const ENTRY_MAIN: usize = 8;
 
 /// Lays out a fresh stack so that switching to the returned `sp` with
 /// `ip = coro_entry_ip()` calls `main(arg)`.
@@ -355,9 +456,9 @@ pub type CoroMain = unsafe extern "C" fn(arg: *mut ()) -> !;
 pub unsafe fn init_stack(top: *mut u8, main: CoroMain, arg: *mut ()) -> u64 {
     // SAFETY: the caller guarantees the two words below `top` are writable.
     unsafe {
-        let sp = top.sub(16).cast::<u64>();
-        sp.write(arg as u64);
-        sp.add(1).write(main as usize as u64);
+        let sp = top.sub(16);
+        sp.add(ENTRY_ARG).cast::<u64>().write(arg as u64);
+        sp.add(ENTRY_MAIN).cast::<u64>().write(main as usize as u64);
         sp as u64
     }
 }
@@ -377,17 +478,24 @@ pub fn scav_entry_ip() -> u64 {
 #[unsafe(naked)]
 unsafe extern "C" fn scav_entry() -> ! {
     core::arch::naked_asm!(
-        "mov %fs:0x40, %rsi",
-        "mov 104(%rsi), %rax",
+        // Switched to by a primary: %rsp = the fresh stack of `init_stack`, every
+        // other register garbage. %rsi = ThreadCtx, %rax = &errno.
+        "mov %fs:{tcb_thread}, %rsi",
+        "mov {errno_addr}(%rsi), %rax",
+        // Keep the primary's errno and control words; ours starts at errno 0.
         "mov (%rax), %edx",
-        "mov %edx, 112(%rsi)",
+        "mov %edx, {perrno}(%rsi)",
         "movl $0, (%rax)",
-        "stmxcsr 116(%rsi)",
-        "fnstcw 120(%rsi)",
-        "mov (%rsp), %rdi",
+        "stmxcsr {pmxcsr}(%rsi)",
+        "fnstcw {pfpucw}(%rsi)",
+        // main(arg), as the outermost frame (%rbp = 0 ends backtraces).
+        "mov {arg}(%rsp), %rdi",
         "xor %ebp, %ebp",
-        "call *8(%rsp)",
+        "call *{main}(%rsp)",
         "ud2",
+        tcb_thread = const TCB_THREAD, errno_addr = const off::ERRNO_ADDR,
+        perrno = const off::PRIMARY_ERRNO, pmxcsr = const off::PRIMARY_MXCSR,
+        pfpucw = const off::PRIMARY_FPUCW, arg = const ENTRY_ARG, main = const ENTRY_MAIN,
         options(att_syntax)
     )
 }
@@ -395,10 +503,12 @@ unsafe extern "C" fn scav_entry() -> ! {
 #[unsafe(naked)]
 unsafe extern "C" fn coro_entry() -> ! {
     core::arch::naked_asm!(
-        "mov (%rsp), %rdi",
+        // %rsp = the fresh stack of `init_stack`: main(arg), as the outermost frame.
+        "mov {arg}(%rsp), %rdi",
         "xor %ebp, %ebp",
-        "call *8(%rsp)",
+        "call *{main}(%rsp)",
         "ud2",
+        arg = const ENTRY_ARG, main = const ENTRY_MAIN,
         options(att_syntax)
     )
 }
@@ -414,16 +524,19 @@ pub unsafe fn switch(from: *mut Coro, to: *const Coro) {
     // declared clobbered.
     unsafe {
         asm!(
+            // %rdi = our Coro, %rsi = theirs. We resume on this stack at label 2.
             "push %rbp",
             "push %rbx",
-            "mov %rsp, 0(%rdi)",
+            "mov %rsp, {csp}(%rdi)",
             "lea 2f(%rip), %rdx",
-            "mov %rdx, 8(%rdi)",
-            "mov 0(%rsi), %rsp",
-            "jmp *8(%rsi)",
+            "mov %rdx, {cip}(%rdi)",
+            "mov {csp}(%rsi), %rsp",
+            "jmp *{cip}(%rsi)",
+            // Switched back: every register but %rsp is garbage.
             "2:",
             "pop %rbx",
             "pop %rbp",
+            csp = const off::CORO_SP, cip = const off::CORO_IP,
             in("rdi") from, in("rsi") to,
             out("r12") _, out("r13") _, out("r14") _, out("r15") _,
             clobber_abi("C"),

@@ -4,6 +4,7 @@
 
 use super::sys::{self, Fd, PageRegion, PmScanArg, Scratch};
 use super::Unavailable;
+use crate::os;
 
 /// Can this process open a userfaultfd? `user_mode_only` asks for
 /// `UFFD_USER_MODE_ONLY`, what unprivileged users get when
@@ -45,7 +46,7 @@ pub fn wp_async() -> Result<(), Unavailable> {
 
 /// Does `/proc/self/pagemap` answer the `PAGEMAP_SCAN` ioctl (Linux 6.7+)?
 pub fn pagemap_scan() -> Result<(), Unavailable> {
-    let page = sys::page_size();
+    let page = os::page_size();
     let scratch =
         Scratch::new(page).map_err(|e| Unavailable::from_error("cannot map a scratch page", e))?;
     sys::poke(scratch.ptr(0), 1);

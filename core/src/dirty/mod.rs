@@ -43,6 +43,7 @@ mod sys;
 mod uffd_async;
 mod uffd_sync;
 
+use crate::os::{errno, page_size};
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -264,11 +265,6 @@ impl Limit {
     };
 }
 
-/// The page size trackers work in.
-pub fn page_size() -> usize {
-    sys::page_size()
-}
-
 // Ranges claimed by live trackers, so that two trackers never fight over one page.
 static CLAIMED: spin::Mutex<Vec<(usize, usize)>> = spin::Mutex::new(Vec::new());
 
@@ -421,7 +417,7 @@ impl Tracker {
         // msync(MS_ASYNC) on anonymous memory only walks the VMAs: a cheap hole detector.
         // SAFETY: msync does not access the memory; the range is page-aligned.
         if unsafe { libc::msync(start as *mut _, end - start, libc::MS_ASYNC) } != 0 {
-            return Err(match sys::errno() {
+            return Err(match errno() {
                 libc::ENOMEM => Error::RangeChanged { start },
                 errno => Error::Os { op: "msync", errno },
             });

@@ -18,8 +18,9 @@
 //! creation puts ours back on top, chaining to the program's.
 
 use super::bitmap::{rearm_plan, PageBitmap};
-use super::sys::{self, errno, set_errno};
+use super::sys;
 use super::{Error, Limit, Run, Unavailable};
+use crate::os::{self, errno, set_errno};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
@@ -110,7 +111,7 @@ extern "C" fn on_sigsegv(signal: i32, info: *mut libc::siginfo_t, context: *mut 
 
 /// Makes the page at `addr` writable and marks it, if a tracker owns it.
 fn resolve(addr: usize) -> bool {
-    let page = sys::page_size();
+    let page = os::page_size();
     for slot in TABLE.iter() {
         let start = slot.start.load(SeqCst);
         if start == 0 || addr < start || addr >= slot.end.load(SeqCst) {
@@ -300,7 +301,7 @@ impl Drop for Mprotect {
 
 /// Self-test: the handler installs and a protected page can be written and seen.
 pub fn probe() -> Result<(), Unavailable> {
-    let page = sys::page_size();
+    let page = os::page_size();
     let fail = Unavailable::from_error;
     let scratch = sys::Scratch::new(2 * page).map_err(|e| fail("cannot map a scratch page", e))?;
     let mut tracker = Mprotect::new(&[(scratch.addr, scratch.addr + 2 * page)], page)

@@ -14,6 +14,7 @@
 use super::bitmap::PageBitmap;
 use super::sys::{self, Fd};
 use super::{Error, Limit, Run, Unavailable};
+use crate::os;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -157,7 +158,7 @@ impl Drop for SoftDirty {
 /// Self-test: a page written after clear_refs must show pagemap bit 55.
 pub fn probe() -> Result<(), Unavailable> {
     let fail = Unavailable::from_error;
-    let page = sys::page_size();
+    let page = os::page_size();
     let pagemap = Fd::open(b"/proc/self/pagemap\0", libc::O_RDONLY)
         .map_err(|e| fail("cannot open /proc/self/pagemap", e))?;
     let scratch = sys::Scratch::new(page).map_err(|e| fail("cannot map a scratch page", e))?;

@@ -4,6 +4,7 @@
 //! Values are from Linux's `include/uapi/linux/userfaultfd.h` and `fs.h` (6.7+).
 
 use super::Error;
+use crate::os::errno;
 use core::ffi::c_void;
 
 // ---- userfaultfd -------------------------------------------------------------------
@@ -125,26 +126,6 @@ const _: () = {
 pub const PM_SOFT_DIRTY: u64 = 1 << 55;
 
 // ---- helpers -----------------------------------------------------------------------
-
-pub fn errno() -> i32 {
-    // SAFETY: __errno_location always returns this thread's valid errno slot.
-    unsafe { *libc::__errno_location() }
-}
-
-pub fn set_errno(value: i32) {
-    // SAFETY: as in `errno`.
-    unsafe { *libc::__errno_location() = value }
-}
-
-pub fn page_size() -> usize {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as usize
-    } else {
-        4096
-    }
-}
 
 /// `Ok(ret)` when `ret >= 0`, else `Error::Os(op, errno)`.
 pub fn check(op: &'static str, ret: i64) -> Result<i64, Error> {

@@ -18,6 +18,7 @@
 
 use super::sys::{self, Fd, PageRegion, PmScanArg};
 use super::{Error, Limit, Run, Unavailable};
+use crate::os;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -125,7 +126,7 @@ impl UffdAsync {
         rearm: bool,
         emit: &mut dyn FnMut(Run),
     ) -> Result<Option<usize>, Error> {
-        let page = sys::page_size();
+        let page = os::page_size();
         let mut cursor = from;
         let (mut reported, mut runs) = (0usize, 0usize);
         while cursor < end {
@@ -178,7 +179,7 @@ impl UffdAsync {
 /// Self-test: arm two fresh pages, write the second, and expect exactly it back.
 pub fn probe() -> Result<(), Unavailable> {
     let fail = Unavailable::from_error;
-    let page = sys::page_size();
+    let page = os::page_size();
     let scratch = sys::Scratch::new(2 * page).map_err(|e| fail("cannot map a scratch page", e))?;
     let uffd =
         sys::open_userfaultfd(false).map_err(|e| fail("userfaultfd(2) is not available", e))?;

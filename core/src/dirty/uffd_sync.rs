@@ -16,6 +16,7 @@
 use super::bitmap::{rearm_plan, PageBitmap};
 use super::sys::{self, Fd, UffdMsg};
 use super::{Error, Limit, Run, Unavailable};
+use crate::os;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ffi::c_void;
@@ -300,7 +301,7 @@ impl Drop for UffdSync {
 /// Self-test: a real tracker on two fresh pages; write one, expect exactly it.
 pub fn probe() -> Result<(), Unavailable> {
     let fail = Unavailable::from_error;
-    let page = sys::page_size();
+    let page = os::page_size();
     let uffd =
         sys::open_userfaultfd(true).map_err(|e| fail("userfaultfd(2) is not available", e))?;
     sys::uffd_api(&uffd, FEATURES)

@@ -11,7 +11,7 @@ pub mod stop;
 pub use lending::{lend, reclaim};
 pub use stop::{in_scavenger, stop_running, StopReason};
 
-use crate::abi::{Coro, ThreadCtx};
+use crate::abi::{Coro, ThreadCtx, TCB_NEXT, TCB_THREAD};
 use crate::arch;
 use crate::budget;
 use crate::pool::{Pool, PoolError};
@@ -32,6 +32,9 @@ pub const POOL_CAPACITY: usize = 1 << 16;
 pub const DEFAULT_BUDGET_NS: u64 = 150;
 /// Default number of scavenger slots per primary thread.
 pub const DEFAULT_SLOTS: usize = 4;
+/// Most scavenger slots per primary thread accepted: each is a stack, and a ring this
+/// long already visits each scavenger rarely.
+pub const MAX_SLOTS: usize = 1024;
 /// Bytes kept for a scavenger's name (with the terminating NUL).
 pub const NAME_LEN: usize = 160;
 /// Default watchdog interval: a scavenger that runs this long (CPU time) without
@@ -102,6 +105,27 @@ pub enum Error {
     TcbInUse,
     /// mmap/mprotect failed with this errno.
     Os(i32),
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::AlreadyInitialized => f.write_str("the runtime is already initialized"),
+            Error::NotInitialized => f.write_str("the runtime is not initialized"),
+            Error::AlreadyRegistered => f.write_str("this thread is already registered"),
+            Error::NotRegistered => f.write_str("this thread is not registered"),
+            Error::InScavenger => f.write_str("not allowed inside a scavenger"),
+            Error::PoolFull => write!(f, "the scavenger pool is full ({POOL_CAPACITY} waiting)"),
+            Error::Invalid => f.write_str("a configuration value is out of range"),
+            Error::Busy => f.write_str("other threads are still registered"),
+            Error::TcbInUse => write!(
+                f,
+                "the thread control block words msh uses (%fs:{TCB_NEXT:#x}, \
+                 %fs:{TCB_THREAD:#x}) are taken"
+            ),
+            Error::Os(errno) => write!(f, "cannot map a scavenger stack (errno {errno})"),
+        }
+    }
 }
 
 impl From<StackError> for Error {
@@ -287,7 +311,7 @@ fn config() -> Result<Config, Error> {
 /// watchdog's, when it is on).
 pub fn init(config: Config) -> Result<(), Error> {
     if config.slots_per_thread == 0
-        || config.slots_per_thread > 1024
+        || config.slots_per_thread > MAX_SLOTS
         || config.budget_ns > MAX_BUDGET_NS
         || config.stack_size > MAX_STACK_SIZE
         || config.watchdog_ms > MAX_WATCHDOG_MS
@@ -737,6 +761,7 @@ unsafe fn retire(me: *mut Primary, scav: *mut Scavenger, completed: bool) -> ! {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::os::{errno, set_errno};
     use core::sync::atomic::AtomicBool;
     use std::sync::Mutex;
 
@@ -882,14 +907,67 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn every_error_says_what_went_wrong_in_one_line() {
+        use std::string::{String, ToString};
+        let all = [
+            Error::AlreadyInitialized,
+            Error::NotInitialized,
+            Error::AlreadyRegistered,
+            Error::NotRegistered,
+            Error::InScavenger,
+            Error::PoolFull,
+            Error::Invalid,
+            Error::Busy,
+            Error::TcbInUse,
+            Error::Os(libc::ENOMEM),
+        ];
+        let texts: Vec<String> = all.iter().map(|e| e.to_string()).collect();
+        for (err, text) in all.iter().zip(&texts) {
+            assert!(
+                !text.is_empty() && !text.contains('\n'),
+                "{err:?}: {text:?}"
+            );
+            assert_eq!(texts.iter().filter(|t| *t == text).count(), 1, "{text}");
+        }
+        assert!(Error::Os(12).to_string().contains("errno 12"));
+    }
+
+    static NO_OP_SCAVENGER_RAN: AtomicBool = AtomicBool::new(false);
+    unsafe extern "C" fn note_run(_: *mut c_void) {
+        NO_OP_SCAVENGER_RAN.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
     fn yields_are_no_ops_outside_msh_threads() {
         let _rt = fresh_runtime(Config::default());
+        // A scavenger waits in the pool, but this thread never registered: both TCB
+        // words are zero, so every kind of yield falls through without running it.
+        spawn(note_run, ptr::null_mut(), None).unwrap();
+        assert!(arch::thread_ctx().is_null() && arch::next_coro().is_null());
+        set_errno(7);
         arch::primary_yield();
         arch::yield_now();
         arch::prefetch_yield(&0u8);
+        assert!(
+            !NO_OP_SCAVENGER_RAN.load(Ordering::Relaxed),
+            "a yield ran a scavenger"
+        );
+        assert_eq!(pending(), 1, "the scavenger left the pool");
+        assert!(arch::thread_ctx().is_null() && arch::next_coro().is_null());
+        assert_eq!(errno(), 7, "a no-op yield changed errno");
+        assert_eq!(thread_stats(), None);
+
+        // Registered with nothing to run: the primary's yield does not switch.
+        drop(POOL.drain());
         register().unwrap();
-        arch::primary_yield(); // registered, nothing to run
+        assert!(arch::next_coro().is_null());
+        set_errno(9);
+        arch::primary_yield();
+        arch::prefetch_yield(&0u8);
+        assert_eq!(thread_stats().unwrap().switches, 0);
+        assert_eq!(errno(), 9, "a no-op yield changed errno");
         unregister().unwrap();
+        assert!(!NO_OP_SCAVENGER_RAN.load(Ordering::Relaxed));
     }
 
     static SAW_OTHER_SCAVENGER: AtomicBool = AtomicBool::new(false);
@@ -962,13 +1040,6 @@ pub(crate) mod tests {
         assert_eq!(counter.count.load(Ordering::Relaxed), 2000);
         assert_eq!(stats.completed, 1, "B finished A's scavenger: {stats:?}");
         assert_eq!(stats.started, 0, "it had been started on A");
-    }
-
-    fn errno() -> i32 {
-        unsafe { *libc::__errno_location() }
-    }
-    fn set_errno(value: i32) {
-        unsafe { *libc::__errno_location() = value };
     }
 
     static SCAV_ERRNO_WRONG: AtomicU64 = AtomicU64::new(0);

@@ -193,7 +193,7 @@ fn containable(me: *mut Primary, ip: usize, sp: usize) -> Option<*mut Scavenger>
         let (lo, hi) = (*scav).code;
         let stack = (*scav).stack();
         let top = stack.top() as usize;
-        let bottom = top - stack.usable() - crate::stack::page_size();
+        let bottom = top - stack.usable() - crate::os::page_size();
         ((lo..hi).contains(&ip) && (bottom..=top).contains(&sp)).then_some(scav)
     }
 }

@@ -33,7 +33,7 @@ thread_local! {
 pub fn run<T: 'static>(job: impl FnOnce() -> T + 'static) -> Result<T, String> {
     let result: Box<Cell<Option<T>>> = Box::new(Cell::new(None));
     let slot: *const Cell<Option<T>> = &*result;
-    let stack = Stack::new(STACK_SIZE).map_err(|e| format!("cannot map a stack: {e:?}"))?;
+    let stack = Stack::new(STACK_SIZE).map_err(|e| format!("cannot map a stack: {e}"))?;
     let mut call = Box::new(Call {
         caller: Coro::empty(),
         callee: Coro::empty(),

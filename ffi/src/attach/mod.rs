@@ -154,7 +154,7 @@ fn attach_with(settings: Result<Option<Settings>, String>) {
     if let Err(err) = sched::init(settings.config) {
         return fail_open(
             &settings,
-            &format!("cannot start the runtime: {err:?}; running without msh"),
+            &format!("cannot start the runtime: {err}; running without msh"),
         );
     }
     let mut seen = HashSet::new();
@@ -190,7 +190,7 @@ fn attach_with(settings: Result<Option<Settings>, String>) {
             Ok(()) => spawned += 1,
             Err(err) => fail_open(
                 &settings,
-                &format!("pool {pool} line {}: {err:?}; line skipped", line.line),
+                &format!("pool {pool} line {}: {err}; line skipped", line.line),
             ),
         }
     }

@@ -118,7 +118,7 @@ pub fn from_env(get: impl Fn(&str) -> Option<OsString>) -> Result<Option<Setting
         },
     };
     let defaults = Config::default();
-    let slots = number("MAX_SCAV_PER_THREAD", 1, 1, 1024)?;
+    let slots = number("MAX_SCAV_PER_THREAD", 1, 1, sched::MAX_SLOTS as u64)?;
     let stack_size = number(
         "MSH_STACK_SIZE",
         defaults.stack_size as u64,

@@ -396,8 +396,21 @@ mod tests {
     fn truncated_files_fail_cleanly() {
         let data = std::fs::read("/bin/sh").unwrap();
         for len in [0, 10, 63, 64, 200, 1000, 5000] {
-            let result = Binary::parse(data[..len.min(data.len())].to_vec());
-            assert!(result.is_err(), "a {len}-byte prefix of /bin/sh parsed");
+            let Err(err) = Binary::parse(data[..len.min(data.len())].to_vec()) else {
+                panic!("a {len}-byte prefix of /bin/sh parsed");
+            };
+            // Shorter than the ELF header: not an ELF file at all; longer: the header
+            // is fine but what it points at is missing.
+            let cause = if len < 64 {
+                "not an ELF file"
+            } else {
+                "malformed ELF file"
+            };
+            assert_eq!(err.to_string(), cause, "a {len}-byte prefix: {err:#}");
+            assert!(
+                !format!("{err:#}").contains('\n'),
+                "a {len}-byte prefix: {err:#}"
+            );
         }
     }
 }

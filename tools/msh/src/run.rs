@@ -18,7 +18,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub track_dirty: bool,
     /// Scavenger slots per primary thread (1 to 1024).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=msh_core::sched::MAX_SLOTS as i64))]
     pub scavengers_per_thread: Option<u32>,
     /// Budget per switch, in ns (0 to 1000000000). Default 150; with --max-slowdown,
     /// where the search starts.

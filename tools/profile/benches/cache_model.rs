@@ -4,15 +4,11 @@
 //! and model together, against the old valgrind path) are `msh bench tracer`.
 use msh_profile::sim::cache::{Hierarchy, HierarchyConfig};
 use msh_profile::sim::model::Simulator;
+use msh_profile::stats::median;
 use msh_tracer::Access;
 use std::time::Instant;
 
 const ACCESSES: usize = 20_000_000;
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
 
 /// One load per instruction plus a stack store: a fraction `random` of the loads go
 /// anywhere in a 64 MiB array, the rest stay in a 16 KiB working set (stack, locals,
@@ -49,7 +45,7 @@ fn synthetic_trace(accesses: usize, random: f64) -> Vec<Access> {
 
 fn measure(config: &HierarchyConfig, random: f64) {
     let trace = synthetic_trace(ACCESSES, random);
-    let rates: Vec<f64> = (0..5)
+    let mut rates: Vec<f64> = (0..5)
         .map(|_| {
             let mut simulator = Simulator::new(Hierarchy::new(config));
             let started = Instant::now();
@@ -62,7 +58,7 @@ fn measure(config: &HierarchyConfig, random: f64) {
     println!(
         "  {:>3.0}% random loads: {:.1} M accesses/s",
         random * 100.0,
-        median(rates)
+        median(&mut rates)
     );
 }
 

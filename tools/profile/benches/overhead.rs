@@ -1,6 +1,7 @@
 //! `cargo bench -p msh-profile --bench overhead`: the `sample` backend's cost, as the
 //! wall time of a profiled run divided by an unprofiled run of the same program,
 //! alternated in the same process, at the default rate. Median of 5 pairs per program.
+use msh_profile::stats::median;
 use msh_profile::{profile, Backend, Options, What};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,11 +17,6 @@ fn build(dir: &Path, name: &str) -> PathBuf {
         .status();
     assert!(status.is_ok_and(|s| s.success()), "cc failed");
     output
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn main() {
@@ -90,7 +86,7 @@ fn run_workloads(workloads: &[(&str, Vec<String>)], options: &Options) {
         let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
         println!(
             "  {name}: median {:.3} (runs: {})",
-            median(ratios),
+            median(&mut ratios),
             shown.join(" ")
         );
     }

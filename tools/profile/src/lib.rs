@@ -26,6 +26,7 @@ pub mod schema;
 pub mod show;
 pub mod sim;
 pub mod sites;
+pub mod stats;
 
 pub use elf::build_id;
 pub use schema::{Profile, ProfiledObject, Site};

@@ -415,8 +415,13 @@ mod tests {
                 bytes[at] = next() as u8;
             }
             let truncated = &bytes[..(next() as usize) % bytes.len()];
-            let _ = Profile::from_json(&String::from_utf8_lossy(&bytes));
-            let _ = Profile::from_json(&String::from_utf8_lossy(truncated));
+            // Whatever the bytes, a profile or a one-line error naming the cause.
+            for text in [&bytes[..], truncated] {
+                if let Err(err) = Profile::from_json(&String::from_utf8_lossy(text)) {
+                    let shown = format!("{err:#}");
+                    assert!(!shown.is_empty() && !shown.contains('\n'), "{shown}");
+                }
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 //!   the test workload, no scavenger;
 //! - tool speed: seconds to rewrite libsqlite3 and sqlite3 with --all-loads.
 
+use msh_profile::stats::median;
 use msh_rewrite::{rewrite, Options, Report, Selection};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -13,11 +14,6 @@ use std::time::Instant;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 const RUNS: usize = 7;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn time_run(program: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&Path>) -> f64 {
     let mut cmd = Command::new(program);
@@ -94,7 +90,7 @@ fn main() {
         base.push(time_run(&exe, &[&arg], &[], None));
         with.push(time_run(&patched, &[&arg], &[], None));
     }
-    let (b, w) = (median(base), median(with));
+    let (b, w) = (median(&mut base), median(&mut with));
     let ns_per_hit = (w - b) * 1e9 / n as f64;
     println!("patched site, no scavenger: original {b:.3} s, rewritten {w:.3} s for {n} hits: {ns_per_hit:.2} ns per hit (ratio {:.3})", w / b);
 
@@ -132,13 +128,13 @@ fn main() {
         base.push(time_run(sqlite, &[":memory:"], &[], Some(&script)));
         with.push(time_run(&shell, &[":memory:"], &env, Some(&script)));
     }
-    let (b, w) = (median(base), median(with));
+    let (b, w) = (median(&mut base), median(&mut with));
     println!("sqlite3 workload, all loads patched, no scavenger: original {b:.3} s, rewritten {w:.3} s (ratio {:.2})", w / b);
     println!(
         "tool speed: libsqlite3 --all-loads {:.2} s ({} sites, {} trampoline bytes), sqlite3 --all-loads {:.2} s",
-        median(tool_lib),
+        median(&mut tool_lib),
         lib_report.patched,
         lib_report.trampoline_bytes,
-        median(tool_shell)
+        median(&mut tool_shell)
     );
 }

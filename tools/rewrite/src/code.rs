@@ -8,6 +8,7 @@
 //! immediates, data words and relocations, and the entries of relative jump tables.
 
 use crate::elf::Image;
+use crate::skip::Skip;
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
 use std::collections::HashSet;
 
@@ -18,7 +19,7 @@ pub struct Function {
     pub name: Option<String>,
     pub insns: Vec<Instruction>,
     /// Why none of its loads may be patched, if so.
-    pub unpatchable: Option<&'static str>,
+    pub unpatchable: Option<Skip>,
     /// It has PIC jump tables, and every entry of every one lands inside it: its
     /// table dispatches cannot leave it.
     pub jump_tables_local: bool,
@@ -47,8 +48,6 @@ pub struct Code {
     pub call_targets: HashSet<u64>,
 }
 
-pub const PLT_STUB: &str = "PLT stub";
-pub const UNDECODABLE: &str = "undecodable function";
 const MAX_JUMP_TABLE_ENTRIES: usize = 1 << 16;
 
 impl Code {
@@ -77,13 +76,13 @@ impl Code {
                 .exec_sections()
                 .any(|s| s.name.starts_with(".plt") && s.contains(bounds.start));
             let unpatchable = if !clean {
-                Some(UNDECODABLE)
+                Some(Skip::Undecodable)
             } else if in_plt {
-                Some(PLT_STUB)
+                Some(Skip::PltStub)
             } else if bounds.has_lsda {
-                Some("function has exception landing pads")
+                Some(Skip::LandingPads)
             } else if insns.iter().any(uses_x87_or_mmx) {
-                Some("function uses x87/MMX state")
+                Some(Skip::X87OrMmx)
             } else {
                 None
             };
@@ -102,7 +101,7 @@ impl Code {
         let mut targets_of_unanalysed_code = HashSet::new();
         for f in functions
             .iter()
-            .filter(|f| f.unpatchable == Some(UNDECODABLE))
+            .filter(|f| f.unpatchable == Some(Skip::Undecodable))
         {
             targets_of_unanalysed_code.extend(f.insns.iter().filter_map(direct_target));
         }

@@ -17,6 +17,7 @@
 
 use crate::code::{direct_target, is_table_dispatch, Code, Function};
 use crate::liveness::{self, Effect, RegSet, Successors};
+use crate::skip::Skip;
 use iced_x86::{FlowControl, InstructionInfoFactory};
 use std::collections::HashMap;
 
@@ -127,12 +128,8 @@ fn model(f: &Function, code: &Code, factory: &mut InstructionInfoFactory) -> Mod
 /// functions that do not decode or are PLT stubs).
 pub fn solve(code: &Code) -> Vec<Option<Vec<RegSet>>> {
     let mut factory = InstructionInfoFactory::new();
-    let analysable = |f: &Function| {
-        !matches!(
-            f.unpatchable,
-            Some(crate::code::UNDECODABLE) | Some(crate::code::PLT_STUB)
-        )
-    };
+    let analysable =
+        |f: &Function| !matches!(f.unpatchable, Some(Skip::Undecodable | Skip::PltStub));
     let mut models: Vec<Option<Model>> = code
         .functions
         .iter()

@@ -12,6 +12,7 @@ pub mod code;
 pub mod elf;
 pub mod interproc;
 pub mod liveness;
+pub mod skip;
 pub mod trampoline;
 pub mod window;
 pub mod writer;
@@ -21,6 +22,7 @@ use code::{Code, Function};
 use iced_x86::{Instruction, InstructionInfoFactory};
 use liveness::RegSet;
 use serde::Serialize;
+use skip::Skip;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use trampoline::{FastPath, YieldPoint};
@@ -81,8 +83,8 @@ pub struct Report {
 }
 
 impl Report {
-    fn skip(&mut self, reason: &'static str) {
-        *self.skipped.entry(reason).or_default() += 1;
+    fn skip(&mut self, reason: Skip) {
+        *self.skipped.entry(reason.text()).or_default() += 1;
     }
 }
 
@@ -117,7 +119,7 @@ pub fn rewrite(options: &Options) -> Result<Report> {
                 .functions
                 .iter()
                 .enumerate()
-                .filter(|(_, f)| f.unpatchable != Some(code::PLT_STUB))
+                .filter(|(_, f)| f.unpatchable != Some(Skip::PltStub))
             {
                 for (i, insn) in f.insns.iter().enumerate() {
                     if is_load(&mut factory, insn) {
@@ -142,7 +144,7 @@ pub fn rewrite(options: &Options) -> Result<Report> {
                 else {
                     if code.unowned_insns.contains(&addr) {
                         report.candidates += 1;
-                        report.skip("no function bounds (no symbol or FDE)");
+                        report.skip(Skip::NoFunctionBounds);
                         continue;
                     }
                     if image.is_code(addr) {
@@ -161,7 +163,7 @@ pub fn rewrite(options: &Options) -> Result<Report> {
                 };
                 if !is_load(&mut factory, &f.insns[i]) {
                     report.candidates += 1;
-                    report.skip("profile site is not a load");
+                    report.skip(Skip::NotALoad);
                     continue;
                 }
                 sites.entry(fi).or_default().push(i);
@@ -196,13 +198,13 @@ pub fn rewrite(options: &Options) -> Result<Report> {
         }
         if code.vector_width > 32 {
             for _ in indices {
-                report.skip("AVX-512 state in use in the object");
+                report.skip(Skip::Avx512);
             }
             continue;
         }
         let Some(live) = &liveness_by_function[fi] else {
             for _ in indices {
-                report.skip(code::UNDECODABLE);
+                report.skip(Skip::Undecodable);
             }
             continue;
         };
@@ -211,7 +213,7 @@ pub fn rewrite(options: &Options) -> Result<Report> {
         for &i in indices {
             let insn = &f.insns[i];
             if insn.memory_index().is_vector_register() {
-                report.skip("vector-indexed memory operand (gather)");
+                report.skip(Skip::VectorIndexed);
                 continue;
             }
             if let Some((w, yields)) = windows
@@ -246,10 +248,15 @@ pub fn rewrite(options: &Options) -> Result<Report> {
     }
     let (patches, blob) = encode_all(&code, &planned, &layout, &mut report);
     if report.patched == 0 {
+        let skipped: Vec<String> = report
+            .skipped
+            .iter()
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect();
         bail!(
-            "no site could be patched ({} candidates; skipped: {:?})",
+            "no site could be patched ({} candidates; skipped: {})",
             report.candidates,
-            report.skipped
+            skipped.join(", ")
         );
     }
     let out = writer::build(&image, &layout, &patches, &blob)?;
@@ -293,7 +300,7 @@ fn encode_all(
             }
             Err(_) => {
                 for _ in &p.yields {
-                    report.skip("displaced instructions cannot be relocated");
+                    report.skip(Skip::DisplacedNotRelocatable);
                 }
             }
         }
@@ -327,7 +334,7 @@ fn encode_all(
                 // trampoline whose layout moved. Pad its slot and skip its sites.
                 hot_blob.resize(hot_blob.len() + sizing.bytes.len(), 0xcc);
                 for _ in &p.yields {
-                    report.skip("displaced instructions cannot be relocated");
+                    report.skip(Skip::DisplacedNotRelocatable);
                 }
                 continue;
             }

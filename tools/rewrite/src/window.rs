@@ -2,6 +2,7 @@
 //! inside one basic block, that no jump can enter except at their first instruction.
 
 use crate::code::Function;
+use crate::skip::Skip;
 use iced_x86::{FlowControl, Instruction, Mnemonic};
 use std::collections::HashSet;
 
@@ -46,27 +47,22 @@ fn can_end(insn: &Instruction, rules: &Rules) -> bool {
 
 /// The smallest window holding instruction `site`, starting at or after `not_before`
 /// (the first instruction not claimed by an earlier window), or why there is none.
-pub fn find(
-    f: &Function,
-    site: usize,
-    not_before: usize,
-    rules: &Rules,
-) -> Result<Window, &'static str> {
+pub fn find(f: &Function, site: usize, not_before: usize, rules: &Rules) -> Result<Window, Skip> {
     let insns = &f.insns;
     if is_endbr(&insns[site]) {
-        return Err("site is an endbr64");
+        return Err(Skip::Endbr64);
     }
     match insns[site].flow_control() {
         FlowControl::Call | FlowControl::IndirectCall if !rules.allow_call => {
-            return Err("site is a call (see --call-windows)")
+            return Err(Skip::Call)
         }
-        _ if !can_end(&insns[site], rules) => return Err("site cannot be relocated"),
+        _ if !can_end(&insns[site], rules) => return Err(Skip::SiteNotRelocatable),
         _ => {}
     }
     let mut best: Option<Window> = None;
     let lowest = site.saturating_sub(MAX_BACKWARD).max(not_before);
     if site < not_before {
-        return Err("site inside another window");
+        return Err(Skip::InsideAnotherWindow);
     }
     // `first` walks backwards; every instruction in first..site must fall through, and
     // every one in first+1..=site must not be a jump target.
@@ -91,13 +87,13 @@ pub fn find(
         }
         first = prev;
     }
-    let w = best.ok_or("no 5-byte window inside its basic block")?;
+    let w = best.ok_or(Skip::NoWindow)?;
     let start = insns[w.first].ip();
     let end = insns[w.last].next_ip();
     let r = rules.text_relocations;
     let i = r.partition_point(|&a| a < start);
     if r.get(i).is_some_and(|&a| a < end) {
-        return Err("text relocation inside the window");
+        return Err(Skip::TextRelocation);
     }
     Ok(w)
 }
@@ -196,9 +192,6 @@ mod tests {
             text_relocations: &text_relocations,
             allow_call: false,
         };
-        assert_eq!(
-            find(&f, 1, 0, &rules),
-            Err("text relocation inside the window")
-        );
+        assert_eq!(find(&f, 1, 0, &rules), Err(Skip::TextRelocation));
     }
 }

@@ -6,6 +6,7 @@
 //! 2. `msh trace` with the default source at its default rate, on the same program
 //!    and on a memory-bound one (tests/fixtures/hotcold.c).
 //! 3. `plot` (PNG) of a run with 1 M accesses.
+use msh_profile::stats::median;
 use msh_trace::record::{find_interposer, record, RecordOptions};
 use msh_trace::source::{SourceOptions, DEFAULT_EVERY, DEFAULT_FREQUENCY_HZ};
 use std::ffi::OsString;
@@ -35,11 +36,6 @@ fn timed(mut command: Command) -> f64 {
     let status = command.stdout(Stdio::null()).status().unwrap();
     assert!(status.success());
     t.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn overhead(program: &Path, args: &[&str], dir: &Path) {
@@ -84,11 +80,14 @@ fn overhead(program: &Path, args: &[&str], dir: &Path) {
             );
         }
     }
-    println!("  untraced wall: median {:.3} s", median(base));
-    println!("  interposer alone ÷ untraced: median {:.3}", median(alone));
+    println!("  untraced wall: median {:.3} s", median(&mut base));
+    println!(
+        "  interposer alone ÷ untraced: median {:.3}",
+        median(&mut alone)
+    );
     println!(
         "  traced (default source and rate) ÷ untraced: median {:.3}",
-        median(traced)
+        median(&mut traced)
     );
 }
 
@@ -155,7 +154,7 @@ fn plot_million(dir: &Path) {
     }
     println!(
         "  msh trace plot, 1,000,000 accesses, 1200×800 PNG: median {:.3} s",
-        median(times)
+        median(&mut times)
     );
 }
 

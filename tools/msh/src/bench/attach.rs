@@ -3,10 +3,11 @@
 //! ptrchase that is *not* linked with libmsh harvests under `msh run` compared with
 //! the linked build. Runs are interleaved; figures are medians of per-run ratios.
 
-use crate::examples::{self, median, Chase, Compute};
+use crate::examples::{self, Chase, Compute};
 use crate::memcached;
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
+use msh_profile::stats::median;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;

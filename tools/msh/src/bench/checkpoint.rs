@@ -9,6 +9,7 @@ use crate::checkpoint::{self, Summary};
 use crate::examples;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use msh_profile::stats::median;
 use serde::Serialize;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -195,9 +196,7 @@ fn figures(samples: &[Summary]) -> Figures {
     if samples.is_empty() {
         return Figures::default();
     }
-    let med = |f: &dyn Fn(&Summary) -> f64| {
-        examples::median(&mut samples.iter().map(f).collect::<Vec<_>>())
-    };
+    let med = |f: &dyn Fn(&Summary) -> f64| median(&mut samples.iter().map(f).collect::<Vec<_>>());
     Figures {
         count: samples.len(),
         total_ms: med(&|s| s.total_ms),
@@ -311,7 +310,7 @@ pub fn measure(args: &CheckpointBenchArgs) -> Result<Report> {
             dirty_fraction: args.fraction,
             full: figures(&full),
             incremental: figures(&incremental),
-            incremental_vs_full_time: examples::median(&mut ratios),
+            incremental_vs_full_time: median(&mut ratios),
             verified,
             criu_dump,
             criu_pre_dump,

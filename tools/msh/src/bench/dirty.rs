@@ -8,10 +8,11 @@
 //! - `collect_ms`: collecting the written pages with re-arm;
 //! - `exact`: the collected set equals the written set, on every epoch.
 
-use crate::examples::median;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use msh_core::dirty::{page_size, Backend, Choice, Tracker};
+use msh_core::dirty::{Backend, Choice, Tracker};
+use msh_core::os::page_size;
+use msh_profile::stats::median;
 use serde::Serialize;
 use std::io::Write;
 use std::time::Instant;

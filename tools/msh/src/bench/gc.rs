@@ -217,10 +217,11 @@ pub fn measure(args: &GcArgs) -> Result<Report> {
 }
 
 fn summarize(name: &'static str, runs: &[Sample], all: &[Vec<Sample>]) -> ConfigReport {
-    let med =
-        |f: &dyn Fn(&Sample) -> f64| examples::median(&mut runs.iter().map(f).collect::<Vec<_>>());
+    let med = |f: &dyn Fn(&Sample) -> f64| {
+        msh_profile::stats::median(&mut runs.iter().map(f).collect::<Vec<_>>())
+    };
     let ratio = |other: usize| {
-        examples::median(
+        msh_profile::stats::median(
             &mut runs
                 .iter()
                 .zip(&all[other])

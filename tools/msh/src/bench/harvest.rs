@@ -3,9 +3,10 @@
 //! so that noise from the machine hits every mode alike; figures are medians of the
 //! per-run ratios.
 
-use crate::examples::{self, median, Chase, Compute};
+use crate::examples::{self, Chase, Compute};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use msh_profile::stats::median;
 use serde::Serialize;
 use std::path::PathBuf;
 

@@ -11,6 +11,7 @@ use corosensei::Coroutine;
 use msh_core::abi::Coro;
 use msh_core::arch;
 use msh_core::stack::Stack;
+use msh_profile::stats::median;
 use serde::Serialize;
 use std::hint::black_box;
 use std::time::Instant;
@@ -116,7 +117,7 @@ fn noop_yield_cost(iterations: u64, runs: usize) -> f64 {
     let mut extra: Vec<f64> = (0..runs)
         .map(|_| prefetch_loop(iterations, true) - prefetch_loop(iterations, false))
         .collect();
-    crate::examples::median(&mut extra)
+    median(&mut extra)
 }
 
 /// Most runs and round trips accepted: beyond these a run takes hours.
@@ -142,10 +143,10 @@ pub fn run(round_trips: u64, runs: usize) -> Result<SwitchReport> {
         protocol_rt.push(round_trip::msh_protocol(round_trips)?);
         sched_rt.push(round_trip::msh_runtime(round_trips)?);
     }
-    let msh_ns = crate::examples::median(&mut msh);
-    let corosensei_ns = crate::examples::median(&mut coro);
-    let msh_round_trip_ns = crate::examples::median(&mut sched_rt);
-    let msh_protocol_round_trip_ns = crate::examples::median(&mut protocol_rt);
+    let msh_ns = median(&mut msh);
+    let corosensei_ns = median(&mut coro);
+    let msh_round_trip_ns = median(&mut sched_rt);
+    let msh_protocol_round_trip_ns = median(&mut protocol_rt);
     let noop_yield_ns = noop_yield_cost(round_trips, runs);
     let noop_yield_registered_ns = registered_noop_yield_cost(round_trips, runs)?;
     Ok(SwitchReport {
@@ -168,12 +169,11 @@ fn registered_noop_yield_cost(iterations: u64, runs: usize) -> Result<f64> {
         use msh_core::sched;
         let ours = !sched::is_initialized();
         if ours {
-            sched::init(sched::Config::default())
-                .map_err(|e| anyhow::anyhow!("msh init: {e:?}"))?;
+            sched::init(sched::Config::default()).map_err(|e| anyhow::anyhow!("msh init: {e}"))?;
         }
-        sched::register().map_err(|e| anyhow::anyhow!("msh register: {e:?}"))?;
+        sched::register().map_err(|e| anyhow::anyhow!("msh register: {e}"))?;
         let cost = noop_yield_cost(iterations, runs);
-        sched::unregister().map_err(|e| anyhow::anyhow!("msh unregister: {e:?}"))?;
+        sched::unregister().map_err(|e| anyhow::anyhow!("msh unregister: {e}"))?;
         if ours {
             let _ = sched::shutdown();
         }

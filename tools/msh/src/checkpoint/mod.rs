@@ -164,7 +164,7 @@ pub fn take(pid: u32, dir: &Path, incremental: bool) -> Result<Summary> {
             hello.epoch
         ),
     };
-    let page = msh_core::dirty::page_size();
+    let page = msh_core::os::page_size();
     let mut stopped = Stopped::all_but(pid, Some(hello.control_tid))?;
     let collect_start = Instant::now();
     let collected = control
@@ -279,7 +279,7 @@ pub fn run(args: &CheckpointArgs) -> Result<()> {
             summary.path.display(),
             if summary.full { "full" } else { "incremental" },
             summary.pages,
-            (summary.pages * msh_core::dirty::page_size() as u64) as f64 / (1 << 20) as f64,
+            (summary.pages * msh_core::os::page_size() as u64) as f64 / (1 << 20) as f64,
             summary.regions,
             summary.stopped_ms,
             summary.collect_ms,

@@ -2,6 +2,7 @@
 //! does) and reading its memory (`process_vm_readv`) while they are stopped.
 
 use anyhow::{bail, Context, Result};
+use msh_core::os::errno;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -23,10 +24,6 @@ fn tids(pid: i32) -> Result<BTreeSet<i32>> {
 
 /// ptrace's unused address and data arguments (varargs: pass full pointers, not ints).
 const NULL: *mut libc::c_void = std::ptr::null_mut();
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
 
 impl Stopped {
     /// Stops every thread of `pid` except `except` (threads created meanwhile too).

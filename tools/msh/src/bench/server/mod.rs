@@ -21,10 +21,11 @@ mod load;
 pub mod process;
 mod protocol;
 
-use crate::examples::{self, median};
+use crate::examples;
 use anyhow::{bail, Context, Result};
 use keys::{KeyDistribution, KeySampler};
 use load::{LoadResult, Mix, Schedule, Target};
+use msh_profile::stats::median;
 use process::{Placement, Server, ServerLaunch};
 pub use protocol::Protocol;
 use serde::Serialize;

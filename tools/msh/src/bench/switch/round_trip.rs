@@ -103,7 +103,7 @@ pub fn msh_protocol(round_trips: u64) -> Result<f64> {
             return Err(anyhow!("the measuring thread is already an msh thread"));
         }
         let stack = msh_core::stack::Stack::new(64 * 1024)
-            .map_err(|e| anyhow!("cannot map a stack: {e:?}"))?;
+            .map_err(|e| anyhow!("cannot map a stack: {e}"))?;
         let mut block = Box::new(Block {
             primary: Coro::empty(),
             scavenger: Coro::empty(),
@@ -150,16 +150,16 @@ pub fn msh_runtime(round_trips: u64) -> Result<f64> {
                 budget_ns: 0,
                 ..sched::Config::default()
             })
-            .map_err(|e| anyhow!("msh init: {e:?}"))?;
+            .map_err(|e| anyhow!("msh init: {e}"))?;
         }
-        sched::register().map_err(|e| anyhow!("msh register: {e:?}"))?;
+        sched::register().map_err(|e| anyhow!("msh register: {e}"))?;
         STOP.store(false, Ordering::Relaxed);
         sched::spawn(
             yielding_scavenger,
             std::ptr::null_mut(),
             Some(b"round-trip"),
         )
-        .map_err(|e| anyhow!("msh spawn: {e:?}"))?;
+        .map_err(|e| anyhow!("msh spawn: {e}"))?;
         for _ in 0..round_trips / 10 + 1 {
             arch::primary_yield();
         }
@@ -169,8 +169,8 @@ pub fn msh_runtime(round_trips: u64) -> Result<f64> {
         }
         let ns = start.elapsed().as_nanos() as f64 / round_trips as f64;
         STOP.store(true, Ordering::Relaxed);
-        sched::run_pending().map_err(|e| anyhow!("msh run_pending: {e:?}"))?;
-        sched::unregister().map_err(|e| anyhow!("msh unregister: {e:?}"))?;
+        sched::run_pending().map_err(|e| anyhow!("msh run_pending: {e}"))?;
+        sched::unregister().map_err(|e| anyhow!("msh unregister: {e}"))?;
         if ours {
             let _ = sched::shutdown();
         }
