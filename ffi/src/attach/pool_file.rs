@@ -131,4 +131,69 @@ mod tests {
             }
         }
     }
+
+    /// Checks what every parse must give: ascending line numbers within the text,
+    /// and a non-empty argv for each scavenger.
+    fn check_lines(text: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+        let lines = text.lines().count();
+        let mut last = 0;
+        for entry in parse(text) {
+            let line = match entry {
+                Ok(l) => {
+                    proptest::prop_assert!(!l.argv.is_empty());
+                    l.line
+                }
+                Err(e) => {
+                    proptest::prop_assert!(!e.cause.is_empty() && !e.cause.contains('\n'));
+                    e.line
+                }
+            };
+            proptest::prop_assert!(line > last && line <= lines, "line {} of {}", line, lines);
+            last = line;
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        /// Lines written with shell quoting read back as the same argv, whatever the
+        /// words hold (spaces, quotes, `#`, backslashes).
+        #[test]
+        fn quoted_lines_round_trip(
+            pool in proptest::collection::vec(
+                proptest::collection::vec("[^\n\r\x00]{1,12}", 1..5), 0..6),
+        ) {
+            let text: String = pool
+                .iter()
+                .map(|argv| shlex::try_join(argv.iter().map(String::as_str)).unwrap() + "\n")
+                .collect();
+            let parsed: Vec<Vec<String>> = parse(&text)
+                .into_iter()
+                .map(|entry| entry.map(|l| l.argv).map_err(|e| e.cause))
+                .collect::<Result<_, _>>()
+                .map_err(proptest::test_runner::TestCaseError::fail)?;
+            proptest::prop_assert_eq!(parsed, pool);
+        }
+
+        /// A valid pool with bytes replaced or inserted never panics the parser.
+        #[test]
+        fn mutated_pools_never_panic(
+            edits in proptest::collection::vec((0usize..200, proptest::bool::ANY, proptest::num::u8::ANY), 0..12),
+        ) {
+            let mut bytes = b"# pool\n/lib/a.so 1 2  # comment\n'/lib/b c.so' \"x y\" z\n\n/lib/d.so\n".to_vec();
+            for (at, insert, byte) in edits {
+                let at = at % bytes.len();
+                if insert {
+                    bytes.insert(at, byte);
+                } else {
+                    bytes[at] = byte;
+                }
+            }
+            check_lines(&String::from_utf8_lossy(&bytes))?;
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "(\\PC|\n|\t|'|\"|#|\\\\){0,200}") {
+            check_lines(&text)?;
+        }
+    }
 }

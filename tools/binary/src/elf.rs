@@ -212,8 +212,7 @@ impl Binary {
 
     /// Reads and parses the file at `path`.
     pub fn open(path: &std::path::Path) -> Result<Binary> {
-        let data =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let data = crate::read_object(path)?;
         Binary::parse(data).with_context(|| path.display().to_string())
     }
 

@@ -16,7 +16,7 @@ pub fn of(file: &object::File, data: &[u8]) -> String {
 
 /// The identity of the ELF file at `path`.
 pub fn build_id(path: &Path) -> Result<String> {
-    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let data = crate::read_object(path)?;
     let file = object::File::parse(&*data)
         .with_context(|| format!("{} is not an ELF object", path.display()))?;
     Ok(of(&file, &data))

@@ -20,3 +20,13 @@ pub use bounds::Function;
 pub use decode::{classify_load, Load};
 pub use elf::{Binary, Section, Segment};
 pub use identity::build_id;
+
+/// The largest object file read: well above any real binary, far below what a
+/// runaway read would take before failing.
+pub const MAX_OBJECT_BYTES: u64 = 4 << 30;
+
+/// Reads an object file named by the user or by another file (a profile, a pool):
+/// only a regular file, at most [`MAX_OBJECT_BYTES`], never `/dev/zero` or a FIFO.
+fn read_object(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    msh_files::read_regular(path, "object", MAX_OBJECT_BYTES)
+}

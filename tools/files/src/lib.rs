@@ -36,6 +36,8 @@ struct Planned {
     bytes: Option<Vec<u8>>,
     /// Mode bits for a newly created file.
     mode: u32,
+    /// A missing directory to create at commit ([`Outputs::plan_in_dir`]).
+    create_dir: Option<PathBuf>,
 }
 
 /// A command's outputs, checked up front and written together at the end.
@@ -137,6 +139,42 @@ impl Outputs {
             what: what.to_string(),
             bytes: None,
             mode,
+            create_dir: None,
+        });
+        Ok(OutputId(self.planned.len() - 1))
+    }
+
+    /// Plans the file `name` in the directory `dir` (`--emit-cocci DIR`). A missing
+    /// `dir` whose parent exists is created only at [`Outputs::commit`], so a failed
+    /// command leaves no empty directory behind.
+    pub fn plan_in_dir(&mut self, dir: &Path, name: &str, what: &str) -> Result<OutputId> {
+        let path = dir.join(name);
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => return self.plan(&path, what),
+            Ok(_) => bail!("{what} {} is not a directory", dir.display()),
+            Err(_) => {}
+        }
+        let parent = parent_dir(dir);
+        if !std::fs::metadata(&parent).is_ok_and(|m| m.is_dir()) {
+            bail!(
+                "{what} {}: no directory {}",
+                dir.display(),
+                parent.display()
+            );
+        }
+        if let Some(other) = self.planned.iter().find(|p| p.path == path) {
+            bail!(
+                "{what} {} is the same path as {}",
+                path.display(),
+                other.what
+            );
+        }
+        self.planned.push(Planned {
+            path,
+            what: what.to_string(),
+            bytes: None,
+            mode: 0o644,
+            create_dir: Some(dir.to_path_buf()),
         });
         Ok(OutputId(self.planned.len() - 1))
     }
@@ -150,6 +188,38 @@ impl Outputs {
     /// all renames, so an error before the renames leaves nothing behind. Outputs
     /// that are not regular files are written in place last.
     pub fn commit(self) -> Result<()> {
+        let mut created = Vec::new();
+        let result = self
+            .create_dirs(&mut created)
+            .and_then(|()| self.write_all());
+        if result.is_err() {
+            // Directories we made for outputs that never landed go too (only if empty).
+            for dir in created.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        result
+    }
+
+    fn create_dirs(&self, created: &mut Vec<PathBuf>) -> Result<()> {
+        for planned in self.planned.iter().filter(|p| p.bytes.is_some()) {
+            let Some(dir) = &planned.create_dir else {
+                continue;
+            };
+            match std::fs::create_dir(dir) {
+                Ok(()) => created.push(dir.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("cannot create {} {}", planned.what, dir.display())
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_all(&self) -> Result<()> {
         let mut staged: Vec<(tempfile::Staged, &Planned)> = Vec::new();
         let mut in_place = Vec::new();
         for planned in &self.planned {
@@ -404,6 +474,41 @@ mod tests {
         std::fs::remove_dir(&sub).unwrap();
         assert!(outputs.commit().is_err());
         assert_eq!(entries(&d), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_missing_output_directory_is_made_at_commit_and_removed_on_failure() {
+        let d = dir("plan-in-dir");
+        let cocci = d.join("cocci");
+        let mut outputs = Outputs::new(&[]).unwrap();
+        let id = outputs
+            .plan_in_dir(&cocci, "x.cocci", "--emit-cocci")
+            .unwrap();
+        assert!(!cocci.exists(), "nothing made before the commit");
+        outputs.set(id, b"@@".to_vec());
+        outputs.commit().unwrap();
+        assert_eq!(std::fs::read(cocci.join("x.cocci")).unwrap(), b"@@");
+
+        // A second output that fails takes the new directory with it.
+        let fresh = d.join("fresh");
+        let mut outputs = Outputs::new(&[]).unwrap();
+        let good = outputs
+            .plan_in_dir(&fresh, "x.cocci", "--emit-cocci")
+            .unwrap();
+        let sub = d.join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let bad = outputs.plan(&sub.join("out"), "-o").unwrap();
+        outputs.set(good, b"@@".to_vec());
+        outputs.set(bad, b"diff".to_vec());
+        std::fs::remove_dir(&sub).unwrap();
+        assert!(outputs.commit().is_err());
+        assert_eq!(entries(&d), ["cocci"], "no directory or file left behind");
+
+        let err = Outputs::new(&[])
+            .unwrap()
+            .plan_in_dir(&d.join("no/such"), "x.cocci", "--emit-cocci")
+            .unwrap_err();
+        assert!(err.to_string().contains("no directory"), "{err}");
     }
 
     #[test]

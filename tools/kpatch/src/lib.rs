@@ -92,4 +92,8 @@ pub enum Error {
     Spatch(String),
     #[error("bad argument: {0}")]
     Usage(String),
+    /// A file refused or not written by `msh-files`: an output that is an input, a
+    /// missing directory, an input that is not a regular file or is too large.
+    #[error("{0}")]
+    Files(String),
 }

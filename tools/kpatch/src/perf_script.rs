@@ -258,5 +258,63 @@ hammer  7251   436.3:     250000 cpu-clock: \n\
                 proptest::prop_assert!(!err.to_string().contains('\n'), "{}", err);
             }
         }
+
+        /// A real capture, cut and mutated (bytes replaced, lines dropped or
+        /// repeated): a profile whose counts stay consistent, or a one-line error.
+        #[test]
+        fn mutated_captures_give_a_result_or_one_line(
+            cut in 0usize..20_000,
+            edits in proptest::collection::vec((0usize..20_000, 0u8..4, proptest::num::u8::ANY), 0..40),
+        ) {
+            let text = mutate(&CAPTURE[..cut.min(CAPTURE.len())], &edits);
+            match parse(&text, "fuzz") {
+                Ok(profile) => {
+                    proptest::prop_assert!(profile.samples_with_chains <= profile.samples);
+                    for caller in &profile.callers {
+                        proptest::prop_assert!(caller.samples_in_lock <= caller.samples);
+                        proptest::prop_assert!(caller.samples <= profile.samples);
+                    }
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    proptest::prop_assert!(!message.is_empty() && !message.contains('\n'), "{}", message);
+                }
+            }
+        }
+    }
+
+    /// The start of a real `perf script` capture (see tests/fixtures/README.md).
+    const CAPTURE: &[u8] = include_bytes!("../tests/fixtures/perf-open-close.txt");
+
+    /// Applies `(at, kind, byte)` edits: 0 replaces a byte, 1 inserts one, 2 deletes
+    /// the line at `at`, 3 repeats it.
+    fn mutate(text: &[u8], edits: &[(usize, u8, u8)]) -> String {
+        let mut bytes = text.to_vec();
+        for &(at, kind, byte) in edits {
+            if bytes.is_empty() {
+                break;
+            }
+            let at = at % bytes.len();
+            let start = bytes[..at]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            let end = bytes[at..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(bytes.len(), |i| at + i + 1);
+            match kind {
+                0 => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                2 => {
+                    bytes.drain(start..end);
+                }
+                _ => {
+                    let line = bytes[start..end].to_vec();
+                    bytes.splice(start..start, line);
+                }
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 }

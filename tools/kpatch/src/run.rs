@@ -11,7 +11,7 @@ use crate::{cocci, cparse, perf_script, Error};
 use aho_corasick::AhoCorasick;
 use std::collections::BTreeSet;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Which lock to patch.
@@ -110,6 +110,21 @@ pub fn run(options: &Options) -> Result<Report, Error> {
             return Err(Error::Usage(format!("`{name}` is not a C identifier")));
         }
     }
+    // The outputs are checked before the long work and written together after it.
+    let script = match &options.selection {
+        Selection::Profile { script, .. } => Some(script.as_path()),
+        Selection::Lock { .. } => None,
+    };
+    let mut outputs =
+        msh_files::Outputs::new(&script.into_iter().collect::<Vec<_>>()).map_err(files_error)?;
+    let patch_out = outputs.plan(&options.output, "-o").map_err(files_error)?;
+    if let Some(dir) = &options.emit_cocci {
+        // Its file name depends on the lock family, known only later: check the
+        // directory now so a bad one fails fast; it is planned for real below.
+        msh_files::Outputs::new(&[])
+            .and_then(|mut check| check.plan_in_dir(dir, "x.cocci", "--emit-cocci"))
+            .map_err(files_error)?;
+    }
     let tree = KernelTree::open(&options.kernel)?;
     let tree_name = options.kernel.display().to_string();
     lap("list tree", &mut timings);
@@ -124,7 +139,8 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         ),
         Selection::Profile { script, .. } => {
             let name = script.display().to_string();
-            let text = std::fs::read(script).map_err(|e| Error::Io(name.clone(), e))?;
+            let text = msh_files::read_regular(script, "--perf-script", MAX_PERF_SCRIPT_BYTES)
+                .map_err(files_error)?;
             let profile = perf_script::parse(&String::from_utf8_lossy(&text), &name)?;
             let mut inference =
                 infer::fields_from_profile(&tree, &profile, explicit_family, options.threads)?;
@@ -320,15 +336,18 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         None
     };
 
-    // 5. Outputs, each written whole or not at all.
-    write_atomically(&options.output, generated.diff.as_bytes())?;
+    // 5. Outputs: all of them or none.
+    outputs.set(patch_out, generated.diff.into_bytes());
     let mut cocci_files = Vec::new();
     if let Some(dir) = &options.emit_cocci {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io(dir.display().to_string(), e))?;
-        let path = dir.join(cocci::file_name(family));
-        write_atomically(&path, cocci_text.as_bytes())?;
-        cocci_files.push(path);
+        let name = cocci::file_name(family);
+        let id = outputs
+            .plan_in_dir(dir, &name, "--emit-cocci")
+            .map_err(files_error)?;
+        outputs.set(id, cocci_text.into_bytes());
+        cocci_files.push(dir.join(name));
     }
+    outputs.commit().map_err(files_error)?;
     timings.push(("total", started.elapsed()));
     Ok(Report {
         kernel_version: version,
@@ -489,22 +508,13 @@ fn check_still_parses(generated: &GeneratedPatch) -> Result<(), Error> {
     Ok(())
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let name = path.display().to_string();
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::Usage(format!("{name} is not a file path")))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::Io(name.clone(), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::Io(name, e)
-    })
+/// The largest `perf script` text read (a minute of `perf record -g -a` on a big
+/// machine is a few hundred MB).
+pub const MAX_PERF_SCRIPT_BYTES: u64 = 2 << 30;
+
+/// An [`msh_files`] refusal or failure, as one line.
+fn files_error(e: anyhow::Error) -> Error {
+    Error::Files(format!("{e:#}"))
 }
 
 impl fmt::Display for Report {

@@ -188,5 +188,6 @@ fn a_missing_perf_script_is_refused() {
         },
         None,
     );
-    assert!(matches!(err, Error::Io(..)), "{err}");
+    assert!(matches!(err, Error::Files(..)), "{err}");
+    assert!(err.to_string().contains("no-such-file.txt"), "{err}");
 }

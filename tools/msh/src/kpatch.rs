@@ -30,7 +30,7 @@ pub struct KpatchArgs {
     #[arg(long)]
     livepatch: bool,
     /// Worker threads for the tree scans (default: the machine's cores).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     threads: Option<usize>,
 }
 

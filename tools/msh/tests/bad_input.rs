@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 const MSH: &str = env!("CARGO_BIN_EXE_msh");
 
 /// A fresh scratch directory with a few inputs: an executable, a text file, a
-/// profile that names `/dev/zero`, a FIFO.
+/// profile that names `/dev/zero`, a FIFO, a symlink to `/dev/null`.
 fn scratch(name: &str) -> PathBuf {
     let dir = msh_tests::scratch(name);
     let _ = std::fs::remove_dir_all(&dir);
@@ -26,6 +26,7 @@ fn scratch(name: &str) -> PathBuf {
     let fifo = std::ffi::CString::new(dir.join("fifo").to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::os::unix::fs::symlink("/dev/null", dir.join("null")).unwrap();
     dir
 }
 
@@ -97,8 +98,9 @@ fn run_case(dir: &Path, case: &Case) -> Result<(), String> {
     if stderr.contains("panicked") || stderr.contains("RUST_BACKTRACE") {
         problems.push("panicked".to_string());
     }
-    if !stderr.contains(case.message) {
-        problems.push(format!("message lacks {:?}", case.message));
+    let message = case.message.replace("{}", dir.to_str().unwrap());
+    if !stderr.contains(&message) {
+        problems.push(format!("message lacks {message:?}"));
     }
     let after = snapshot(dir);
     for (name, contents) in &after {
@@ -150,7 +152,430 @@ const CASES: &[Case] = &[
         message: "--runs",
         may_write: &[],
     },
-    // Outputs never replace inputs.
+    Case {
+        args: &[
+            "profile",
+            "--min-share",
+            "2",
+            "-o",
+            "{}/p.json",
+            "--",
+            "{}/prog",
+        ],
+        code: 2,
+        message: "2 is not between 0 and 1",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "profile",
+            "--min-share",
+            "NaN",
+            "-o",
+            "{}/p.json",
+            "--",
+            "{}/prog",
+        ],
+        code: 2,
+        message: "--min-share",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "profile",
+            "--min-miss-ratio=-0.5",
+            "-o",
+            "{}/p.json",
+            "--",
+            "{}/prog",
+        ],
+        code: 2,
+        message: "--min-miss-ratio",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "profile",
+            "--duration",
+            "1e30",
+            "-o",
+            "{}/p.json",
+            "--",
+            "{}/prog",
+        ],
+        code: 2,
+        message: "--duration",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "profile",
+            "--duration",
+            "0",
+            "-o",
+            "{}/p.json",
+            "--",
+            "{}/prog",
+        ],
+        code: 2,
+        message: "not a positive number of seconds",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "profile",
+            "--duration",
+            "inf",
+            "-o",
+            "{}/p.json",
+            "--",
+            "{}/prog",
+        ],
+        code: 2,
+        message: "--duration",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "profile",
+            "--confirm-seconds",
+            "NaN",
+            "-o",
+            "{}/p.json",
+            "--",
+            "{}/prog",
+        ],
+        code: 2,
+        message: "--confirm-seconds",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "profile",
+            "--frequency",
+            "0",
+            "-o",
+            "{}/p.json",
+            "--",
+            "{}/prog",
+        ],
+        code: 2,
+        message: "--frequency",
+        may_write: &[],
+    },
+    Case {
+        args: &["profile", "--pid", "0", "-o", "{}/p.json"],
+        code: 2,
+        message: "--pid",
+        may_write: &[],
+    },
+    Case {
+        args: &["profile", "show", "{}/zero.json", "--top", "0"],
+        code: 2,
+        message: "--top",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "rewrite",
+            "{}/prog",
+            "-o",
+            "{}/out",
+            "--profile",
+            "{}/zero.json",
+            "--min-share",
+            "2",
+        ],
+        code: 2,
+        message: "2 is not between 0 and 1",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "rewrite",
+            "{}/prog",
+            "-o",
+            "{}/out",
+            "--profile",
+            "{}/zero.json",
+            "--min-share",
+            "NaN",
+        ],
+        code: 2,
+        message: "--min-share",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "rewrite",
+            "{}/prog",
+            "-o",
+            "{}/out",
+            "--profile",
+            "{}/zero.json",
+            "--top",
+            "0",
+        ],
+        code: 2,
+        message: "--top",
+        may_write: &[],
+    },
+    Case {
+        args: &["bench", "switch", "--round-trips", "0"],
+        code: 2,
+        message: "--round-trips",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "kpatch",
+            "--kernel",
+            "{}",
+            "--lock",
+            "spin_lock",
+            "--field",
+            "f",
+            "-o",
+            "{}/l.patch",
+            "--threads",
+            "100000",
+        ],
+        code: 2,
+        message: "--threads",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "kpatch",
+            "--kernel",
+            "{}",
+            "--lock",
+            "spin_lock",
+            "--field",
+            "f",
+            "-o",
+            "{}/l.patch",
+            "--threads",
+            "0",
+        ],
+        code: 2,
+        message: "--threads",
+        may_write: &[],
+    },
+    Case {
+        args: &["checkpoint", "--pid", "0", "-o", "{}/ck"],
+        code: 2,
+        message: "--pid",
+        may_write: &[],
+    },
+    Case {
+        args: &["bench", "checkpoint", "--fraction", "NaN"],
+        code: 2,
+        message: "--fraction",
+        may_write: &[],
+    },
+    Case {
+        args: &["bench", "dirty", "--fractions", "0.5,2"],
+        code: 2,
+        message: "--fractions",
+        may_write: &[],
+    },
+    Case {
+        args: &["bench", "dirty", "--reps", "0"],
+        code: 2,
+        message: "--reps",
+        may_write: &[],
+    },
+    Case {
+        args: &["pagewalk", "run", "--synthetic", "gups", "--accesses", "0"],
+        code: 2,
+        message: "--accesses",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "pagewalk",
+            "run",
+            "--synthetic",
+            "gups",
+            "--walk-fraction",
+            "NaN",
+        ],
+        code: 2,
+        message: "--walk-fraction",
+        may_write: &[],
+    },
+    // Outputs never replace inputs, and nothing is written when a command fails.
+    Case {
+        args: &["rewrite", "{}/prog", "-o", "{}/prog", "--all-loads"],
+        code: 1,
+        message: "-o {}/prog is the same file as the input",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "rewrite",
+            "{}/prog",
+            "-o",
+            "{}/out",
+            "--all-loads",
+            "--report",
+            "{}/prog",
+        ],
+        code: 1,
+        message: "--report {}/prog is the same file as the input",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "rewrite",
+            "{}/prog",
+            "-o",
+            "{}/out",
+            "--all-loads",
+            "--report",
+            "{}/out",
+        ],
+        code: 1,
+        message: "--report {}/out is the same path as -o",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "rewrite",
+            "{}/prog",
+            "-o",
+            "{}/out",
+            "--all-loads",
+            "--report",
+            "{}/no/r.json",
+        ],
+        code: 1,
+        message: "--report {}/no/r.json: no directory {}/no",
+        may_write: &[],
+    },
+    Case {
+        args: &["rewrite", "{}/prog", "-o", "{}/out", "--profile", "{}/fifo"],
+        code: 1,
+        message: "profile {}/fifo is not a regular file",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "profile",
+            "-o",
+            "{}/prog",
+            "--backend",
+            "sample",
+            "--",
+            "{}/prog",
+        ],
+        code: 1,
+        message: "-o {}/prog is the same file as the input",
+        may_write: &[],
+    },
+    Case {
+        args: &["profile", "-o", "{}/p.json", "--", "{}/no-such-program"],
+        code: 1,
+        message: "no-such-program",
+        may_write: &[],
+    },
+    Case {
+        args: &["profile", "show", "{}/fifo"],
+        code: 1,
+        message: "profile {}/fifo is not a regular file",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "kpatch",
+            "--kernel",
+            "{}",
+            "--perf-script",
+            "{}/notes.txt",
+            "-o",
+            "{}/notes.txt",
+        ],
+        code: 1,
+        message: "-o {}/notes.txt is the same file as the input {}/notes.txt",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "kpatch",
+            "--kernel",
+            "{}",
+            "--lock",
+            "spin_lock",
+            "--field",
+            "f",
+            "-o",
+            "{}/l.patch",
+            "--emit-cocci",
+            "{}/notes.txt",
+        ],
+        code: 1,
+        message: "--emit-cocci {}/notes.txt is not a directory",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "kpatch",
+            "--kernel",
+            "{}",
+            "--lock",
+            "spin_lock",
+            "--field",
+            "f",
+            "-o",
+            "{}/l.patch",
+            "--emit-cocci",
+            "{}/no/cocci",
+        ],
+        code: 1,
+        message: "--emit-cocci {}/no/cocci: no directory {}/no",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "kpatch",
+            "--kernel",
+            "{}",
+            "--lock",
+            "spin_lock",
+            "--field",
+            "f",
+            "-o",
+            "{}/l.patch",
+            "--emit-cocci",
+            "{}/cocci",
+        ],
+        code: 1,
+        message: "not a kernel source tree",
+        may_write: &[],
+    },
+    // A path that is not a regular file is written in place, never replaced: the
+    // symlink to /dev/null is still that symlink afterwards.
+    Case {
+        args: &["rewrite", "{}/prog", "-o", "{}/null", "--all-loads"],
+        code: 0,
+        message: "-> {}/null",
+        may_write: &[],
+    },
+    Case {
+        args: &[
+            "rewrite",
+            "{}/prog",
+            "-o",
+            "/dev/null",
+            "--all-loads",
+            "--report",
+            "{}/null",
+        ],
+        code: 0,
+        message: "-> /dev/null",
+        may_write: &[],
+    },
     // Inputs that are not regular files are refused, never read without bound.
     Case {
         args: &["rewrite", "{}/notes.txt", "-o", "{}/out", "--all-loads"],

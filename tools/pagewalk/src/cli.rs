@@ -30,7 +30,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "8G")]
     pub footprint: String,
     /// Accesses the synthetic workload makes.
-    #[arg(long, value_name = "N", default_value_t = 20_000_000)]
+    #[arg(long, value_name = "N", default_value_t = 20_000_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000_000_000))]
     pub accesses: u64,
     /// A saved trace (msh tracer format), streamed.
     #[arg(long, value_name = "FILE", conflicts_with = "command")]
@@ -62,7 +63,7 @@ pub struct RunArgs {
     pub seed: u64,
     /// Fraction of run time spent in page walks under radix, for the application
     /// speedup (default: estimated from the simulation).
-    #[arg(long, value_name = "F")]
+    #[arg(long, value_name = "F", value_parser = fraction)]
     pub walk_fraction: Option<f64>,
     /// Print JSON.
     #[arg(long)]
@@ -76,6 +77,14 @@ pub struct RunArgs {
 pub fn run(args: &PagewalkArgs) -> Result<()> {
     match &args.action {
         Action::Run(run) => run_study(run),
+    }
+}
+
+/// A number from 0 to 1 (not NaN) — clap's value parser.
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("{text} is not a number between 0 and 1")),
     }
 }
 
@@ -131,11 +140,6 @@ fn study(args: &RunArgs) -> Result<Study> {
         Some(path) => MachineConfig::load(path)?,
         None => MachineConfig::default(),
     };
-    if let Some(f) = args.walk_fraction {
-        if !(0.0..=1.0).contains(&f) {
-            bail!("--walk-fraction {f} is not between 0 and 1");
-        }
-    }
     Ok(Study {
         designs: list(&args.designs)
             .iter()

@@ -61,6 +61,9 @@ fn confirm(profile: &mut Profile, what: &What, options: &Options) -> String {
     if options.confirm_for.is_zero() {
         return unavailable("sim", "not asked to confirm", keep);
     }
+    if crate::collect::stopped_by().is_some() {
+        return unavailable("sim", "the run was stopped by a signal", keep);
+    }
     if matches!(what, What::Pid(_)) {
         return unavailable("sim", "it cannot attach to a running process", keep);
     }

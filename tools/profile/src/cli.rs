@@ -25,26 +25,29 @@ pub struct ProfileArgs {
     )]
     pub output: Option<PathBuf>,
     /// Profile a running process (and its threads) instead of starting a command.
-    #[arg(long, value_name = "PID", conflicts_with = "command")]
+    #[arg(long, value_name = "PID", conflicts_with = "command",
+          value_parser = clap::value_parser!(i32).range(1..))]
     pub pid: Option<i32>,
     /// Stop after S seconds (a command msh started is then sent SIGTERM).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", value_parser = positive_seconds)]
     pub duration: Option<f64>,
     /// cpu-clock samples per second (sample backend).
-    #[arg(long, value_name = "HZ", default_value_t = crate::sample::DEFAULT_FREQUENCY_HZ)]
+    #[arg(long, value_name = "HZ", default_value_t = crate::sample::DEFAULT_FREQUENCY_HZ,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub frequency: u64,
     /// Sample without user registers: smaller samples, but no load addresses, so no
     /// footprints (sample backend).
     #[arg(long)]
     pub no_registers: bool,
     /// A load is delinquent with at least this share of the run's samples/misses.
-    #[arg(long, value_name = "F", default_value_t = DEFAULT_MIN_SHARE)]
+    #[arg(long, value_name = "F", default_value_t = DEFAULT_MIN_SHARE, value_parser = share)]
     pub min_share: f64,
     /// …and, when executions are known (sim), at least this LLC miss ratio.
-    #[arg(long, value_name = "F", default_value_t = DEFAULT_MIN_MISS_RATIO)]
+    #[arg(long, value_name = "F", default_value_t = DEFAULT_MIN_MISS_RATIO, value_parser = share)]
     pub min_miss_ratio: f64,
     /// auto: let the confirming sim run take at most S seconds (0: no sim run).
-    #[arg(long, value_name = "S", default_value_t = crate::auto::DEFAULT_CONFIRM.as_secs_f64())]
+    #[arg(long, value_name = "S", default_value_t = crate::auto::DEFAULT_CONFIRM.as_secs_f64(),
+          value_parser = seconds)]
     pub confirm_seconds: f64,
     /// Cache hierarchy for sim, e.g. `L1=48K:12,L2=2M:16,L3=32M:16` (default: this host's).
     #[arg(long, value_name = "LEVELS")]
@@ -60,7 +63,7 @@ pub enum ProfileAction {
     Show {
         profile: PathBuf,
         /// Sites to show per object.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
         top: usize,
     },
 }
@@ -72,39 +75,67 @@ pub fn run(args: ProfileArgs) -> Result<()> {
         return Ok(());
     }
     let output = args.output.clone().context("missing -o PROFILE.json")?;
-    check_output_dir(&output)?;
     let what = match (args.pid, args.command.is_empty()) {
         (Some(pid), _) => What::Pid(pid),
         (None, false) => What::Command(args.command.clone()),
         (None, true) => bail!("nothing to profile: give `-- CMD ARGS…` or --pid PID"),
     };
     let options = options(&args)?;
+    // Checked before the (possibly long) run; written only after it.
+    let program = profiled_program(&what);
+    let mut outputs = msh_files::Outputs::new(&[program.as_path()])?;
+    let out = outputs.plan(&output, "-o")?;
     let (profile, report) = profile(&what, &options)?;
-    profile.save(&output)?;
+    outputs.set(out, profile.to_bytes());
+    outputs.commit()?;
     eprint!("{}", summary(&profile, &report, &output));
     Ok(())
 }
 
+/// The executable being profiled, which the profile must never overwrite.
+fn profiled_program(what: &What) -> PathBuf {
+    match what {
+        What::Pid(pid) => PathBuf::from(format!("/proc/{pid}/exe")),
+        What::Command(argv) => argv
+            .first()
+            .and_then(|program| crate::launch::resolve_program(program).ok())
+            .unwrap_or_default(),
+    }
+}
+
+/// The longest run `--duration` and `--confirm-seconds` take: a year.
+pub const MAX_SECONDS: f64 = 365.0 * 86_400.0;
+
+/// A share or ratio: a number from 0 to 1 (not NaN) — clap's value parser.
+pub fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        Ok(_) => Err(format!("{text} is not between 0 and 1")),
+        Err(_) => Err(format!("{text} is not a number")),
+    }
+}
+
+/// Seconds from 0 to [`MAX_SECONDS`] — clap's value parser.
+pub fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=MAX_SECONDS).contains(&value) => Ok(value),
+        Ok(_) => Err(format!("{text} is not between 0 and {MAX_SECONDS} seconds")),
+        Err(_) => Err(format!("{text} is not a number of seconds")),
+    }
+}
+
+/// Seconds above 0, at most [`MAX_SECONDS`] — clap's value parser.
+pub fn positive_seconds(text: &str) -> Result<f64, String> {
+    let value = seconds(text)?;
+    if value == 0.0 {
+        return Err(format!("{text} is not a positive number of seconds"));
+    }
+    Ok(value)
+}
+
+/// The run's options; every number was range-checked by the parser.
 fn options(args: &ProfileArgs) -> Result<Options> {
-    for (name, value) in [
-        ("--min-share", args.min_share),
-        ("--min-miss-ratio", args.min_miss_ratio),
-    ] {
-        if !(0.0..=1.0).contains(&value) {
-            bail!("{name} must be between 0 and 1, not {value}");
-        }
-    }
-    let duration = match args.duration {
-        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
-        Some(s) => bail!("--duration must be a positive number of seconds, not {s}"),
-        None => None,
-    };
-    if !(args.confirm_seconds.is_finite() && args.confirm_seconds >= 0.0) {
-        bail!(
-            "--confirm-seconds must be 0 or more, not {}",
-            args.confirm_seconds
-        );
-    }
+    let duration = args.duration.map(Duration::from_secs_f64);
     let cache = args
         .cache
         .as_deref()
@@ -123,28 +154,6 @@ fn options(args: &ProfileArgs) -> Result<Options> {
         cache,
         confirm_for: Duration::from_secs_f64(args.confirm_seconds),
     })
-}
-
-/// Fails before the (possibly long) run if the profile could not be written.
-fn check_output_dir(output: &Path) -> Result<()> {
-    let dir = match output.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if output.is_dir() {
-        bail!(
-            "cannot write profile {}: it is a directory",
-            output.display()
-        );
-    }
-    if !dir.is_dir() {
-        bail!(
-            "cannot write profile {}: directory {} does not exist",
-            output.display(),
-            dir.display()
-        );
-    }
-    Ok(())
 }
 
 fn summary(profile: &Profile, report: &RunReport, output: &Path) -> String {

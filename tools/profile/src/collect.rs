@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, ExitStatus};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 /// What to profile.
@@ -85,10 +85,46 @@ enum SideBand {
     Exec(u32),
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The signals that end a run early and still write the profile: Ctrl-C, and what
+/// a service manager or a closing terminal sends.
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+/// The stop signal received during the current run, or 0.
+static STOPPED_BY: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(signal: libc::c_int) {
+    STOPPED_BY.store(signal, Ordering::SeqCst);
+}
+
+/// The stop signal (SIGINT, SIGTERM, SIGHUP) that ended the last run early, if any:
+/// later phases (auto's confirming run) are then skipped.
+pub fn stopped_by() -> Option<libc::c_int> {
+    match STOPPED_BY.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(signal),
+    }
+}
+
+/// How long a command msh started gets to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Stops our child: SIGTERM, then SIGKILL if it is still there after [`STOP_GRACE`].
+fn stop_child(child: &mut std::process::Child) -> Result<std::process::ExitStatus> {
+    // SAFETY: plain kill(2) of our own, not yet reaped, child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "msh profile: note: the command ignored SIGTERM for {} s: killed",
+        STOP_GRACE.as_secs()
+    );
+    child.kill()?;
+    Ok(child.wait()?)
 }
 
 /// Runs `target` under the events `spec` until it exits, `duration` passes or Ctrl-C.
@@ -102,9 +138,11 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
             display,
         } => {
             // SAFETY: the closure runs in the forked child before exec and only makes
-            // the async-signal-safe ptrace system call.
+            // async-signal-safe system calls (prctl, ptrace).
             unsafe {
                 command.pre_exec(|| {
+                    // The command never outlives msh, even one killed by SIGKILL.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                     if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) == -1 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -148,10 +186,11 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
         .processes
         .insert(pid as u32, initial.unwrap_or_default());
 
-    INTERRUPTED.store(false, Ordering::SeqCst);
+    STOPPED_BY.store(0, Ordering::SeqCst);
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    let previous =
-        unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let previous = STOP_SIGNALS.map(|signal| unsafe {
+        libc::signal(signal, on_stop_signal as *const () as libc::sighandler_t)
+    });
     let mut side_band: Vec<(u64, SideBand)> = Vec::new();
     let deadline = duration.map(|d| started + d);
     let mut poll_fds: Vec<libc::pollfd> = events
@@ -183,7 +222,7 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
             None => !Path::new(&format!("/proc/{pid}")).exists(),
         };
         let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-        if finished || timed_out || INTERRUPTED.load(Ordering::SeqCst) {
+        if finished || timed_out || stopped_by().is_some() {
             break;
         }
     }
@@ -193,16 +232,24 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
     for event in events.events.iter_mut() {
         event.drain(|record| absorb(record, &mut collection, &mut side_band));
     }
-    // SAFETY: restoring the handler we replaced.
-    unsafe { libc::signal(libc::SIGINT, previous) };
     collection.wall = started.elapsed();
     if let Some(child) = child.as_mut() {
         if collection.exit.is_none() {
-            // The duration ran out (or Ctrl-C): stop the command we started.
-            // SAFETY: plain kill(2) of our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            collection.exit = Some(child.wait()?);
+            // The duration ran out, or a stop signal came: stop the command we
+            // started, with our handlers still in place so a second signal does not
+            // kill msh before the profile is written.
+            collection.exit = Some(stop_child(child)?);
         }
+    }
+    for (signal, previous) in STOP_SIGNALS.into_iter().zip(previous) {
+        // SAFETY: restoring the handler we replaced.
+        unsafe { libc::signal(signal, previous) };
+    }
+    if let Some(signal) = stopped_by() {
+        eprintln!(
+            "msh profile: stopped by {}: writing the profile of what was collected",
+            signal_name(signal)
+        );
     }
     side_band.sort_by_key(|(time, _)| *time);
     for (_, record) in side_band {
@@ -219,12 +266,23 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
         Some((Some(code), _)) if code != 0 => {
             eprintln!("msh profile: note: {display} exited with status {code}")
         }
-        Some((_, Some(signal))) if signal != libc::SIGTERM && signal != libc::SIGINT => {
+        Some((_, Some(signal)))
+            if signal != libc::SIGTERM && signal != libc::SIGINT && signal != libc::SIGKILL =>
+        {
             eprintln!("msh profile: note: {display} was killed by signal {signal}")
         }
         _ => {}
     }
     Ok(collection)
+}
+
+fn signal_name(signal: libc::c_int) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
 }
 
 fn absorb(record: Record, collection: &mut Collection, side_band: &mut Vec<(u64, SideBand)>) {

@@ -40,11 +40,13 @@
 //!   (`pmu`, `sample`, `sim`, `import`); with `auto` it differs from site to site.
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
 
 /// The format version this crate writes.
 pub const VERSION: u32 = 2;
+
+/// The largest profile file read (a real one is a few MB at most).
+pub const MAX_PROFILE_BYTES: u64 = 256 << 20;
 
 /// The versions this crate reads: version 1 lacks the fields version 2 added.
 pub const READABLE_VERSIONS: [u32; 2] = [1, 2];
@@ -159,10 +161,11 @@ impl Profile {
         Ok(profile)
     }
 
-    /// Reads a profile file; the error names the file and the cause in one line.
+    /// Reads a profile file (regular, at most [`MAX_PROFILE_BYTES`]); the error names the file and the cause in one line.
     pub fn load(path: &Path) -> Result<Profile> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read profile {}", path.display()))?;
+        let bytes = msh_files::read_regular(path, "profile", MAX_PROFILE_BYTES)?;
+        let text = String::from_utf8(bytes)
+            .with_context(|| format!("cannot read profile {}: not UTF-8", path.display()))?;
         Profile::from_json(&text)
             .with_context(|| format!("{} is not a valid profile", path.display()))
     }
@@ -263,30 +266,16 @@ impl Profile {
         serde_json::to_string_pretty(self).expect("a profile always serializes")
     }
 
-    /// Writes the profile atomically: a temporary file beside `path`, then a rename, so
-    /// a failure never leaves a partial profile behind.
+    /// The profile file's contents: pretty JSON and a final newline.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = self.to_json().into_bytes();
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// Writes the profile through [`msh_files`]: whole or not at all.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let name = path.file_name().context("output path has no file name")?;
-        let tmp = dir.join(format!(
-            ".{}.tmp{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let result = (|| {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(self.to_json().as_bytes())?;
-            file.write_all(b"\n")?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.with_context(|| format!("cannot write profile {}", path.display()))
+        msh_files::write_output(path, "profile", &self.to_bytes(), &[])
     }
 }
 

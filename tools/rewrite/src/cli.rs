@@ -1,6 +1,6 @@
 //! The `msh rewrite` subcommand: arguments and the one-line error contract.
 
-use crate::{rewrite, Options, Selection};
+use crate::{rewrite_to_bytes, Options, Selection};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -20,10 +20,11 @@ pub struct RewriteArgs {
     #[arg(long)]
     pub all_loads: bool,
     /// With --profile: only sites with at least this share of the samples (0..1)
-    #[arg(long, requires = "profile", value_name = "F")]
+    #[arg(long, requires = "profile", value_name = "F", value_parser = msh_profile::cli::share)]
     pub min_share: Option<f64>,
     /// With --profile: only the N sites with the largest share
-    #[arg(long, requires = "profile", value_name = "N")]
+    #[arg(long, requires = "profile", value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub top: Option<usize>,
     /// Write a JSON report (candidates, patched, skipped by reason, registers saved per site)
     #[arg(long, value_name = "REPORT.json")]
@@ -35,7 +36,6 @@ pub struct RewriteArgs {
 
 /// Runs the subcommand; the caller prints the error (one line, `{:#}`).
 pub fn run(args: &RewriteArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
     let selection = match &args.profile {
         Some(path) => Selection::Profile {
             path: path.clone(),
@@ -50,7 +50,20 @@ pub fn run(args: &RewriteArgs) -> anyhow::Result<()> {
         selection,
         allow_call_windows: args.call_windows,
     };
-    let report = rewrite(&options)?;
+    // Both outputs are checked before the work and land together after it.
+    let mut outputs = msh_files::Outputs::new(&options.inputs())?;
+    let out = options.plan_output(&mut outputs)?;
+    let report_out = args
+        .report
+        .as_deref()
+        .map(|path| outputs.plan(path, "--report"))
+        .transpose()?;
+    let (bytes, report) = rewrite_to_bytes(&options)?;
+    outputs.set(out, bytes);
+    if let Some(id) = report_out {
+        outputs.set(id, serde_json::to_vec_pretty(&report)?);
+    }
+    outputs.commit()?;
     eprintln!(
         "msh rewrite: {} of {} candidate loads patched ({:.1}%), {} trampolines, {} bytes -> {}",
         report.patched,
@@ -60,10 +73,5 @@ pub fn run(args: &RewriteArgs) -> anyhow::Result<()> {
         report.trampoline_bytes,
         args.output.display()
     );
-    if let Some(path) = &args.report {
-        let json = serde_json::to_vec_pretty(&report)?;
-        std::fs::write(path, json)
-            .with_context(|| format!("cannot write report {}", path.display()))?;
-    }
     Ok(())
 }

@@ -94,10 +94,43 @@ fn is_load(factory: &mut InstructionInfoFactory, insn: &Instruction) -> bool {
     msh_binary::classify_load(insn, factory).is_some()
 }
 
-/// Rewrites `options.input` into `options.output`. On error nothing is written.
+/// The largest input this command reads (a binary, a profile).
+pub const MAX_INPUT_BYTES: u64 = 4 << 30;
+
+impl Options {
+    /// The files the rewrite reads: no output may be one of them.
+    pub fn inputs(&self) -> Vec<&std::path::Path> {
+        let mut inputs = vec![self.input.as_path()];
+        if let Selection::Profile { path, .. } = &self.selection {
+            inputs.push(path);
+        }
+        inputs
+    }
+
+    /// Plans `-o` in `outputs`: refused now if it is an input; a new file gets the
+    /// input's permissions (the rewritten binary stays executable).
+    pub fn plan_output(&self, outputs: &mut msh_files::Outputs) -> Result<msh_files::OutputId> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode =
+            std::fs::metadata(&self.input).map_or(0o755, |m| m.permissions().mode() & 0o7777);
+        outputs.plan_with_mode(&self.output, "-o", mode)
+    }
+}
+
+/// Rewrites `options.input` into `options.output` (through [`msh_files`]: whole or
+/// not at all, never over an input, a device written in place).
 pub fn rewrite(options: &Options) -> Result<Report> {
-    let data = std::fs::read(&options.input)
-        .with_context(|| format!("cannot read {}", options.input.display()))?;
+    let mut outputs = msh_files::Outputs::new(&options.inputs())?;
+    let out = options.plan_output(&mut outputs)?;
+    let (bytes, report) = rewrite_to_bytes(options)?;
+    outputs.set(out, bytes);
+    outputs.commit()?;
+    Ok(report)
+}
+
+/// Rewrites `options.input` and returns the new file with the report; writes nothing.
+pub fn rewrite_to_bytes(options: &Options) -> Result<(Vec<u8>, Report)> {
+    let data = msh_files::read_regular(&options.input, "input", MAX_INPUT_BYTES)?;
     let image = elf::parse(data).with_context(|| format!("{}", options.input.display()))?;
     let code = Code::analyse(&image);
     let mut factory = InstructionInfoFactory::new();
@@ -260,8 +293,7 @@ pub fn rewrite(options: &Options) -> Result<Report> {
         );
     }
     let out = writer::build(&image, &layout, &patches, &blob)?;
-    writer::write_atomically(&options.output, &out, &options.input)?;
-    Ok(report)
+    Ok((out, report))
 }
 
 /// A window chosen for patching, and its yield points.

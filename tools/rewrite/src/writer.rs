@@ -5,8 +5,6 @@
 use crate::elf::{Image, Segment};
 use anyhow::{bail, Context, Result};
 use object::elf;
-use std::io::Write;
-use std::path::Path;
 
 const PAGE: u64 = 0x1000;
 const PHDR_SIZE: usize = std::mem::size_of::<elf::ProgramHeader64<object::LittleEndian>>();
@@ -122,33 +120,4 @@ pub fn build(
         entry.copy_from_slice(object::pod::bytes_of(&h.to_header()));
     }
     Ok(out)
-}
-
-/// Writes `bytes` to `path` whole or not at all (temporary file, then rename), with
-/// the permissions of `like`.
-pub fn write_atomically(path: &Path, bytes: &[u8], like: &Path) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().context("output path has no file name")?;
-    let tmp = dir.join(format!(
-        ".{}.msh-tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        let perms = std::fs::metadata(like)?.permissions();
-        std::fs::set_permissions(&tmp, perms)?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

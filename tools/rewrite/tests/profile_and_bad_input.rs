@@ -64,7 +64,7 @@ fn expect_error(options: &Options, needle: &str) {
     let leftovers: Vec<_> = std::fs::read_dir(options.output.parent().unwrap())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains("msh-tmp"))
+        .filter(|e| e.file_name().to_string_lossy().contains(".msh-"))
         .collect();
     assert!(leftovers.is_empty(), "no temporary file left behind");
 }
@@ -174,7 +174,7 @@ fn not_an_elf_and_not_x86_64() {
     let arm = dir.path().join("arm");
     std::fs::write(&arm, elf).unwrap();
     expect_error(&all(&arm), "not an x86-64 ELF file");
-    expect_error(&all(&dir.path().join("missing")), "cannot read");
+    expect_error(&all(&dir.path().join("missing")), "cannot open input");
 }
 
 #[test]

@@ -16,6 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
+/// A fraction in (0, 1] — clap's value parser.
+pub(crate) fn dirty_fraction(text: &str) -> Result<f64, String> {
+    super::server::bounded_f64(text, 0.0, 1.0, false)
+}
+
 /// Arguments of `msh bench checkpoint`.
 #[derive(Args, Debug)]
 pub struct CheckpointBenchArgs {
@@ -26,7 +31,7 @@ pub struct CheckpointBenchArgs {
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     mib: u64,
     /// Fraction of the heap's pages rewritten per epoch, in (0, 1].
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = dirty_fraction)]
     fraction: f64,
     /// Incremental checkpoints (epochs) per round.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -255,9 +260,6 @@ fn load_average() -> Option<f64> {
 
 /// Runs the benchmark.
 pub fn measure(args: &CheckpointBenchArgs) -> Result<Report> {
-    if !(args.fraction > 0.0 && args.fraction <= 1.0) {
-        bail!("--fraction {} is not in (0, 1]", args.fraction);
-    }
     examples::build_targets(&["all"])?;
     let base = args
         .dir

@@ -23,13 +23,14 @@ pub struct DirtyArgs {
     #[arg(long)]
     json: bool,
     /// Size of the tracked mapping, MiB.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_048_576))]
     size_mib: usize,
     /// Dirty fractions to measure (comma-separated, each in (0, 1]).
-    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.10])]
+    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.10],
+          value_parser = super::checkpoint::dirty_fraction)]
     fractions: Vec<f64>,
     /// Epochs per (backend, fraction); medians are reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
     reps: usize,
     /// Backends to run (comma-separated names); default: all.
     #[arg(long, value_delimiter = ',')]
@@ -198,12 +199,6 @@ fn measure(
 }
 
 pub fn run(args: &DirtyArgs) -> Result<()> {
-    if args.size_mib == 0 || args.reps == 0 {
-        bail!("--size-mib and --reps must be at least 1");
-    }
-    if let Some(f) = args.fractions.iter().find(|f| !(**f > 0.0 && **f <= 1.0)) {
-        bail!("dirty fraction {f} is not in (0, 1]");
-    }
     let backends: Vec<Backend> = if args.backends.is_empty() {
         Backend::ALL.to_vec()
     } else {

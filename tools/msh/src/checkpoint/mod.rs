@@ -30,7 +30,7 @@ pub struct CheckpointArgs {
     #[command(subcommand)]
     command: Option<CheckpointCommand>,
     /// The process to checkpoint (started with `msh run --track-dirty -- CMD`).
-    #[arg(long, required = true)]
+    #[arg(long, required = true, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
     pid: Option<u32>,
     /// The checkpoint directory (created if missing; each checkpoint is a subdirectory).
     #[arg(short = 'o', long = "output", value_name = "DIR", required = true)]

@@ -18,7 +18,7 @@ pub struct VerifyArgs {
     /// The checkpoint directory.
     pub dir: PathBuf,
     /// The process the images were taken of.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
     pub pid: u32,
     /// Print JSON.
     #[arg(long)]

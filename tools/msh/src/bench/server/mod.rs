@@ -79,7 +79,12 @@ fn name_of(value: impl clap::ValueEnum) -> String {
         .unwrap_or_default()
 }
 
-fn bounded_f64(text: &str, low: f64, high: f64, low_inclusive: bool) -> Result<f64, String> {
+pub(crate) fn bounded_f64(
+    text: &str,
+    low: f64,
+    high: f64,
+    low_inclusive: bool,
+) -> Result<f64, String> {
     let value: f64 = text
         .parse()
         .map_err(|_| format!("{text} is not a number"))?;
