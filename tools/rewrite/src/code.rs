@@ -23,6 +23,8 @@ pub struct Function {
     /// It has PIC jump tables, and every entry of every one lands inside it: its
     /// table dispatches cannot leave it.
     pub jump_tables_local: bool,
+    /// Widest vector register its own instructions use, in bytes (16, 32 or 64).
+    pub vector_width: usize,
 }
 
 impl Function {
@@ -93,6 +95,7 @@ impl Code {
                 insns,
                 unpatchable,
                 jump_tables_local: false,
+                vector_width: 16,
             });
         }
 
@@ -136,8 +139,9 @@ impl Code {
             for insn in &f.insns {
                 note_targets(image, insn, &mut leaders);
                 has_indirect_jump |= insn.flow_control() == FlowControl::IndirectBranch;
-                vector_width = vector_width.max(widest_vector(insn));
+                f.vector_width = f.vector_width.max(widest_vector(insn));
             }
+            vector_width = vector_width.max(f.vector_width);
             if has_indirect_jump {
                 let mut targets = Vec::new();
                 for insn in &f.insns {

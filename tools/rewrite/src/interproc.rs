@@ -11,9 +11,13 @@
 //! Solved with a worklist: a function's liveness is recomputed whenever what its
 //! `ret` needs grows, and its call sites then feed its callees.
 //!
+//! A direct call to a function of this object reads what its callee reads before
+//! writing it, in any register: hand-written assembly passes values outside the SysV
+//! argument registers (OpenSSL's `__KeccakF1600` takes a table pointer in %r15).
+//!
 //! Assumptions, from how compilers emit code: a call that ends a function does not
-//! return; calls and tail calls pass arguments in the SysV argument registers, so a
-//! direct call to a function of this object reads just the ones its callee reads.
+//! return; tail calls and calls through pointers pass arguments in the SysV argument
+//! registers.
 
 use crate::code::{direct_target, is_table_dispatch, Code, Function};
 use crate::liveness::{self, Effect, RegSet, Successors};
@@ -164,7 +168,7 @@ pub fn solve(code: &Code) -> Vec<Option<Vec<RegSet>>> {
             at_return[g] = UNKNOWN_CALLER;
         }
     }
-    // Direct calls to analysable functions read only the arguments their callee reads.
+    // Direct calls to analysable functions read what their callee reads.
     let arguments = liveness::call_arguments();
     let mut calls: Vec<Vec<(usize, usize)>> = vec![Vec::new(); code.functions.len()];
     let mut callers: Vec<Vec<usize>> = vec![Vec::new(); code.functions.len()];
@@ -185,7 +189,7 @@ pub fn solve(code: &Code) -> Vec<Option<Vec<RegSet>>> {
             }
         }
     }
-    let mut entry_arguments = vec![RegSet::EMPTY; code.functions.len()];
+    let mut entry_reads = vec![RegSet::EMPTY; code.functions.len()];
 
     let mut live: Vec<Option<Vec<RegSet>>> = vec![None; code.functions.len()];
     let mut queued = vec![true; code.functions.len()];
@@ -194,13 +198,23 @@ pub fn solve(code: &Code) -> Vec<Option<Vec<RegSet>>> {
         queued[fi] = false;
         let Some(m) = &mut models[fi] else { continue };
         for &(i, g) in &calls[fi] {
-            m.effects[i].uses = entry_arguments[g];
+            m.effects[i].uses = entry_reads[g];
         }
         let f = &code.functions[fi];
         let l = liveness::live_in(&m.effects, &m.successors, at_return[fi]);
-        let entry = l.first().copied().unwrap_or(arguments).0 & arguments.0;
-        if RegSet(entry) != entry_arguments[fi] {
-            entry_arguments[fi] = RegSet(entry);
+        // What the function itself reads, not what passes through it to its callers
+        // (their call sites keep that live already: a call defines nothing).
+        let entry = if callers[fi].is_empty() {
+            entry_reads[fi]
+        } else {
+            liveness::live_in(&m.effects, &m.successors, RegSet::EMPTY)
+                .first()
+                .copied()
+                .unwrap_or(arguments)
+                .minus(RegSet::FLAGS)
+        };
+        if entry != entry_reads[fi] {
+            entry_reads[fi] = entry;
             for &caller in &callers[fi] {
                 if !queued[caller] {
                     queued[caller] = true;
@@ -243,4 +257,45 @@ pub fn solve(code: &Code) -> Vec<Option<Vec<RegSet>>> {
         live[fi] = Some(l);
     }
     live
+}
+
+/// The width at which each function's live vector registers must be saved: the widest
+/// its own code or any caller in this object uses. A caller compiled with `-fipa-ra`
+/// may keep a ymm (or zmm, or mask) value in a register its callee leaves alone, so
+/// a callee's width flows down direct calls and jumps; a function that code outside
+/// the analysis reaches gets the object's widest.
+pub fn vector_widths(code: &Code) -> Vec<usize> {
+    let containing = |addr: u64| {
+        let i = code.functions.partition_point(|f| f.end <= addr);
+        code.functions.get(i).filter(|f| f.start <= addr).map(|_| i)
+    };
+    let mut width: Vec<usize> = code.functions.iter().map(|f| f.vector_width).collect();
+    for &t in &code.targets_of_unanalysed_code {
+        if let Some(g) = containing(t) {
+            width[g] = code.vector_width;
+        }
+    }
+    // Direct edges out of each function (calls, tail calls, jumps to `.cold` parts).
+    let edges: Vec<Vec<usize>> = code
+        .functions
+        .iter()
+        .map(|f| {
+            f.insns
+                .iter()
+                .filter_map(direct_target)
+                .filter(|&t| !(f.start <= t && t < f.end))
+                .filter_map(containing)
+                .collect()
+        })
+        .collect();
+    let mut worklist: Vec<usize> = (0..code.functions.len()).collect();
+    while let Some(fi) = worklist.pop() {
+        for &g in &edges[fi] {
+            if width[g] < width[fi] {
+                width[g] = width[fi];
+                worklist.push(g);
+            }
+        }
+    }
+    width
 }

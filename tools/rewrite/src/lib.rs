@@ -74,7 +74,8 @@ pub struct Report {
     pub skipped: BTreeMap<&'static str, usize>,
     pub trampolines: usize,
     pub trampoline_bytes: usize,
-    /// Widest vector register in use, saved at this width (16 = xmm, 32 = ymm).
+    /// Widest width at which a patched site saves vector registers (16 = xmm,
+    /// 32 = ymm). Each function saves at its own width and its callers'.
     pub vector_width: usize,
     /// Number of saved registers (GPRs + vectors + flags) -> number of sites.
     pub saved_registers_histogram: BTreeMap<usize, usize>,
@@ -138,7 +139,7 @@ pub fn rewrite_to_bytes(options: &Options) -> Result<(Vec<u8>, Report)> {
         input: options.input.display().to_string(),
         output: options.output.display().to_string(),
         build_id: image.build_id.clone(),
-        vector_width: code.vector_width.min(32),
+        vector_width: 16,
         ..Default::default()
     };
 
@@ -219,6 +220,7 @@ pub fn rewrite_to_bytes(options: &Options) -> Result<(Vec<u8>, Report)> {
     let layout = writer::Layout::plan(&image)?;
     let mut planned = Vec::new();
     let liveness_by_function = interproc::solve(&code);
+    let vector_widths = interproc::vector_widths(&code);
 
     for (&fi, indices) in &sites {
         let f = &code.functions[fi];
@@ -229,7 +231,7 @@ pub fn rewrite_to_bytes(options: &Options) -> Result<(Vec<u8>, Report)> {
             }
             continue;
         }
-        if code.vector_width > 32 {
+        if vector_widths[fi] > 32 {
             for _ in indices {
                 report.skip(Skip::Avx512);
             }
@@ -276,6 +278,7 @@ pub fn rewrite_to_bytes(options: &Options) -> Result<(Vec<u8>, Report)> {
                 function: fi,
                 window: w,
                 yields,
+                vector_width: vector_widths[fi],
             });
         }
     }
@@ -301,6 +304,8 @@ struct Planned {
     function: usize,
     window: window::Window,
     yields: Vec<YieldPoint>,
+    /// Width at which its live vector registers are saved (16 or 32).
+    vector_width: usize,
 }
 
 /// Distance between the hot and cold regions: keeps every hot-to-cold jump out of
@@ -348,7 +353,7 @@ fn encode_all(
         let end = insns[insns.len() - 1].next_ip();
         let cold_addr = cold_base + cold_blob.len() as u64;
         let encoded =
-            trampoline::encode_cold(cold_addr, &p.yields, &sizing.return_ips, code.vector_width)
+            trampoline::encode_cold(cold_addr, &p.yields, &sizing.return_ips, p.vector_width)
                 .and_then(|cold| {
                     Ok((
                         trampoline::encode_hot(hot_addr, insns, &p.yields, end, &cold.switch_ips)?,
@@ -382,7 +387,7 @@ fn encode_all(
         });
         report.trampolines += 1;
         for y in &p.yields {
-            record_site(report, f, &insns[y.at], end - start, y.live);
+            record_site(report, f, &insns[y.at], end - start, y.live, p.vector_width);
         }
     }
     report.trampoline_bytes = hot_blob.len() + cold_blob.len();
@@ -393,13 +398,17 @@ fn encode_all(
     (patches, blob)
 }
 
-fn record_site(report: &mut Report, f: &Function, load: &Instruction, window: u64, live: RegSet) {
+fn record_site(
+    report: &mut Report,
+    f: &Function,
+    load: &Instruction,
+    window: u64,
+    live: RegSet,
+    vector_width: usize,
+) {
     let saved = trampoline::saved_registers(live);
-    let prefix = if report.vector_width >= 32 {
-        "ymm"
-    } else {
-        "xmm"
-    };
+    report.vector_width = report.vector_width.max(vector_width);
+    let prefix = if vector_width >= 32 { "ymm" } else { "xmm" };
     let names = saved.names(prefix);
     *report
         .saved_registers_histogram

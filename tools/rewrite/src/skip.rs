@@ -20,7 +20,8 @@ pub enum Skip {
     LandingPads,
     /// The function uses x87/MMX state, which the trampolines do not save.
     X87OrMmx,
-    /// AVX-512 registers are in use in the object; trampolines save at most ymm.
+    /// AVX-512 registers are in use in the function or in a caller that may keep
+    /// them across the call; trampolines save at most ymm.
     Avx512,
     /// A gather's vector-indexed operand: no single address to prefetch.
     VectorIndexed,
@@ -51,7 +52,7 @@ impl Skip {
             Skip::PltStub => "PLT stub",
             Skip::LandingPads => "function has exception landing pads",
             Skip::X87OrMmx => "function uses x87/MMX state",
-            Skip::Avx512 => "AVX-512 state in use in the object",
+            Skip::Avx512 => "AVX-512 state in use in the function or a caller",
             Skip::VectorIndexed => "vector-indexed memory operand (gather)",
             Skip::Endbr64 => "site is an endbr64",
             Skip::Call => "site is a call (see --call-windows)",

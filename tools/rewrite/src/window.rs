@@ -141,6 +141,7 @@ mod tests {
             insns,
             unpatchable: None,
             jump_tables_local: false,
+            vector_width: 16,
         }
     }
 

@@ -1,12 +1,14 @@
-//! Programs nobody here wrote, from Debian's packages (installed by .ci/run): gzip and
-//! sqlite3 with its libsqlite3, rewritten with --all-loads, give byte-identical
-//! outputs on a corpus, plainly and under the register-scrambling scavenger.
+//! Programs nobody here wrote, from Debian's packages (installed by .ci/run): gzip,
+//! sqlite3 with its libsqlite3, and openssl's libcrypto (which has AVX-512 code),
+//! rewritten with --all-loads, give byte-identical outputs on a corpus, plainly and
+//! under the register-scrambling scavenger.
 
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 
 const SQLITE_LIB: &str = "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0";
+const CRYPTO_LIB: &str = "/usr/lib/x86_64-linux-gnu/libcrypto.so.3";
 
 /// A corpus: text, a binary, and something highly compressible.
 fn corpus(dir: &Path) -> Vec<PathBuf> {
@@ -142,4 +144,73 @@ fn sqlite3_and_libsqlite3_all_loads_byte_identical() {
         scrambled.stdout, expected.stdout,
         "sqlite3 under the scrambler"
     );
+}
+
+#[test]
+fn libcrypto_with_avx512_code_all_loads_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib_dir = dir.path().join("lib");
+    std::fs::create_dir_all(&lib_dir).unwrap();
+    let report = rewrite_all_loads(Path::new(CRYPTO_LIB), &lib_dir.join("libcrypto.so.3"));
+    let skipped_avx512: usize = report
+        .skipped
+        .iter()
+        .filter(|(reason, _)| reason.contains("AVX-512"))
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!(
+        "libcrypto: {}/{} patched ({:.1}%), AVX-512 skips {skipped_avx512}, saved at {} bytes; skipped {:?}",
+        report.patched,
+        report.candidates,
+        100.0 * coverage(&report),
+        report.vector_width,
+        report.skipped
+    );
+    // Only the functions that use AVX-512 state (and their callees) are left out.
+    assert!(coverage(&report) >= 0.8, "coverage {}", coverage(&report));
+    assert!(skipped_avx512 > 0, "libcrypto has AVX-512 functions");
+    let input = dir.path().join("input");
+    std::fs::write(&input, &std::fs::read(SQLITE_LIB).unwrap()[..400_000]).unwrap();
+    let input = input.to_str().unwrap();
+    let key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let iv = "0f0e0d0c0b0a09080706050403020100";
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["dgst", "-sha256", input],
+        vec!["dgst", "-sha512", input],
+        vec!["dgst", "-sha3-256", input],
+        vec!["dgst", "-blake2b512", input],
+        vec!["enc", "-aes-256-cbc", "-K", key, "-iv", iv, "-in", input],
+        vec![
+            "enc",
+            "-aes-128-ctr",
+            "-K",
+            &key[..32],
+            "-iv",
+            iv,
+            "-in",
+            input,
+        ],
+        vec!["enc", "-chacha20", "-K", key, "-iv", iv, "-in", input],
+        vec!["enc", "-base64", "-in", input],
+    ];
+    let openssl = Path::new("/usr/bin/openssl");
+    let env = [("LD_LIBRARY_PATH", lib_dir.to_str().unwrap())];
+    let scrambler = scrambler(dir.path());
+    let mut yields = 0;
+    for args in &commands {
+        let expected = run(openssl, args, &[], None, None);
+        assert_eq!(expected.status, 0, "openssl {args:?}");
+        let plain = run(openssl, args, &env, None, None);
+        assert!(
+            plain.stdout == expected.stdout,
+            "openssl {args:?} rewritten"
+        );
+        let scrambled = run(openssl, args, &env, None, Some(&scrambler));
+        assert!(
+            scrambled.stdout == expected.stdout,
+            "openssl {args:?} under the scrambler"
+        );
+        yields += scrambled.yields;
+    }
+    assert!(yields > 100_000, "{yields} yields");
 }
