@@ -2,7 +2,6 @@
 //! scavengers serves a bounded loopback load with correct responses.
 use msh_cli::memcached;
 use msh_tests::*;
-use std::process::Command;
 use std::time::Duration;
 
 #[test]
