@@ -321,11 +321,17 @@ pub fn run(args: &ServerArgs) -> Result<ServerReport> {
         bar.set_message(format!("run {}/{}", run + 1, args.runs));
         let alone_units_per_s = bench.compute_alone()?;
         bar.inc(1);
-        // The plain server serves alone, os_thread and sched_idle; msh ones get their own.
+        // The plain server serves alone, os_thread and sched_idle (listed first); msh
+        // ones get their own, started after it stops.
         let mut plain: Option<Server> = None;
         for (index, &config) in configs.iter().enumerate() {
             let mut own_server = None;
             let server = if config.uses_msh() {
+                // An idle server is not idle: memcached's LRU threads and redis's cron
+                // keep working on the dataset, on the same CPU.
+                if let Some(plain) = plain.take() {
+                    plain.stop();
+                }
                 own_server =
                     Some(bench.start_filled(rewritten.as_deref(), config == Config::MshIdle)?);
                 own_server.as_ref().expect("just set")
