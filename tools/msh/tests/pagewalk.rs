@@ -109,7 +109,15 @@ fn bad_input_is_one_line_naming_the_cause() {
         &["--synthetic", "gups", "--footprint", "12Q"],
         "bad size \"12Q\"",
     );
-    one_line_error(&with(&["--walk-fraction", "1.5"]), "--walk-fraction 1.5");
+    // A range the parser checks: clap's line naming it, exit 2.
+    let out = pagewalk(&with(&["--walk-fraction", "1.5"]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: invalid value '1.5' for '--walk-fraction"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
     one_line_error(&[], "nothing to simulate");
 
     let dir = msh_tests::scratch("pagewalk");
