@@ -46,16 +46,29 @@ pub fn parse(text: &str) -> Vec<Result<PoolLine, LineError>> {
         .collect()
 }
 
-/// Drops a `#` comment that is not inside quotes.
+/// Drops a `#` comment: a `#` that starts a word outside quotes, as in the shell. A
+/// backslash escapes the next character outside single quotes (`"\"#"` is a word).
 fn strip_comment(line: &str) -> &str {
     let mut quote = None;
+    let mut escaped = false;
+    let mut word_start = true;
     for (at, c) in line.char_indices() {
+        if escaped {
+            escaped = false;
+            word_start = false;
+            continue;
+        }
         match (quote, c) {
-            (None, '#') => return &line[..at],
+            (Some('\''), '\'') => quote = None,
+            (Some('\''), _) => {}
+            (_, '\\') => escaped = true,
+            (Some(_), '"') => quote = None,
+            (Some(_), _) => {}
+            (None, '#') if word_start => return &line[..at],
             (None, '"' | '\'') => quote = Some(c),
-            (Some(q), c) if c == q => quote = None,
             _ => {}
         }
+        word_start = quote.is_none() && !escaped && c.is_whitespace();
     }
     line
 }
@@ -93,6 +106,23 @@ mod tests {
                 line: 5,
                 cause: "unbalanced quotes".into()
             })
+        );
+    }
+
+    #[test]
+    fn escaped_quotes_and_mid_word_hashes_are_not_comments() {
+        let parsed = parse("/lib/a.so \"\\\"\\\\#\" a#b \\#c # gone\n");
+        assert_eq!(
+            parsed,
+            vec![Ok(PoolLine {
+                line: 1,
+                argv: vec![
+                    "/lib/a.so".into(),
+                    "\"\\#".into(),
+                    "a#b".into(),
+                    "#c".into()
+                ]
+            })]
         );
     }
 
