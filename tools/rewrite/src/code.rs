@@ -172,8 +172,13 @@ impl Code {
     }
 
     pub fn function_containing(&self, addr: u64) -> Option<&Function> {
+        self.index_containing(addr).map(|i| &self.functions[i])
+    }
+
+    /// Index of the function whose bounds hold `addr`.
+    pub fn index_containing(&self, addr: u64) -> Option<usize> {
         let i = self.functions.partition_point(|f| f.end <= addr);
-        self.functions.get(i).filter(|f| f.start <= addr)
+        self.functions.get(i).filter(|f| f.start <= addr).map(|_| i)
     }
 }
 

@@ -145,10 +145,7 @@ pub fn solve(code: &Code) -> Vec<Option<Vec<RegSet>>> {
         .enumerate()
         .map(|(i, f)| (f.start, i))
         .collect();
-    let containing = |addr: u64| {
-        let i = code.functions.partition_point(|f| f.end <= addr);
-        code.functions.get(i).filter(|f| f.start <= addr).map(|_| i)
-    };
+    let containing = |addr: u64| code.index_containing(addr);
 
     let abi = abi_return_set();
     let mut at_return: Vec<RegSet> = code
@@ -265,10 +262,7 @@ pub fn solve(code: &Code) -> Vec<Option<Vec<RegSet>>> {
 /// a callee's width flows down direct calls and jumps; a function that code outside
 /// the analysis reaches gets the object's widest.
 pub fn vector_widths(code: &Code) -> Vec<usize> {
-    let containing = |addr: u64| {
-        let i = code.functions.partition_point(|f| f.end <= addr);
-        code.functions.get(i).filter(|f| f.start <= addr).map(|_| i)
-    };
+    let containing = |addr: u64| code.index_containing(addr);
     let mut width: Vec<usize> = code.functions.iter().map(|f| f.vector_width).collect();
     for &t in &code.targets_of_unanalysed_code {
         if let Some(g) = containing(t) {
