@@ -6,8 +6,8 @@
 //!    footprint's estimated miss ratio), then a `sim` run of at most
 //!    [`Options::confirm_for`] over the same command checks its top
 //!    [`CONFIRMED_SITES`] sites. `sim` models the private caches only (L1, L2 from
-//!    sysfs), so it answers the question `est_miss_ratio` estimates: how often does
-//!    this load leave the core? A site `sim` saw missing less than
+//!    sysfs, the sizes sysfs gets right), so it answers how often the load leaves the
+//!    core: an upper bound on `est_miss_ratio`. A site `sim` saw missing less than
 //!    `--min-miss-ratio` is dropped; one it saw missing more is `decided_by: sim`
 //!    with `sim`'s ratio in `miss_ratio`; one it did not reach in time stays
 //!    `decided_by: sample`.

@@ -10,16 +10,16 @@
 //! span; a load hopping between two small distant regions has many coincidences, so
 //! the span does not mislead it.
 //!
-//! The miss estimate assumes accesses spread evenly over the footprint, as random
-//! probes and chases do: a cache of `C` bytes holds `C/F` of it, so the load misses
-//! with probability `1 − C/F`. A streaming scan also gets ≈ 1 (every line is new,
-//! though a hardware prefetcher may hide part of it).
-//!
-//! Why L2 and not the LLC: L1 and L2 are private to the core and sysfs sizes them
-//! truly, while the LLC is shared with the other cores (and, in a VM, with other
-//! tenants): sysfs reports this VM's L3 as 260 MiB, yet a 64 MiB random chase here
-//! costs ≈ 165 ns per hop, DRAM latency. So a load that fits in L2 is never
-//! delinquent, and past L2 the estimate is the fraction that leaves the core.
+//! From the footprint, [`MissModel`] estimates how much of a DRAM access each
+//! execution costs: none when the footprint fits in L2 (L1 and L2 are private to the
+//! core, and sysfs sizes them truly); all of one from [`latency::REFERENCE_BYTES`] up;
+//! between the two, measured (see [`latency`]): the LLC that would hold the rest is
+//! shared with other cores and, in a VM, other tenants, so its size in sysfs says
+//! little about what it holds for us. Random probes and chases spread their accesses
+//! evenly over the footprint, as the measurement does; a streaming scan's footprint is
+//! its whole range, so it counts as DRAM, though a hardware prefetcher may hide part of
+//! it.
+use crate::latency::{self, Probe};
 use crate::sim::cache::HierarchyConfig;
 use std::collections::HashMap;
 
@@ -92,6 +92,86 @@ pub fn miss_ratio(footprint: u64, capacity: u64) -> f64 {
     } else {
         1.0 - capacity as f64 / footprint as f64
     }
+}
+
+/// How a load's footprint is turned into the fraction of a DRAM access each of its
+/// executions costs (`est_miss_ratio`).
+#[derive(Debug, Clone)]
+pub struct MissModel {
+    l2: u64,
+    /// The fraction measured for each footprint bucket asked for ([`bucket`]).
+    measured: Vec<(u64, f64)>,
+}
+
+impl MissModel {
+    /// Every access that leaves L2 counts as a DRAM access: `1 − L2/footprint`. What
+    /// the model falls back to when the probe's memory is not there.
+    pub fn by_capacity(caches: PrivateCaches) -> MissModel {
+        MissModel {
+            l2: caches.l2,
+            measured: Vec::new(),
+        }
+    }
+
+    /// Measures the read latency of every footprint in `footprints` that lies between
+    /// L2 and the reference (a few tens of milliseconds; nothing when none does).
+    pub fn measure(caches: PrivateCaches, footprints: &[u64]) -> MissModel {
+        let mut buckets: Vec<u64> = footprints
+            .iter()
+            .filter(|&&f| f > caches.l2 && f < latency::REFERENCE_BYTES)
+            .map(|&f| bucket(f))
+            .collect();
+        buckets.sort_unstable();
+        buckets.dedup();
+        let probe = match buckets.is_empty() {
+            true => None,
+            false => Probe::new(),
+        };
+        let Some(probe) = probe else {
+            return MissModel::by_capacity(caches);
+        };
+        let mut sizes = vec![caches.l2 / 2, latency::REFERENCE_BYTES];
+        sizes.extend(&buckets);
+        let rounds = probe.rounds(&sizes);
+        // Each round places the bucket between L2's latency and the reference's; a
+        // round whose reference was no slower than L2 saw nothing and does not count.
+        let by_bucket = buckets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &bucket)| {
+                let mut fractions: Vec<f64> = rounds
+                    .iter()
+                    .filter(|ns| ns[1] > ns[0])
+                    .map(|ns| ((ns[2 + i] - ns[0]) / (ns[1] - ns[0])).clamp(0.0, 1.0))
+                    .collect();
+                (!fractions.is_empty()).then(|| (bucket, crate::stats::median(&mut fractions)))
+            })
+            .collect();
+        MissModel {
+            l2: caches.l2,
+            measured: by_bucket,
+        }
+    }
+
+    /// The fraction of a DRAM access an execution of a load with this footprint costs.
+    pub fn dram_fraction(&self, footprint: u64) -> f64 {
+        if footprint <= self.l2 {
+            return 0.0;
+        }
+        if footprint >= latency::REFERENCE_BYTES {
+            return 1.0;
+        }
+        self.measured
+            .iter()
+            .find(|(b, _)| *b == bucket(footprint))
+            .map_or_else(|| miss_ratio(footprint, self.l2), |&(_, fraction)| fraction)
+    }
+}
+
+/// Footprints measured alike: rounded up to a power of √2.
+fn bucket(footprint: u64) -> u64 {
+    let half_steps = (2.0 * (footprint.max(1) as f64).log2()).ceil();
+    2f64.powf(half_steps / 2.0).round() as u64
 }
 
 /// The core's private data caches, the ones a footprint estimate can be held against.
@@ -174,6 +254,35 @@ mod tests {
         let f = estimate(&addresses).unwrap();
         assert!((7 << 10..=9 << 10).contains(&f.bytes), "{f:?}");
         assert!(f.span > 1 << 40);
+    }
+
+    #[test]
+    fn the_model_places_a_footprint_between_l2_and_dram() {
+        let caches = PrivateCaches {
+            l1: 32 << 10,
+            l2: 512 << 10,
+        };
+        let model = MissModel {
+            l2: caches.l2,
+            measured: vec![(bucket(4 << 20), 0.1), (bucket(40 << 20), 0.7)],
+        };
+        assert_eq!(model.dram_fraction(256 << 10), 0.0);
+        assert_eq!(model.dram_fraction(4 << 20), 0.1);
+        // The same bucket: 44 MiB and 40 MiB both round up to 2^25.5 bytes.
+        assert_eq!(model.dram_fraction(44 << 20), 0.7);
+        assert_eq!(model.dram_fraction(256 << 20), 1.0);
+        // A footprint that was not measured: by capacity.
+        assert_eq!(model.dram_fraction(1 << 20), 0.5);
+        let by_capacity = MissModel::by_capacity(caches);
+        assert_eq!(by_capacity.dram_fraction(2 << 20), 0.75);
+    }
+
+    #[test]
+    fn buckets_round_up_by_half_powers_of_two() {
+        assert_eq!(bucket(4 << 20), 4 << 20);
+        assert_eq!(bucket((4 << 20) + 1), 5_931_642);
+        assert_eq!(bucket(5 << 20), 5_931_642);
+        assert_eq!(bucket(6 << 20), 8 << 20);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod collect;
 pub mod elf;
 pub mod footprint;
 pub mod import;
+pub mod latency;
 pub mod launch;
 pub mod maps;
 pub mod perf;

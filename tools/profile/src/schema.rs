@@ -30,9 +30,11 @@
 //! - `footprint_bytes`: the memory the load touches, estimated from the addresses of
 //!   its sampled executions (`sample`: recomputed from the sampled registers; `pmu`,
 //!   `import`: the sampled data addresses).
-//! - `est_miss_ratio`: the estimated fraction of its executions that leave the core's
-//!   private caches (miss L2), from `footprint_bytes` and this machine's L1/L2 sizes;
-//!   0 for a footprint that fits in L2.
+//! - `est_miss_ratio`: the estimated fraction of a DRAM access each execution costs,
+//!   from `footprint_bytes` on this machine: 0 for a footprint that fits in L2, 1 from
+//!   128 MiB up, and between the two the measured latency of random reads over a
+//!   region that size, placed between an L2-resident region's and a 128 MiB one's (a
+//!   table the last-level cache holds costs little of a DRAM access).
 //! - `address`: how the addresses were found: `recovered` (base and index registers
 //!   intact after the load), `chased` (the load overwrote its own base with the next
 //!   address of a pointer chase), or `unrecoverable: <why>`.

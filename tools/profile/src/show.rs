@@ -30,12 +30,16 @@ pub fn render(profile: &Profile, top: usize) -> String {
         };
         let _ = writeln!(
             out,
-            "  {:>3}  {:>6}  {:>9}  {:>6}  {:<12}  {:<28}  {:<30}  source",
-            "#", "share", events, "miss%", "offset", "symbol", "instruction"
+            "  {:>3}  {:>6}  {:>9}  {:>6}  {:>5}  {:<12}  {:<28}  {:<30}  source",
+            "#", "share", events, "miss%", "dram%", "offset", "symbol", "instruction"
         );
         for (rank, site) in object.sites.iter().take(top).enumerate() {
             let miss = site
                 .miss_ratio
+                .map_or("-".to_owned(), |r| format!("{:.0}%", r * 100.0));
+            // How much of a DRAM access an execution costs, estimated from the footprint.
+            let dram = site
+                .est_miss_ratio
                 .map_or("-".to_owned(), |r| format!("{:.0}%", r * 100.0));
             let source = site
                 .address()
@@ -44,11 +48,12 @@ pub fn render(profile: &Profile, top: usize) -> String {
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {:>3}  {:>5.1}%  {:>9}  {:>6}  {:<12}  {:<28}  {:<30}  {}",
+                "  {:>3}  {:>5.1}%  {:>9}  {:>6}  {:>5}  {:<12}  {:<28}  {:<30}  {}",
                 rank + 1,
                 site.share * 100.0,
                 site.samples,
                 miss,
+                dram,
                 site.offset,
                 site.symbol,
                 site.insn,

@@ -2,7 +2,7 @@
 //! delinquency thresholds, and the order the format promises.
 use crate::address::looks_like_pointer;
 use crate::elf::ObjectCache;
-use crate::footprint::{self, PrivateCaches};
+use crate::footprint::{self, MissModel, PrivateCaches};
 use crate::schema::{Profile, ProfiledObject, Site, VERSION};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -116,9 +116,20 @@ impl SiteStats {
     }
 }
 
+/// How footprints become `est_miss_ratio` (see [`MissModel`]).
+#[derive(Debug, Clone, Copy)]
+pub enum MissEstimate {
+    /// Footprints are reported, no miss ratio is estimated.
+    None,
+    /// Every access past L2 counts as a DRAM access.
+    ByCapacity(PrivateCaches),
+    /// Past L2, the footprint's read latency on this machine decides.
+    Measured(PrivateCaches),
+}
+
 /// Builds the profile from per-(object, ELF address) counts. `total_events` is the
 /// denominator of `share`: every event of the run, attributed or not. Footprints are
-/// held against this machine's private caches.
+/// held against this machine's caches, measured.
 pub fn build_profile(
     backend: &str,
     counts: &HashMap<(PathBuf, u64), SiteStats>,
@@ -126,38 +137,49 @@ pub fn build_profile(
     objects: &mut ObjectCache,
     thresholds: Thresholds,
 ) -> Profile {
-    build_profile_with(
-        backend,
-        counts,
-        total_events,
-        objects,
-        thresholds,
-        PrivateCaches::host(),
-    )
+    let estimate = PrivateCaches::host().map_or(MissEstimate::None, MissEstimate::Measured);
+    build_profile_with(backend, counts, total_events, objects, thresholds, estimate)
 }
 
-/// [`build_profile`] with the private caches given (`None`: footprints are reported
-/// but no miss ratio is estimated).
+/// [`build_profile`] with the miss estimate given.
 pub fn build_profile_with(
     backend: &str,
     counts: &HashMap<(PathBuf, u64), SiteStats>,
     total_events: u64,
     objects: &mut ObjectCache,
     thresholds: Thresholds,
-    caches: Option<PrivateCaches>,
+    estimate: MissEstimate,
 ) -> Profile {
+    let share_of = |stats: &SiteStats| stats.events as f64 / total_events.max(1) as f64;
+    // Verdicts first: the model measures, once, the footprints of the sites that may
+    // be written.
+    let verdicts: Vec<(&(PathBuf, u64), &SiteStats, AddressVerdict)> = counts
+        .iter()
+        .map(|(key, stats)| (key, stats, stats.address_verdict()))
+        .collect();
+    let model = match estimate {
+        MissEstimate::None => None,
+        MissEstimate::ByCapacity(caches) => Some(MissModel::by_capacity(caches)),
+        MissEstimate::Measured(caches) => {
+            let footprints: Vec<u64> = verdicts
+                .iter()
+                .filter(|(_, stats, _)| share_of(stats) >= thresholds.min_share)
+                .filter_map(|(_, _, verdict)| verdict.footprint.map(|f| f.bytes))
+                .collect();
+            Some(MissModel::measure(caches, &footprints))
+        }
+    };
     let mut by_object: HashMap<PathBuf, Vec<Site>> = HashMap::new();
-    for ((path, address), stats) in counts {
-        let share = stats.events as f64 / total_events.max(1) as f64;
+    for ((path, address), stats, verdict) in verdicts {
+        let share = share_of(stats);
         let miss_ratio = stats
             .executions
             .map(|n| stats.events as f64 / n.max(1) as f64)
             .map(|r| r.min(1.0));
-        let verdict = stats.address_verdict();
         let footprint_bytes = verdict.footprint.map(|f| f.bytes);
         let est_miss_ratio = footprint_bytes
-            .zip(caches)
-            .map(|(bytes, caches)| footprint::miss_ratio(bytes, caches.l2));
+            .zip(model.as_ref())
+            .map(|(bytes, model)| model.dram_fraction(bytes));
         // A load whose footprint fits in L2 is never delinquent, whatever the threshold.
         if share < thresholds.min_share
             || miss_ratio.is_some_and(|r| r < thresholds.min_miss_ratio)
@@ -278,7 +300,7 @@ mod tests {
     fn footprints_rank_and_filter_sampled_loads() {
         let exe = std::env::current_exe().unwrap();
         let mut objects = ObjectCache::default();
-        let caches = Some(PrivateCaches {
+        let caches = MissEstimate::ByCapacity(PrivateCaches {
             l1: 48 << 10,
             l2: 2 << 20,
         });

@@ -66,7 +66,7 @@ fn check(profile: &Profile, dram: &str, cached: &str, cached_fits_l2: bool) {
         let ratio = site.est_miss_ratio.expect("a recovered footprint");
         assert!(
             ratio < 0.75,
-            "an LLC-resident table misses L2 less often: {site:?}"
+            "an LLC-resident table costs less of a DRAM access: {site:?}"
         );
     }
 }
