@@ -592,6 +592,13 @@ pub fn open_regular(path: &Path, what: &str) -> Result<File> {
 
 /// Reads a regular file of at most `limit` bytes.
 pub fn read_regular(path: &Path, what: &str, limit: u64) -> Result<Vec<u8>> {
+    Ok(read_regular_open(path, what, limit)?.1)
+}
+
+/// As [`read_regular`], keeping the descriptor that was checked and read: anything
+/// that must open the file again (a debug-info loader) opens [`fd_path`] of it, the
+/// same file, never whatever the path names by then.
+pub fn read_regular_open(path: &Path, what: &str, limit: u64) -> Result<(File, Vec<u8>)> {
     let file = open_regular(path, what)?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     if len > limit {
@@ -602,7 +609,8 @@ pub fn read_regular(path: &Path, what: &str, limit: u64) -> Result<Vec<u8>> {
     }
     let mut bytes = Vec::with_capacity(len as usize);
     // A file that grows while we read is cut at the limit, never read without bound.
-    file.take(limit + 1)
+    (&file)
+        .take(limit + 1)
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read {what} {}", path.display()))?;
     if bytes.len() as u64 > limit {
@@ -611,7 +619,14 @@ pub fn read_regular(path: &Path, what: &str, limit: u64) -> Result<Vec<u8>> {
             path.display()
         );
     }
-    Ok(bytes)
+    Ok((file, bytes))
+}
+
+/// `/proc/self/fd/N`: opening it opens the file `file` refers to, not a path's
+/// current target.
+pub fn fd_path(file: &File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 #[cfg(test)]
