@@ -397,21 +397,25 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
+    /// A writer to `path` holding one batch, not finished.
+    fn one_batch(path: &Path) -> Writer {
+        let mut writer = Writer::create(path, &header(), &[]).unwrap();
+        writer
+            .write_batch(&Batch {
+                thread: 0,
+                time_ns: 1,
+                accesses: &[access(0)],
+            })
+            .unwrap();
+        writer
+    }
+
     #[test]
     fn an_unfinished_writer_leaves_no_file_and_keeps_the_old_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.trace");
         std::fs::write(&path, b"old").unwrap();
-        {
-            let mut writer = Writer::create(&path, &header(), &[]).unwrap();
-            writer
-                .write_batch(&Batch {
-                    thread: 0,
-                    time_ns: 1,
-                    accesses: &[access(0)],
-                })
-                .unwrap();
-        }
+        drop(one_batch(&path));
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
@@ -420,15 +424,7 @@ mod tests {
     fn devices_are_written_in_place_and_an_input_is_never_the_output() {
         let dir = tempfile::tempdir().unwrap();
         let null = Path::new("/dev/null");
-        let mut writer = Writer::create(null, &header(), &[]).unwrap();
-        writer
-            .write_batch(&Batch {
-                thread: 0,
-                time_ns: 1,
-                accesses: &[access(0)],
-            })
-            .unwrap();
-        writer.finish(&trailer(1)).unwrap();
+        one_batch(null).finish(&trailer(1)).unwrap();
         assert!(!std::fs::symlink_metadata(null).unwrap().is_file());
 
         let program = dir.path().join("prog");
