@@ -174,9 +174,16 @@ fn dlerror() -> String {
 }
 
 fn open(path: &str) -> Result<*mut c_void, String> {
-    if !std::path::Path::new(path).exists() {
-        return Err(format!("{path}: no such file"));
-    }
+    // Only a regular file, checked without blocking on a FIFO (dlopen would block).
+    // The check is on a descriptor held across the dlopen; dlopen itself takes a path.
+    let _checked = msh_files::open_regular(std::path::Path::new(path), "scavenger").map_err(
+        |err| match err.root_cause().downcast_ref::<std::io::Error>() {
+            Some(io) if io.kind() == std::io::ErrorKind::NotFound => {
+                format!("{path}: no such file")
+            }
+            _ => format!("{err:#}"),
+        },
+    )?;
     let c_path = CString::new(path).map_err(|_| format!("{path:?} contains a NUL byte"))?;
     // SAFETY: dlopen with a valid C string. Not RTLD_DEEPBIND (which the MSH
     // prototype uses): the object's calls to exit/_exit/abort must reach libmsh's
@@ -189,9 +196,13 @@ fn open(path: &str) -> Result<*mut c_void, String> {
     }
 }
 
+/// The largest scavenger object copied (a runaway read must not fill the program).
+const MAX_OBJECT_BYTES: u64 = 1 << 30;
+
 /// Loads a copy of `path` through a memfd, so its globals are its own.
 fn open_private_copy(path: &str) -> Result<*mut c_void, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let bytes = msh_files::read_regular(std::path::Path::new(path), "scavenger", MAX_OBJECT_BYTES)
+        .map_err(|e| format!("{e:#}"))?;
     // SAFETY: memfd_create with a valid name; the fd is owned below.
     let fd = unsafe { libc::memfd_create(c"msh-scavenger".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {

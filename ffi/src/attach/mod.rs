@@ -142,14 +142,9 @@ fn attach_with(settings: Result<Option<Settings>, String>) {
     }
     let pool = settings.pool_path.to_string_lossy().into_owned();
     let pool_file = pool.rsplit('/').next().unwrap_or(&pool).to_string();
-    let text = match std::fs::read_to_string(&settings.pool_path) {
+    let text = match read_pool(std::path::Path::new(&settings.pool_path)) {
         Ok(text) => text,
-        Err(err) => {
-            return fail_open(
-                &settings,
-                &format!("pool {pool}: {err}; running without msh"),
-            )
-        }
+        Err(cause) => return fail_open(&settings, &format!("{cause}; running without msh")),
     };
     if let Err(err) = sched::init(settings.config) {
         return fail_open(
@@ -321,4 +316,20 @@ fn announce_wait(left: std::time::Duration) {
         if count == 1 { "" } else { "s" },
         if count == 1 { "it" } else { "them" },
     ));
+}
+
+/// The largest pool file read: far more lines than scavengers anyone runs.
+const MAX_POOL_BYTES: u64 = 16 << 20;
+
+/// Reads the pool: a regular file only (a FIFO or `/dev/zero` named as the pool must
+/// not hang or fill the program's memory), checked on the descriptor that is read.
+fn read_pool(path: &std::path::Path) -> Result<String, String> {
+    let name = path.display();
+    let bytes = msh_files::read_regular(path, "pool", MAX_POOL_BYTES).map_err(|err| {
+        match err.root_cause().downcast_ref::<std::io::Error>() {
+            Some(io) => format!("pool {name}: {io}"),
+            None => format!("{err:#}"),
+        }
+    })?;
+    String::from_utf8(bytes).map_err(|_| format!("pool {name}: not UTF-8 text"))
 }

@@ -272,13 +272,225 @@ fn writes_in_place(path: &Path) -> bool {
 }
 
 fn write_in_place(path: &Path, bytes: &[u8]) -> Result<()> {
+    open_in_place(path)?.write_all(bytes)?;
+    Ok(())
+}
+
+/// Opens an existing non-regular path (a device, a FIFO, a symlink to one) for writing.
+fn open_in_place(path: &Path) -> std::io::Result<File> {
     let regular_target = std::fs::metadata(path).is_ok_and(|m| m.is_file());
-    let mut file = OpenOptions::new()
+    OpenOptions::new()
         .write(true)
         .truncate(regular_target)
-        .open(path)?;
-    file.write_all(bytes)?;
-    Ok(())
+        .open(path)
+}
+
+/// One output written while it is produced (a trace of unknown length), under the
+/// rules of [`Outputs`]: checked up front, streamed into a temporary file beside its
+/// destination and renamed over it by [`Stream::commit`]; dropped uncommitted, it
+/// leaves nothing. A path that exists and is not a regular file is written in place.
+#[derive(Debug)]
+pub struct Stream {
+    file: File,
+    /// `None` when written in place.
+    staged: Option<tempfile::Staged>,
+}
+
+impl Stream {
+    /// Checks `path` as [`Outputs::plan`] does (refused if it is one of `inputs`), then
+    /// opens where the bytes go.
+    pub fn create(path: &Path, what: &str, inputs: &[&Path]) -> Result<Stream> {
+        Outputs::new(inputs)?.plan(path, what)?;
+        let context = || format!("cannot write {what} {}", path.display());
+        // A symlink to a regular file: the file it names is replaced, whole, at commit.
+        let symlink_to_file = std::fs::symlink_metadata(path)
+            .is_ok_and(|m| m.file_type().is_symlink())
+            && std::fs::metadata(path).is_ok_and(|m| m.is_file());
+        if writes_in_place(path) && !symlink_to_file {
+            let file = open_in_place(path).with_context(context)?;
+            return Ok(Stream { file, staged: None });
+        }
+        let dest = if symlink_to_file {
+            std::fs::canonicalize(path).with_context(context)?
+        } else {
+            path.to_path_buf()
+        };
+        let (staged, file) = tempfile::Staged::create(&dest, 0o644).with_context(context)?;
+        Ok(Stream {
+            file,
+            staged: Some(staged),
+        })
+    }
+
+    /// Makes the output appear under its name, complete.
+    pub fn commit(mut self) -> Result<()> {
+        self.file.flush()?;
+        if let Some(staged) = self.staged.take() {
+            staged.seal(&self.file)?;
+            staged.persist()?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.file.write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Checks up front that `dir` can be an output directory: an existing directory, or
+/// missing under an existing directory.
+pub fn check_output_dir(dir: &Path, what: &str) -> Result<()> {
+    let mut at = dir.to_path_buf();
+    loop {
+        match std::fs::metadata(&at) {
+            Ok(meta) if meta.is_dir() => return Ok(()),
+            Ok(_) if at == dir => bail!("{what} {} is not a directory", dir.display()),
+            Ok(_) => bail!(
+                "{what} {}: {} is not a directory",
+                dir.display(),
+                at.display()
+            ),
+            Err(_) => at = parent_dir(&at),
+        }
+        if at == Path::new(".") && !Path::new(".").is_dir() {
+            bail!("{what} {}: no current directory", dir.display());
+        }
+    }
+}
+
+/// A directory of outputs (one checkpoint) built under a temporary name beside its
+/// destination and renamed into place by [`StagedDir::commit`], never over an existing
+/// entry. Dropped uncommitted, it is removed with its contents, and so are the missing
+/// parent directories [`StagedDir::create`] made.
+#[derive(Debug)]
+pub struct StagedDir {
+    tmp: PathBuf,
+    dest: PathBuf,
+    /// Parents created for it, innermost first.
+    made: Vec<PathBuf>,
+    committed: bool,
+}
+
+impl StagedDir {
+    /// Creates the temporary directory (and `dest`'s missing parents).
+    pub fn create(dest: &Path, what: &str) -> Result<StagedDir> {
+        let parent = parent_dir(dest);
+        check_output_dir(&parent, what)?;
+        let mut staged = StagedDir {
+            tmp: PathBuf::new(),
+            dest: dest.to_path_buf(),
+            made: Vec::new(),
+            committed: false,
+        };
+        let mut missing = Vec::new();
+        let mut at = parent.clone();
+        while std::fs::metadata(&at).is_err() {
+            missing.push(at.clone());
+            at = parent_dir(&at);
+        }
+        for dir in missing.iter().rev() {
+            std::fs::create_dir(dir)
+                .with_context(|| format!("cannot create {what} {}", dir.display()))?;
+            staged.made.insert(0, dir.clone());
+        }
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "output".into());
+        for attempt in 0..100u32 {
+            let tmp = parent.join(format!(".{name}.msh-{}-{attempt}.tmp", std::process::id()));
+            match std::fs::create_dir(&tmp) {
+                Ok(()) => {
+                    staged.tmp = tmp;
+                    return Ok(staged);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("cannot create a directory in {}", parent.display())
+                    })
+                }
+            }
+        }
+        bail!(
+            "cannot create a temporary directory in {}",
+            parent.display()
+        )
+    }
+
+    /// Where to write the directory's files.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Renames the directory into place; refused if `dest` exists by then.
+    pub fn commit(mut self) -> Result<()> {
+        sync_dir(&self.tmp)?;
+        rename_no_replace(&self.tmp, &self.dest)
+            .with_context(|| format!("cannot rename into {}", self.dest.display()))?;
+        self.committed = true;
+        sync_dir(&parent_dir(&self.dest))
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+        for dir in &self.made {
+            let _ = std::fs::remove_dir(dir); // only if empty
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+/// rename(2) that fails with `EEXIST` instead of replacing an existing `to`.
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (from_c, to_c) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths relative to the working directory.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        // A file system without RENAME_NOREPLACE: check, then rename.
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            if std::fs::symlink_metadata(to).is_ok() {
+                return Err(std::io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            std::fs::rename(from, to)
+        }
+        _ => Err(err),
+    }
 }
 
 /// Temporary files beside their destination, removed unless persisted.
@@ -286,14 +498,25 @@ mod tempfile {
     use super::*;
 
     /// A complete temporary copy of one output, waiting for its rename.
+    #[derive(Debug)]
     pub struct Staged {
         tmp: PathBuf,
         dest: PathBuf,
         persisted: bool,
+        mode: u32,
     }
 
     impl Staged {
         pub fn write(dest: &Path, bytes: &[u8], mode: u32) -> Result<Staged> {
+            let (staged, mut file) = Staged::create(dest, mode)?;
+            file.write_all(bytes)?;
+            staged.seal(&file)?;
+            Ok(staged)
+        }
+
+        /// An empty temporary file beside `dest`, to be written by the caller and
+        /// [`Staged::seal`]ed before [`Staged::persist`].
+        pub fn create(dest: &Path, mode: u32) -> Result<(Staged, File)> {
             let dir = parent_dir(dest);
             let name = dest
                 .file_name()
@@ -310,7 +533,7 @@ mod tempfile {
                     .create_new(true)
                     .mode(mode)
                     .open(&tmp);
-                let mut file = match file {
+                let file = match file {
                     Ok(file) => file,
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                     Err(e) => return Err(e.into()),
@@ -319,14 +542,19 @@ mod tempfile {
                     tmp,
                     dest: dest.to_path_buf(),
                     persisted: false,
+                    mode,
                 };
-                file.write_all(bytes)?;
-                file.sync_all()?;
-                // create_new applies the umask; set the exact bits.
-                std::fs::set_permissions(&staged.tmp, std::fs::Permissions::from_mode(mode))?;
-                return Ok(staged);
+                return Ok((staged, file));
             }
             bail!("cannot create a temporary file in {}", dir.display())
+        }
+
+        /// Makes the written contents durable and gives the file its exact mode.
+        pub fn seal(&self, file: &File) -> Result<()> {
+            file.sync_all()?;
+            // create_new applies the umask; set the exact bits.
+            std::fs::set_permissions(&self.tmp, std::fs::Permissions::from_mode(self.mode))?;
+            Ok(())
         }
 
         pub fn persist(mut self) -> Result<()> {
@@ -364,6 +592,13 @@ pub fn open_regular(path: &Path, what: &str) -> Result<File> {
 
 /// Reads a regular file of at most `limit` bytes.
 pub fn read_regular(path: &Path, what: &str, limit: u64) -> Result<Vec<u8>> {
+    Ok(read_regular_open(path, what, limit)?.1)
+}
+
+/// As [`read_regular`], keeping the descriptor that was checked and read: anything
+/// that must open the file again (a debug-info loader) opens [`fd_path`] of it, the
+/// same file, never whatever the path names by then.
+pub fn read_regular_open(path: &Path, what: &str, limit: u64) -> Result<(File, Vec<u8>)> {
     let file = open_regular(path, what)?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     if len > limit {
@@ -374,7 +609,8 @@ pub fn read_regular(path: &Path, what: &str, limit: u64) -> Result<Vec<u8>> {
     }
     let mut bytes = Vec::with_capacity(len as usize);
     // A file that grows while we read is cut at the limit, never read without bound.
-    file.take(limit + 1)
+    (&file)
+        .take(limit + 1)
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read {what} {}", path.display()))?;
     if bytes.len() as u64 > limit {
@@ -383,7 +619,14 @@ pub fn read_regular(path: &Path, what: &str, limit: u64) -> Result<Vec<u8>> {
             path.display()
         );
     }
-    Ok(bytes)
+    Ok((file, bytes))
+}
+
+/// `/proc/self/fd/N`: opening it opens the file `file` refers to, not a path's
+/// current target.
+pub fn fd_path(file: &File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 #[cfg(test)]
@@ -519,6 +762,79 @@ mod tests {
         assert!(format!("{err:#}").contains("no directory"), "{err:#}");
         let err = outputs.plan(&d, "-o").unwrap_err();
         assert!(err.to_string().contains("is a directory"), "{err}");
+    }
+
+    #[test]
+    fn a_stream_lands_whole_at_commit_or_not_at_all() {
+        let d = dir("stream");
+        let out = d.join("t.trace");
+        std::fs::write(&out, b"old").unwrap();
+        let mut stream = Stream::create(&out, "trace", &[]).unwrap();
+        stream.write_all(b"new contents").unwrap();
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            b"old",
+            "untouched until commit"
+        );
+        drop(stream);
+        assert_eq!(std::fs::read(&out).unwrap(), b"old");
+        assert_eq!(
+            entries(&d),
+            ["t.trace"],
+            "an uncommitted stream leaves nothing"
+        );
+        let mut stream = Stream::create(&out, "trace", &[]).unwrap();
+        stream.write_all(b"new").unwrap();
+        stream.commit().unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"new");
+        assert_eq!(entries(&d), ["t.trace"]);
+
+        let input = d.join("prog");
+        std::fs::write(&input, b"ELF").unwrap();
+        let err = Stream::create(&input, "trace", &[&input]).unwrap_err();
+        assert!(err.to_string().contains("same file as the input"), "{err}");
+        let mut null = Stream::create(Path::new("/dev/null"), "trace", &[]).unwrap();
+        null.write_all(b"discarded").unwrap();
+        null.commit().unwrap();
+        assert!(!std::fs::metadata("/dev/null").unwrap().is_file());
+        // A symlink to a regular file: the file is replaced, the link stays.
+        let link = d.join("link");
+        std::os::unix::fs::symlink(&out, &link).unwrap();
+        let mut stream = Stream::create(&link, "trace", &[]).unwrap();
+        stream.write_all(b"through").unwrap();
+        stream.commit().unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"through");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn a_staged_directory_never_replaces_one_and_leaves_nothing_on_failure() {
+        let d = dir("staged-dir");
+        let ck = d.join("ck");
+        let staged = StagedDir::create(&ck.join("000000"), "-o").unwrap();
+        std::fs::write(staged.path().join("pages.bin"), b"p").unwrap();
+        drop(staged);
+        assert_eq!(entries(&d), Vec::<String>::new(), "no temporary, no ck/");
+        let staged = StagedDir::create(&ck.join("000000"), "-o").unwrap();
+        std::fs::write(staged.path().join("pages.bin"), b"p").unwrap();
+        staged.commit().unwrap();
+        assert_eq!(entries(&ck), ["000000"]);
+        let staged = StagedDir::create(&ck.join("000000"), "-o").unwrap();
+        assert!(staged.commit().is_err(), "an existing checkpoint stays");
+        assert_eq!(entries(&ck), ["000000"]);
+        assert_eq!(entries(&ck.join("000000")), ["pages.bin"]);
+
+        std::fs::write(d.join("file"), b"x").unwrap();
+        let err = check_output_dir(&d.join("file"), "-o").unwrap_err();
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+        let err = check_output_dir(&d.join("file/sub"), "-o").unwrap_err();
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+        let err = check_output_dir(Path::new("/dev/null"), "-o").unwrap_err();
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+        check_output_dir(&d.join("a/b/c"), "-o").unwrap();
     }
 
     #[test]

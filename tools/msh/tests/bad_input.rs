@@ -554,6 +554,38 @@ const CASES: &[Case] = &[
         message: "not a kernel source tree",
         may_write: &[],
     },
+    // A checkpoint DIR that cannot hold checkpoints is refused before the process is
+    // touched; a checkpoint that fails leaves no DIR behind.
+    Case {
+        args: &["checkpoint", "--pid", "1", "-o", "{}/notes.txt"],
+        code: 1,
+        message: "-o {}/notes.txt is not a directory",
+        may_write: &[],
+    },
+    Case {
+        args: &["checkpoint", "--pid", "1", "-o", "/dev/null"],
+        code: 1,
+        message: "-o /dev/null is not a directory",
+        may_write: &[],
+    },
+    Case {
+        args: &["checkpoint", "--pid", "1", "-o", "{}/fifo"],
+        code: 1,
+        message: "-o {}/fifo is not a directory",
+        may_write: &[],
+    },
+    Case {
+        args: &["checkpoint", "--pid", "1", "-o", "{}/ck/nested"],
+        code: 1,
+        message: "not started with dirty tracking",
+        may_write: &[],
+    },
+    Case {
+        args: &["checkpoint", "verify", "--pid", "1", "{}/fifo"],
+        code: 1,
+        message: "{}/fifo",
+        may_write: &[],
+    },
     // A path that is not a regular file is written in place, never replaced: the
     // symlink to /dev/null is still that symlink afterwards.
     Case {
@@ -581,6 +613,20 @@ const CASES: &[Case] = &[
         args: &["rewrite", "{}/notes.txt", "-o", "{}/out", "--all-loads"],
         code: 1,
         message: "not an ELF",
+        may_write: &[],
+    },
+    // A pool that is not a regular file is refused by libmsh without blocking on the
+    // FIFO or reading /dev/zero forever; the program runs without msh.
+    Case {
+        args: &["run", "--pool", "{}/fifo", "--", "{}/prog"],
+        code: 0,
+        message: "pool {}/fifo is not a regular file; running without msh",
+        may_write: &[],
+    },
+    Case {
+        args: &["run", "--pool", "/dev/zero", "--", "{}/prog"],
+        code: 0,
+        message: "pool /dev/zero is not a regular file; running without msh",
         may_write: &[],
     },
     // Shell conventions for a program that cannot be run.

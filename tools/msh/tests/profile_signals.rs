@@ -1,6 +1,7 @@
 //! SIGTERM and SIGHUP to `msh profile` while it runs a command: the command is
 //! stopped (never left running orphaned) and the profile of what was collected is
-//! written, as for Ctrl-C.
+//! written, as for Ctrl-C. Both backends that start the command: `sample` (the
+//! command itself) and `sim` (qemu-x86_64 running it with the tracer plugin).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -25,16 +26,17 @@ fn alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
-fn stop_profile_with(signal: libc::c_int, name: &str) {
-    let dir = msh_tests::scratch(&format!("profile-{name}"));
+fn stop_profile_with(backend: &str, signal: libc::c_int, name: &str) {
+    let dir = msh_tests::scratch(&format!("profile-{backend}-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let pid_file = dir.join("pid");
     let profile = dir.join("p.json");
-    // A shell spinning forever; it writes its PID (the profiled process's) first.
+    // A shell spinning forever; it writes its PID (the profiled process's: under sim,
+    // qemu-x86_64's own, as qemu-user runs the guest in its process) first.
     let script = format!("echo $$ > {}; while :; do :; done", pid_file.display());
     let mut msh = Command::new(MSH)
-        .args(["profile", "--backend", "sample", "-o"])
+        .args(["profile", "--backend", backend, "-o"])
         .arg(&profile)
         .args(["--", "sh", "-c", &script])
         .stdin(Stdio::null())
@@ -52,8 +54,16 @@ fn stop_profile_with(signal: libc::c_int, name: &str) {
         "the profiled command never started"
     );
     let child = read_pid().unwrap();
-    // Let it collect some samples.
-    std::thread::sleep(Duration::from_millis(700));
+    if backend == "sim" {
+        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&cmdline).contains("qemu-x86_64"),
+            "the sim backend runs the command under qemu-x86_64"
+        );
+    }
+    // Let it collect some samples (sim: run well past its million-instruction minimum).
+    let collect_ms = if backend == "sim" { 1500 } else { 700 };
+    std::thread::sleep(Duration::from_millis(collect_ms));
     // SAFETY: signalling the msh process this test started.
     assert_eq!(unsafe { libc::kill(msh.id() as i32, signal) }, 0);
     let exited = wait_for(Duration::from_secs(30), || {
@@ -63,7 +73,7 @@ fn stop_profile_with(signal: libc::c_int, name: &str) {
         let _ = msh.kill();
         // SAFETY: killing the spinning shell this test caused to be started.
         unsafe { libc::kill(child, libc::SIGKILL) };
-        panic!("msh profile still running 30 s after {name}");
+        panic!("msh profile --backend {backend} still running 30 s after {name}");
     }
     let status = msh.wait().unwrap();
     let mut stderr = String::new();
@@ -75,9 +85,14 @@ fn stop_profile_with(signal: libc::c_int, name: &str) {
         .unwrap();
     assert!(
         !alive(child),
-        "the profiled command {child} outlived msh after {name}"
+        "the profiled command {child} ({backend}) outlived msh after {name}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // The sim backend counts every access: 1.5 s of a spinning shell is always enough.
+    assert!(
+        status.success() || backend != "sim",
+        "sim writes the profile after {name}: {stderr}"
+    );
     if status.success() {
         assert!(
             stderr.contains(&format!("stopped by {name}")),
@@ -95,10 +110,20 @@ fn stop_profile_with(signal: libc::c_int, name: &str) {
 
 #[test]
 fn sigterm_stops_the_command_and_writes_the_profile() {
-    stop_profile_with(libc::SIGTERM, "SIGTERM");
+    stop_profile_with("sample", libc::SIGTERM, "SIGTERM");
 }
 
 #[test]
 fn sighup_stops_the_command_and_writes_the_profile() {
-    stop_profile_with(libc::SIGHUP, "SIGHUP");
+    stop_profile_with("sample", libc::SIGHUP, "SIGHUP");
+}
+
+#[test]
+fn sigterm_stops_qemu_and_writes_the_sim_profile() {
+    stop_profile_with("sim", libc::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn sighup_stops_qemu_and_writes_the_sim_profile() {
+    stop_profile_with("sim", libc::SIGHUP, "SIGHUP");
 }

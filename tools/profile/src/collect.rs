@@ -105,6 +105,44 @@ pub fn stopped_by() -> Option<libc::c_int> {
     }
 }
 
+/// While alive, SIGINT, SIGTERM and SIGHUP only record that they came ([`stopped_by`]):
+/// the run in progress ends early and its profile is still written. Dropping it puts
+/// the previous handlers back.
+pub struct StopSignals {
+    previous: [libc::sighandler_t; 3],
+}
+
+impl StopSignals {
+    /// Catches the stop signals, forgetting one caught by an earlier run.
+    pub fn catch() -> StopSignals {
+        STOPPED_BY.store(0, Ordering::SeqCst);
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let previous = STOP_SIGNALS.map(|signal| unsafe {
+            libc::signal(signal, on_stop_signal as *const () as libc::sighandler_t)
+        });
+        StopSignals { previous }
+    }
+
+    /// Says, in one line, that a stop signal cut the run short (if one did).
+    pub fn report(&self) {
+        if let Some(signal) = stopped_by() {
+            eprintln!(
+                "msh profile: stopped by {}: writing the profile of what was collected",
+                signal_name(signal)
+            );
+        }
+    }
+}
+
+impl Drop for StopSignals {
+    fn drop(&mut self) {
+        for (signal, previous) in STOP_SIGNALS.into_iter().zip(self.previous) {
+            // SAFETY: restoring the handler we replaced.
+            unsafe { libc::signal(signal, previous) };
+        }
+    }
+}
+
 /// How long a command msh started gets to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -186,11 +224,7 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
         .processes
         .insert(pid as u32, initial.unwrap_or_default());
 
-    STOPPED_BY.store(0, Ordering::SeqCst);
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    let previous = STOP_SIGNALS.map(|signal| unsafe {
-        libc::signal(signal, on_stop_signal as *const () as libc::sighandler_t)
-    });
+    let stop_signals = StopSignals::catch();
     let mut side_band: Vec<(u64, SideBand)> = Vec::new();
     let deadline = duration.map(|d| started + d);
     let mut poll_fds: Vec<libc::pollfd> = events
@@ -241,16 +275,8 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
             collection.exit = Some(stop_child(child)?);
         }
     }
-    for (signal, previous) in STOP_SIGNALS.into_iter().zip(previous) {
-        // SAFETY: restoring the handler we replaced.
-        unsafe { libc::signal(signal, previous) };
-    }
-    if let Some(signal) = stopped_by() {
-        eprintln!(
-            "msh profile: stopped by {}: writing the profile of what was collected",
-            signal_name(signal)
-        );
-    }
+    stop_signals.report();
+    drop(stop_signals);
     side_band.sort_by_key(|(time, _)| *time);
     for (_, record) in side_band {
         match record {
@@ -276,7 +302,7 @@ pub fn collect(spec: &EventSpec, target: Target, duration: Option<Duration>) -> 
     Ok(collection)
 }
 
-fn signal_name(signal: libc::c_int) -> &'static str {
+pub(crate) fn signal_name(signal: libc::c_int) -> &'static str {
     match signal {
         libc::SIGINT => "SIGINT",
         libc::SIGTERM => "SIGTERM",

@@ -1,6 +1,5 @@
 //! `msh profile show`: a profile as a table, with source lines when the object still
 //! exists, matches the profile's build-id and has debug info.
-use crate::elf::ObjectImage;
 use crate::schema::Profile;
 use std::fmt::Write;
 use std::path::Path;
@@ -70,25 +69,39 @@ pub fn render(profile: &Profile, top: usize) -> String {
 struct SourceLines {
     loader: Option<addr2line::Loader>,
     note: Option<String>,
+    /// The object as checked and read; the loader reads it through this descriptor.
+    _file: Option<std::fs::File>,
 }
 
 impl SourceLines {
+    /// Opens the object once: the file whose build-id is compared is the file the
+    /// debug info is read from, even if the path is swapped (for a FIFO, /dev/zero)
+    /// meanwhile.
     fn open(path: &Path, build_id: &str) -> SourceLines {
-        match ObjectImage::open(path) {
-            Err(_) => SourceLines {
-                loader: None,
-                note: Some("object not readable here: no source lines".into()),
-            },
-            Ok(image) if image.build_id != build_id => SourceLines {
+        let unreadable = || SourceLines {
+            loader: None,
+            note: Some("object not readable here: no source lines".into()),
+            _file: None,
+        };
+        let Ok((file, bytes)) =
+            msh_files::read_regular_open(path, "object", msh_binary::MAX_OBJECT_BYTES)
+        else {
+            return unreadable();
+        };
+        match msh_binary::Binary::parse(bytes) {
+            Err(_) => unreadable(),
+            Ok(binary) if binary.build_id != build_id => SourceLines {
                 loader: None,
                 note: Some(format!(
                     "the file now has build-id {}: it changed since profiling, no source lines",
-                    image.build_id
+                    binary.build_id
                 )),
+                _file: None,
             },
             Ok(_) => SourceLines {
-                loader: addr2line::Loader::new(path).ok(),
+                loader: addr2line::Loader::new(msh_files::fd_path(&file)).ok(),
                 note: None,
+                _file: Some(file),
             },
         }
     }
@@ -103,5 +116,32 @@ impl SourceLines {
             Some(line) => format!("{name}:{line}"),
             None => name.into_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_info_is_read_from_the_file_checked_not_a_path_swapped_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let object = dir.path().join("prog");
+        std::fs::copy("/bin/true", &object).unwrap();
+        let build_id = msh_binary::Binary::open(&object).unwrap().build_id;
+        let (file, _) = msh_files::read_regular_open(&object, "object", 1 << 30).unwrap();
+        // Swap the path for /dev/zero after the check, as a racing user could.
+        std::fs::remove_file(&object).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &object).unwrap();
+        let through_fd = addr2line::Loader::new(msh_files::fd_path(&file));
+        assert!(through_fd.is_ok(), "the checked file stays readable");
+        assert!(
+            addr2line::Loader::new(&object).is_err(),
+            "reopening by path would read /dev/zero"
+        );
+        // And show itself refuses the swapped path in one note, without blocking.
+        let lines = SourceLines::open(&object, &build_id);
+        assert!(lines.loader.is_none());
+        assert!(lines.note.unwrap().contains("not readable"));
     }
 }

@@ -21,9 +21,10 @@
 //! is complete only when the program has exited; a reader finds it through the last 16
 //! bytes before streaming the batches, so replay can place memory areas first.
 //!
-//! Writing goes to a temporary file renamed into place by [`Writer::finish`]: a trace
-//! that was not finished never appears under its name, and an existing file is replaced
-//! only by a complete one. Reading streams one batch at a time in bounded memory; a file
+//! Writing follows the rules of every msh output ([`msh_files::Stream`]): a temporary
+//! file renamed into place by [`Writer::finish`], so a trace that was not finished
+//! never appears under its name and an existing file is replaced only by a complete
+//! one; a path that is not a regular file is written in place. Reading streams one batch at a time in bounded memory; a file
 //! that is not a trace, of another version, truncated or corrupt is a one-line error.
 use crate::{Access, Batch, Sampling, StopReason, TraceSummary, Vma};
 use anyhow::{bail, Context, Result};
@@ -108,29 +109,21 @@ impl FileTrailer {
 
 /// Writes a trace file.
 pub struct Writer {
-    out: Option<BufWriter<File>>,
-    temporary: PathBuf,
+    out: BufWriter<msh_files::Stream>,
     path: PathBuf,
     offset: u64,
     batches: u64,
 }
 
 impl Writer {
-    /// Starts `path` (written as a temporary file beside it until [`Writer::finish`]).
-    pub fn create(path: &Path, header: &FileHeader) -> Result<Writer> {
-        let name = path
-            .file_name()
-            .with_context(|| format!("{} is not a file name", path.display()))?;
-        let temporary = path.with_file_name(format!(
-            ".{}.tmp-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file = File::create(&temporary)
-            .with_context(|| format!("cannot create {}", temporary.display()))?;
+    /// Starts `path`, checked and written as every msh output is ([`msh_files::Stream`]):
+    /// refused if it is one of `inputs` (the traced program), streamed into a temporary
+    /// file beside it until [`Writer::finish`], written in place if it exists and is not
+    /// a regular file (`/dev/null`, a FIFO).
+    pub fn create(path: &Path, header: &FileHeader, inputs: &[&Path]) -> Result<Writer> {
+        let stream = msh_files::Stream::create(path, "trace", inputs)?;
         let mut writer = Writer {
-            out: Some(BufWriter::with_capacity(1 << 20, file)),
-            temporary,
+            out: BufWriter::with_capacity(1 << 20, stream),
             path: path.to_path_buf(),
             offset: 0,
             batches: 0,
@@ -144,9 +137,9 @@ impl Writer {
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
-        let out = self.out.as_mut().context("the trace file is closed")?;
-        out.write_all(bytes)
-            .with_context(|| format!("writing {}", self.temporary.display()))?;
+        self.out
+            .write_all(bytes)
+            .with_context(|| format!("cannot write trace {}", self.path.display()))?;
         self.offset += bytes.len() as u64;
         Ok(())
     }
@@ -185,24 +178,13 @@ impl Writer {
         self.put(&json)?;
         self.put(&end_offset.to_le_bytes())?;
         self.put(END_MAGIC)?;
-        let out = self.out.take().context("the trace file is closed")?;
-        let file = out
+        let context = || format!("cannot write trace {}", self.path.display());
+        let stream = self
+            .out
             .into_inner()
             .map_err(|e| e.into_error())
-            .with_context(|| format!("writing {}", self.temporary.display()))?;
-        file.sync_all()
-            .with_context(|| format!("writing {}", self.temporary.display()))?;
-        std::fs::rename(&self.temporary, &self.path)
-            .with_context(|| format!("cannot move the trace to {}", self.path.display()))?;
-        Ok(())
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if self.out.take().is_some() {
-            let _ = std::fs::remove_file(&self.temporary);
-        }
+            .with_context(context)?;
+        stream.commit().with_context(context)
     }
 }
 
@@ -224,7 +206,7 @@ impl Reader {
     /// trailer.
     pub fn open(path: &Path) -> Result<Reader> {
         let name = path.display();
-        let mut file = File::open(path).with_context(|| format!("cannot open {name}"))?;
+        let mut file = msh_files::open_regular(path, "trace")?;
         let length = file.metadata()?.len();
         let mut fixed = [0u8; 16];
         if length < 16 || file.read_exact(&mut fixed).is_err() || &fixed[..8] != MAGIC {
@@ -375,7 +357,7 @@ mod tests {
     }
 
     fn write_sample(path: &Path) {
-        let mut writer = Writer::create(path, &header()).unwrap();
+        let mut writer = Writer::create(path, &header(), &[]).unwrap();
         let first: Vec<Access> = (0..2).map(access).collect();
         let second = [access(7)];
         writer
@@ -415,23 +397,54 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
+    /// A writer to `path` holding one batch, not finished.
+    fn one_batch(path: &Path) -> Writer {
+        let mut writer = Writer::create(path, &header(), &[]).unwrap();
+        writer
+            .write_batch(&Batch {
+                thread: 0,
+                time_ns: 1,
+                accesses: &[access(0)],
+            })
+            .unwrap();
+        writer
+    }
+
     #[test]
     fn an_unfinished_writer_leaves_no_file_and_keeps_the_old_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.trace");
         std::fs::write(&path, b"old").unwrap();
-        {
-            let mut writer = Writer::create(&path, &header()).unwrap();
-            writer
-                .write_batch(&Batch {
-                    thread: 0,
-                    time_ns: 1,
-                    accesses: &[access(0)],
-                })
-                .unwrap();
-        }
+        drop(one_batch(&path));
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn devices_are_written_in_place_and_an_input_is_never_the_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let null = Path::new("/dev/null");
+        one_batch(null).finish(&trailer(1)).unwrap();
+        assert!(!std::fs::symlink_metadata(null).unwrap().is_file());
+
+        let program = dir.path().join("prog");
+        std::fs::write(&program, b"ELF").unwrap();
+        let err = Writer::create(&program, &header(), &[&program])
+            .err()
+            .expect("the traced program is refused as the output");
+        let message = format!("{err:#}");
+        assert!(message.contains("same file as the input"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+        assert_eq!(std::fs::read(&program).unwrap(), b"ELF");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        // Reading: a FIFO is refused without blocking.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = Reader::open(&fifo).err().expect("a FIFO is not a trace");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[test]

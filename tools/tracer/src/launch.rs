@@ -100,8 +100,10 @@ pub fn check_program(argv0: &OsStr) -> Result<Program> {
         )
     })?;
     let mut head = [0u8; 64];
-    let n = std::fs::File::open(&path)
-        .and_then(|mut f| f.read(&mut head))
+    // Checked on the descriptor read: a path swapped for a FIFO since the PATH search
+    // must not block.
+    let n = msh_files::open_regular(&path, "program")?
+        .read(&mut head)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let head = &head[..n];
     let name = path.display();

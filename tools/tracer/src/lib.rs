@@ -92,6 +92,10 @@ pub struct TraceOptions {
     /// Stop after this long: recording stops, and the program gets SIGTERM (SIGKILL two
     /// seconds later if it is still running).
     pub time_limit: Option<Duration>,
+    /// Polled while tracing (every batch and every few ms): once it returns true,
+    /// tracing stops as at the time limit ([`StopReason::Interrupted`]). For a caller
+    /// that catches SIGTERM or Ctrl-C and still wants what was traced.
+    pub interrupted: Option<fn() -> bool>,
     /// qemu-x86_64 to use (default: the one on `PATH`).
     pub qemu: Option<PathBuf>,
     /// The plugin (default: `$MSH_TRACER_PLUGIN`, else next to the running executable).
@@ -109,6 +113,7 @@ impl Default for TraceOptions {
             fast_forward_insns: 0,
             addr_filter: None,
             time_limit: None,
+            interrupted: None,
             qemu: None,
             plugin: None,
             batch_accesses: 4096,
@@ -124,6 +129,8 @@ pub enum StopReason {
     TimeLimit,
     /// The batch callback returned `ControlFlow::Break`.
     Callback,
+    /// [`TraceOptions::interrupted`] returned true.
+    Interrupted,
 }
 
 /// What happened during a trace.
@@ -252,6 +259,9 @@ pub fn trace(
                 .is_some_and(|limit| started.elapsed() >= limit)
         {
             stopped = Some(StopReason::TimeLimit);
+        }
+        if stopped.is_none() && opts.interrupted.is_some_and(|interrupted| interrupted()) {
+            stopped = Some(StopReason::Interrupted);
         }
         if stopped.is_some() {
             match stop_sent {

@@ -7,8 +7,11 @@
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// The largest `index.json` read (a few hundred bytes per run of pages).
+const MAX_INDEX_BYTES: u64 = 256 << 20;
 
 /// The format tag in every index.
 pub const FORMAT: &str = "msh-checkpoint/1";
@@ -95,9 +98,12 @@ pub fn list(dir: &Path) -> Result<Vec<(PathBuf, Index)>> {
             );
         }
         let path = entry.path();
-        let text = fs::read_to_string(path.join("index.json"))
-            .with_context(|| format!("cannot read {}/index.json", path.display()))?;
-        let index: Index = serde_json::from_str(&text)
+        let text = msh_files::read_regular(
+            &path.join("index.json"),
+            "checkpoint index",
+            MAX_INDEX_BYTES,
+        )?;
+        let index: Index = serde_json::from_slice(&text)
             .with_context(|| format!("{}/index.json is not a checkpoint index", path.display()))?;
         if index.format != FORMAT {
             bail!(
@@ -138,12 +144,10 @@ pub fn checksums(runs: &[(usize, usize)], page: usize, data: &[u8]) -> Vec<RunEn
 /// Reads `pages.bin` of a checkpoint and checks every run's CRC.
 pub fn read_pages(path: &Path, index: &Index) -> Result<Vec<u8>> {
     let file = path.join("pages.bin");
-    let mut data = Vec::new();
-    File::open(&file)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .with_context(|| format!("cannot read {}", file.display()))?;
     let page = index.page_size;
     let expected: u64 = index.runs.iter().map(|r| r.pages * page).sum();
+    // Never more than the index accounts for (a bigger file fails below).
+    let data = msh_files::read_regular(&file, "checkpoint pages", expected.saturating_add(1))?;
     if data.len() as u64 != expected {
         bail!(
             "{}: {} bytes, the index says {expected}",
@@ -167,53 +171,35 @@ pub fn read_pages(path: &Path, index: &Index) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot sync {}", dir.display()))
-}
-
-/// Writes a checkpoint into `dir` (created if missing): into a temporary directory,
-/// read back and checked, then renamed to its final name. Returns that path.
+/// Writes a checkpoint into `dir` (created if missing) the way every msh output is
+/// written ([`msh_files::StagedDir`]): into a temporary directory, read back and
+/// checked, then renamed to its final name, never over an existing one. On error
+/// nothing is left, not even a `dir` this call created. Returns the final path.
 pub fn write(dir: &Path, index: &Index, data: &[u8]) -> Result<PathBuf> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let temporary = dir.join(format!(".tmp-{:06}-{}", index.seq, std::process::id()));
-    let result = (|| {
-        let _ = fs::remove_dir_all(&temporary);
-        fs::create_dir(&temporary)
-            .with_context(|| format!("cannot create {}", temporary.display()))?;
-        let pages = temporary.join("pages.bin");
-        let mut file =
-            File::create(&pages).with_context(|| format!("cannot create {}", pages.display()))?;
-        file.write_all(data)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("cannot write {}", pages.display()))?;
-        let json = serde_json::to_vec_pretty(index)?;
-        let path = temporary.join("index.json");
+    let target = dir.join(format!("{:06}", index.seq));
+    if target.exists() {
+        bail!(
+            "{} already exists (another checkpoint in progress?)",
+            target.display()
+        );
+    }
+    let staged = msh_files::StagedDir::create(&target, "-o")?;
+    let write_file = |name: &str, bytes: &[u8]| -> Result<()> {
+        let path = staged.path().join(name);
         let mut file =
             File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        file.write_all(&json)
+        file.write_all(bytes)
             .and_then(|()| file.sync_all())
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        // Read back what is on disk: a checkpoint is complete and verified, or absent.
-        read_pages(&temporary, index)?;
-        sync_dir(&temporary)?;
-        let target = dir.join(format!("{:06}", index.seq));
-        if target.exists() {
-            bail!(
-                "{} already exists (another checkpoint in progress?)",
-                target.display()
-            );
-        }
-        fs::rename(&temporary, &target)
-            .with_context(|| format!("cannot rename into {}", target.display()))?;
-        sync_dir(dir)?;
-        Ok(target)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&temporary);
-    }
-    result
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
+    write_file("pages.bin", data)?;
+    write_file("index.json", &serde_json::to_vec_pretty(index)?)?;
+    // Read back what is on disk: a checkpoint is complete and verified, or absent.
+    read_pages(staged.path(), index)?;
+    staged
+        .commit()
+        .with_context(|| format!("{} (another checkpoint in progress?)", target.display()))?;
+    Ok(target)
 }
 
 #[cfg(test)]
@@ -267,5 +253,25 @@ mod tests {
             .to_string()
             .contains("not a checkpoint"));
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_checkpoint_that_fails_its_check_leaves_nothing_not_even_its_directory() {
+        let base = std::env::temp_dir().join(format!("msh-image-fail-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir(&base).unwrap();
+        let data = vec![7u8; 4096];
+        let mut runs = checksums(&[(0x1000, 1)], 4096, &data);
+        runs[0].crc32 ^= 1; // as if the disk returned other bytes
+        let dir = base.join("ck/nested");
+        let err = write(&dir, &index(0, runs), &data).unwrap_err();
+        assert!(err.to_string().contains("fails its checksum"), "{err}");
+        assert_eq!(fs::read_dir(&base).unwrap().count(), 0, "nothing left");
+        // A DIR that is a file is refused in one line.
+        fs::write(base.join("file"), b"x").unwrap();
+        let runs = checksums(&[(0x1000, 1)], 4096, &data);
+        let err = write(&base.join("file"), &index(0, runs), &data).unwrap_err();
+        assert!(format!("{err:#}").contains("is not a directory"), "{err:#}");
+        let _ = fs::remove_dir_all(&base);
     }
 }

@@ -270,6 +270,8 @@ pub fn run(args: &CheckpointArgs) -> Result<()> {
     let (Some(pid), Some(dir)) = (args.pid, args.output.as_deref()) else {
         bail!("--pid and -o DIR are required");
     };
+    // Before the process is stopped: a DIR that cannot hold checkpoints fails now.
+    msh_files::check_output_dir(dir, "-o")?;
     let summary = take(pid, dir, args.incremental)?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);

@@ -85,8 +85,12 @@ fn simulate(
     progress.enable_steady_tick(std::time::Duration::from_millis(200));
     let trace_options = msh_tracer::TraceOptions {
         time_limit: options.duration,
+        // SIGTERM, SIGHUP or Ctrl-C: the tracer stops qemu (SIGTERM, then SIGKILL) and
+        // the profile of the accesses seen so far is written, as the sample backend does.
+        interrupted: Some(|| crate::collect::stopped_by().is_some()),
         ..Default::default()
     };
+    let stop_signals = crate::collect::StopSignals::catch();
     let command: Vec<OsString> = argv.iter().map(OsString::from).collect();
     let summary = msh_tracer::trace(&command, &trace_options, |batch| {
         simulator.batch(batch.thread, batch.accesses);
@@ -94,10 +98,22 @@ fn simulate(
         ControlFlow::Continue(())
     });
     progress.finish_and_clear();
+    stop_signals.report();
+    drop(stop_signals);
     let summary = summary?;
     if let Some((path, true)) = &summary.exec {
         bail!(
             "{program} exec'd {path}, which qemu-x86_64 runs natively and untraced, so the profile would miss it: profile {path} directly"
+        );
+    }
+    if let (Some(signal), true) = (
+        crate::collect::stopped_by(),
+        summary.instructions < MIN_INSTRUCTIONS,
+    ) {
+        bail!(
+            "stopped by {} after {} instructions under qemu: too little ran to profile",
+            crate::collect::signal_name(signal),
+            summary.instructions
         );
     }
     if summary.instructions < MIN_INSTRUCTIONS {
@@ -174,8 +190,12 @@ fn simulate(
             summary.forks
         ));
     }
-    if summary.stopped.is_some() {
-        notes.push("sim: stopped at the time limit; the profile covers the run until then".into());
+    match summary.stopped {
+        Some(msh_tracer::StopReason::Interrupted) => notes
+            .push("sim: cut short by a stop signal; the profile covers the run until then".into()),
+        Some(_) => notes
+            .push("sim: stopped at the time limit; the profile covers the run until then".into()),
+        None => {}
     }
     let report = RunReport {
         backend: "sim".into(),
