@@ -200,19 +200,28 @@ impl Level {
         };
         let base = set as usize * self.ways;
         let tags = &mut self.tags[base..base + self.ways];
-        let tag = line + 1;
-        if tags[0] == tag {
+        move_to_front(tags, line + 1)
+    }
+}
+
+/// Makes `tag` the most recent way of `ways` (most recent first), evicting the last
+/// way on a miss; returns hit. One pass that searches and shifts at once: a
+/// search followed by `copy_within` costs a second pass and a `memmove` call, which
+/// dominated simulators built on this (msh pagewalk).
+#[inline]
+pub fn move_to_front(ways: &mut [u64], tag: u64) -> bool {
+    if ways.first() == Some(&tag) {
+        return true;
+    }
+    let mut carry = tag;
+    for way in ways.iter_mut() {
+        let old = std::mem::replace(way, carry);
+        if old == tag {
             return true;
         }
-        let (hit, position) = match tags.iter().position(|&t| t == tag) {
-            Some(way) => (true, way),
-            None => (false, tags.len() - 1),
-        };
-        // Move to the front: ways 0..position shift down by one.
-        tags.copy_within(0..position, 1);
-        tags[0] = tag;
-        hit
+        carry = old;
     }
+    false
 }
 
 /// The simulated hierarchy: private levels per core, one shared last level.
@@ -264,8 +273,10 @@ impl Hierarchy {
         }
         let first = address >> self.line_shift;
         let last = (address + size.max(1) - 1) >> self.line_shift;
-        let mut served = 0;
-        for line in first..=last {
+        // Not a `first..=last` loop: an inclusive range costs an extra check per step,
+        // and nearly every access is within one line.
+        let mut served = self.access_line(core, first);
+        for line in first + 1..last + 1 {
             served = served.max(self.access_line(core, line));
         }
         served
