@@ -163,44 +163,70 @@ fn format_size(bytes: u64) -> String {
 
 struct Level {
     sets: u64,
-    /// `sets - 1` when `sets` is a power of two (a mask instead of a division).
-    set_mask: Option<u64>,
+    /// `log2(sets)` when `sets` is a power of two (a mask and a shift instead of a
+    /// division).
+    set_bits: Option<u32>,
     ways: usize,
-    /// Line number + 1 per way (0 = empty), `ways` entries per set, most recently used
-    /// first. One array, no timestamps: a 16-way set of the LLC is two host cache lines,
-    /// which matters because the model of a large LLC misses the host's caches itself.
-    tags: Vec<u64>,
+    /// Per way, the line's number above its set index, + 1 (0 = empty); `ways` entries
+    /// per set, most recently used first. One array, no timestamps, and 32-bit tags
+    /// while they fit: a 16-way set of the LLC is then one host cache line, which
+    /// matters because the model of a large LLC misses the host's caches itself.
+    tags: Tags,
+}
+
+enum Tags {
+    Narrow(Vec<u32>),
+    /// After a tag too large for 32 bits (lines above 2^32 sets' worth).
+    Wide(Vec<u64>),
 }
 
 impl Level {
     fn new(config: &LevelConfig) -> Level {
         let sets = config.sets();
-        let mut tags = vec![0u64; (sets * config.ways) as usize];
+        let mut tags = vec![0u32; (sets * config.ways) as usize];
         // Fault the (lazily zeroed) pages in now, so a large LLC's first touches are
         // not charged to the simulation. Volatile: the compiler knows they hold zero.
-        for tag in tags.iter_mut().step_by(512) {
+        for tag in tags.iter_mut().step_by(1024) {
             // SAFETY: `tag` is a valid, exclusive reference into the vector.
             unsafe { std::ptr::write_volatile(tag, 0) };
         }
         Level {
             sets,
-            set_mask: sets.is_power_of_two().then_some(sets - 1),
+            set_bits: sets.is_power_of_two().then_some(sets.trailing_zeros()),
             ways: config.ways as usize,
-            tags,
+            tags: Tags::Narrow(tags),
         }
     }
 
     /// Looks `line` up; on a miss installs it, evicting the least recently used way.
     /// Returns hit.
-    #[inline]
+    #[inline(always)]
     fn access(&mut self, line: u64) -> bool {
-        let set = match self.set_mask {
-            Some(mask) => line & mask,
-            None => line % self.sets,
+        let (set, tag) = match self.set_bits {
+            Some(bits) => (line & ((1 << bits) - 1), (line >> bits) + 1),
+            None => (line % self.sets, line / self.sets + 1),
         };
-        let base = set as usize * self.ways;
-        let tags = &mut self.tags[base..base + self.ways];
-        move_to_front(tags, line + 1)
+        let ways = set as usize * self.ways..(set as usize + 1) * self.ways;
+        match &mut self.tags {
+            Tags::Narrow(tags) if tag <= u64::from(u32::MAX) => {
+                move_to_front(&mut tags[ways], tag as u32)
+            }
+            Tags::Narrow(_) => {
+                self.widen();
+                match &mut self.tags {
+                    Tags::Wide(tags) => move_to_front(&mut tags[ways], tag),
+                    Tags::Narrow(_) => unreachable!("just widened"),
+                }
+            }
+            Tags::Wide(tags) => move_to_front(&mut tags[ways], tag),
+        }
+    }
+
+    #[cold]
+    fn widen(&mut self) {
+        if let Tags::Narrow(tags) = &self.tags {
+            self.tags = Tags::Wide(tags.iter().map(|&t| u64::from(t)).collect());
+        }
     }
 }
 
@@ -209,7 +235,7 @@ impl Level {
 /// search followed by `copy_within` costs a second pass and a `memmove` call, which
 /// dominated simulators built on this (msh pagewalk).
 #[inline]
-pub fn move_to_front(ways: &mut [u64], tag: u64) -> bool {
+pub fn move_to_front<T: Copy + PartialEq>(ways: &mut [T], tag: T) -> bool {
     if ways.first() == Some(&tag) {
         return true;
     }
@@ -357,6 +383,25 @@ mod tests {
         cache.access(0, 2 * set_stride, 8); // evicts set_stride from L1
         assert_eq!(cache.access(0, 0, 8), 0);
         assert_eq!(cache.access(0, set_stride, 8), 1, "still in L2");
+    }
+
+    #[test]
+    fn tags_beyond_32_bits_are_exact() {
+        let mut cache = Hierarchy::new(&tiny());
+        let far = 1u64 << 50;
+        assert_eq!(cache.access(0, 0x1000, 8), 3);
+        assert_eq!(
+            cache.access(0, far + 0x1000, 8),
+            3,
+            "same sets, distinct line"
+        );
+        assert_eq!(
+            cache.access(0, 0x1000, 8),
+            0,
+            "the near line survived the widening"
+        );
+        assert_eq!(cache.access(0, far + 0x1000, 8), 0);
+        assert_eq!(cache.access(0, 2 * far + 0x1000, 8), 3);
     }
 
     #[test]
