@@ -3,6 +3,7 @@
 //! Tags only: what an entry would hold is recomputed from the synthetic OS, which is
 //! exact because mappings never change during a run.
 use crate::config::AssocConfig;
+use msh_profile::sim::cache::move_to_front;
 
 pub(crate) struct SetAssoc {
     set_mask: u64,
@@ -22,42 +23,12 @@ impl SetAssoc {
         }
     }
 
-    /// Looks `key` up; on a miss installs it (evicting the LRU way). Returns hit.
+    /// Looks `key` up and makes it most recent; on a miss installs it (evicting the
+    /// LRU way). Returns hit. (Every lookup of the simulator's TLBs and PWCs that
+    /// misses is followed by an insert of the same key, so this is the only operation.)
     #[inline]
     pub(crate) fn access(&mut self, key: u64) -> bool {
-        let hit = self.lookup(key);
-        if !hit {
-            self.insert(key);
-        }
-        hit
-    }
-
-    /// Looks `key` up and makes it most recent on a hit.
-    #[inline]
-    pub(crate) fn lookup(&mut self, key: u64) -> bool {
-        let set = self.set(key);
-        let tag = key.wrapping_add(1);
-        if set[0] == tag {
-            return true;
-        }
-        match set.iter().position(|&t| t == tag) {
-            Some(way) => {
-                set.copy_within(0..way, 1);
-                set[0] = tag;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Installs `key` as most recent (evicting the LRU way); a no-op if present.
-    #[inline]
-    pub(crate) fn insert(&mut self, key: u64) {
-        let set = self.set(key);
-        let tag = key.wrapping_add(1);
-        let way = set.iter().position(|&t| t == tag).unwrap_or(set.len() - 1);
-        set.copy_within(0..way, 1);
-        set[0] = tag;
+        move_to_front(self.set(key), key.wrapping_add(1))
     }
 
     #[inline]
@@ -84,9 +55,9 @@ mod tests {
         assert!(!fully.access(20));
         assert!(fully.access(10)); // 10 most recent, 20 LRU
         assert!(!fully.access(30)); // evicts 20
-        assert!(fully.lookup(10));
-        assert!(!fully.lookup(20));
-        assert!(fully.lookup(30));
+        assert!(fully.access(10));
+        assert!(fully.access(30));
+        assert!(!fully.access(20));
     }
 
     #[test]

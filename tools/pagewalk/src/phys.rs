@@ -24,7 +24,9 @@ pub(crate) struct PhysMemory {
     size: u64,
     general_chunks: u64,
     chunk_order: Permutation,
-    frame_order: Permutation,
+    /// The shuffle of frames within a chunk, tabulated (1 KiB): every translation of
+    /// a populated page reads it.
+    frame_order: Box<[u16]>,
     next_chunk: u64,
     /// The chunk 4 KiB frames are being taken from, and how many it has given.
     partial: Option<(u64, u64)>,
@@ -41,7 +43,10 @@ impl PhysMemory {
             size,
             general_chunks,
             chunk_order: Permutation::new(general_chunks, seed ^ 0x9e37_79b9_7f4a_7c15),
-            frame_order: Permutation::new(FRAMES_PER_CHUNK, seed ^ 0xd1b5_4a32_d192_ed03),
+            frame_order: {
+                let order = Permutation::new(FRAMES_PER_CHUNK, seed ^ 0xd1b5_4a32_d192_ed03);
+                (0..FRAMES_PER_CHUNK).map(|i| order.get(i) as u16).collect()
+            },
             next_chunk: 0,
             partial: None,
             contiguous_next: general_chunks * HUGE,
@@ -55,7 +60,7 @@ impl PhysMemory {
             _ => (self.alloc_chunk()?, 0),
         };
         self.partial = Some((chunk, used + 1));
-        Ok(chunk + self.frame_order.get(used) * PAGE)
+        Ok(chunk + self.frame_order[used as usize] as u64 * PAGE)
     }
 
     /// A 2 MiB-aligned 2 MiB page's physical address.
@@ -90,7 +95,7 @@ impl PhysMemory {
     #[inline]
     pub(crate) fn page_at(&self, slot: u64) -> u64 {
         self.chunk_at(slot / FRAMES_PER_CHUNK)
-            + self.frame_order.get(slot % FRAMES_PER_CHUNK) * PAGE
+            + self.frame_order[(slot % FRAMES_PER_CHUNK) as usize] as u64 * PAGE
     }
 
     fn alloc_chunk(&mut self) -> Result<u64> {

@@ -300,13 +300,8 @@ impl Simulator {
             addr >> 12
         };
         let hit = match (&mut self.l1_tlb, &mut self.stlb) {
-            (Some(l1), Some(stlb)) => {
-                l1.lookup(key) || {
-                    let hit = stlb.access(key);
-                    l1.insert(key);
-                    hit
-                }
-            }
+            // An L1 miss fills the L1 from the STLB (or the walk).
+            (Some(l1), Some(stlb)) => l1.access(key) || stlb.access(key),
             _ => false,
         };
         if !hit {

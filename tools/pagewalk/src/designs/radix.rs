@@ -64,25 +64,17 @@ impl Radix {
         let leaf = if huge { 2 } else { 1 };
         let mut top = 4;
         if let Some(pwc) = ctx.pwc.as_deref_mut() {
-            if !huge && pwc.pde.lookup(addr >> 21) {
+            // Deepest hit wins; the walk fills the caches of the non-leaf levels it
+            // reads, which are exactly those looked up and missed (`access` does both).
+            if !huge && pwc.pde.access(addr >> 21) {
                 top = 1;
-            } else if pwc.pdpte.lookup(addr >> 30) {
+            } else if pwc.pdpte.access(addr >> 30) {
                 top = 2;
-            } else if pwc.pml4e.lookup(addr >> 39) {
+            } else if pwc.pml4e.access(addr >> 39) {
                 top = 3;
             }
             if top < 4 {
                 steps.push(Step::pwc_hit());
-            }
-            // The walk fills the caches of the non-leaf levels it reads.
-            if top == 4 {
-                pwc.pml4e.insert(addr >> 39);
-            }
-            if top >= 3 {
-                pwc.pdpte.insert(addr >> 30);
-            }
-            if top >= 2 && !huge {
-                pwc.pde.insert(addr >> 21);
             }
         }
         let prefetch = matches!(self.mode, Mode::Asap(_));

@@ -163,56 +163,91 @@ fn format_size(bytes: u64) -> String {
 
 struct Level {
     sets: u64,
-    /// `sets - 1` when `sets` is a power of two (a mask instead of a division).
-    set_mask: Option<u64>,
+    /// `log2(sets)` when `sets` is a power of two (a mask and a shift instead of a
+    /// division).
+    set_bits: Option<u32>,
     ways: usize,
-    /// Line number + 1 per way (0 = empty), `ways` entries per set, most recently used
-    /// first. One array, no timestamps: a 16-way set of the LLC is two host cache lines,
-    /// which matters because the model of a large LLC misses the host's caches itself.
-    tags: Vec<u64>,
+    /// Per way, the line's number above its set index, + 1 (0 = empty); `ways` entries
+    /// per set, most recently used first. One array, no timestamps, and 32-bit tags
+    /// while they fit: a 16-way set of the LLC is then one host cache line, which
+    /// matters because the model of a large LLC misses the host's caches itself.
+    tags: Tags,
+}
+
+enum Tags {
+    Narrow(Vec<u32>),
+    /// After a tag too large for 32 bits (lines above 2^32 sets' worth).
+    Wide(Vec<u64>),
 }
 
 impl Level {
     fn new(config: &LevelConfig) -> Level {
         let sets = config.sets();
-        let mut tags = vec![0u64; (sets * config.ways) as usize];
+        let mut tags = vec![0u32; (sets * config.ways) as usize];
         // Fault the (lazily zeroed) pages in now, so a large LLC's first touches are
         // not charged to the simulation. Volatile: the compiler knows they hold zero.
-        for tag in tags.iter_mut().step_by(512) {
+        for tag in tags.iter_mut().step_by(1024) {
             // SAFETY: `tag` is a valid, exclusive reference into the vector.
             unsafe { std::ptr::write_volatile(tag, 0) };
         }
         Level {
             sets,
-            set_mask: sets.is_power_of_two().then_some(sets - 1),
+            set_bits: sets.is_power_of_two().then_some(sets.trailing_zeros()),
             ways: config.ways as usize,
-            tags,
+            tags: Tags::Narrow(tags),
         }
     }
 
     /// Looks `line` up; on a miss installs it, evicting the least recently used way.
     /// Returns hit.
-    #[inline]
+    #[inline(always)]
     fn access(&mut self, line: u64) -> bool {
-        let set = match self.set_mask {
-            Some(mask) => line & mask,
-            None => line % self.sets,
+        let (set, tag) = match self.set_bits {
+            Some(bits) => (line & ((1 << bits) - 1), (line >> bits) + 1),
+            None => (line % self.sets, line / self.sets + 1),
         };
-        let base = set as usize * self.ways;
-        let tags = &mut self.tags[base..base + self.ways];
-        let tag = line + 1;
-        if tags[0] == tag {
+        let ways = set as usize * self.ways..(set as usize + 1) * self.ways;
+        match &mut self.tags {
+            Tags::Narrow(tags) if tag <= u64::from(u32::MAX) => {
+                move_to_front(&mut tags[ways], tag as u32)
+            }
+            Tags::Narrow(_) => {
+                self.widen();
+                match &mut self.tags {
+                    Tags::Wide(tags) => move_to_front(&mut tags[ways], tag),
+                    Tags::Narrow(_) => unreachable!("just widened"),
+                }
+            }
+            Tags::Wide(tags) => move_to_front(&mut tags[ways], tag),
+        }
+    }
+
+    #[cold]
+    fn widen(&mut self) {
+        if let Tags::Narrow(tags) = &self.tags {
+            self.tags = Tags::Wide(tags.iter().map(|&t| u64::from(t)).collect());
+        }
+    }
+}
+
+/// Makes `tag` the most recent way of `ways` (most recent first), evicting the last
+/// way on a miss; returns hit. One pass that searches and shifts at once: a
+/// search followed by `copy_within` costs a second pass and a `memmove` call, which
+/// dominated simulators built on this (msh pagewalk).
+#[inline]
+pub fn move_to_front<T: Copy + PartialEq>(ways: &mut [T], tag: T) -> bool {
+    if ways.first() == Some(&tag) {
+        return true;
+    }
+    let mut carry = tag;
+    for way in ways.iter_mut() {
+        let old = std::mem::replace(way, carry);
+        if old == tag {
             return true;
         }
-        let (hit, position) = match tags.iter().position(|&t| t == tag) {
-            Some(way) => (true, way),
-            None => (false, tags.len() - 1),
-        };
-        // Move to the front: ways 0..position shift down by one.
-        tags.copy_within(0..position, 1);
-        tags[0] = tag;
-        hit
+        carry = old;
     }
+    false
 }
 
 /// The simulated hierarchy: private levels per core, one shared last level.
@@ -264,8 +299,10 @@ impl Hierarchy {
         }
         let first = address >> self.line_shift;
         let last = (address + size.max(1) - 1) >> self.line_shift;
-        let mut served = 0;
-        for line in first..=last {
+        // Not a `first..=last` loop: an inclusive range costs an extra check per step,
+        // and nearly every access is within one line.
+        let mut served = self.access_line(core, first);
+        for line in first + 1..last + 1 {
             served = served.max(self.access_line(core, line));
         }
         served
@@ -346,6 +383,25 @@ mod tests {
         cache.access(0, 2 * set_stride, 8); // evicts set_stride from L1
         assert_eq!(cache.access(0, 0, 8), 0);
         assert_eq!(cache.access(0, set_stride, 8), 1, "still in L2");
+    }
+
+    #[test]
+    fn tags_beyond_32_bits_are_exact() {
+        let mut cache = Hierarchy::new(&tiny());
+        let far = 1u64 << 50;
+        assert_eq!(cache.access(0, 0x1000, 8), 3);
+        assert_eq!(
+            cache.access(0, far + 0x1000, 8),
+            3,
+            "same sets, distinct line"
+        );
+        assert_eq!(
+            cache.access(0, 0x1000, 8),
+            0,
+            "the near line survived the widening"
+        );
+        assert_eq!(cache.access(0, far + 0x1000, 8), 0);
+        assert_eq!(cache.access(0, 2 * far + 0x1000, 8), 3);
     }
 
     #[test]
