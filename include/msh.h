@@ -401,7 +401,10 @@ msh_status msh_global_stats(msh_stats *out);
 
 /* The scavenger's side of the per-thread state swap (%rsi = context block): on the
  * way out it pushes its errno, MXCSR and x87 control word and gives the primary back
- * its own; on resume the reverse. ldmxcsr/fldcw only when the two sides differ. */
+ * its own; on resume the reverse. ldmxcsr/fldcw only when the two sides' words
+ * differ. The MXCSR is compared whole, sticky exception flags (bits 0-5) included,
+ * as core/src/arch/x86_64.rs does: a scavenger's flags never reach the primary's
+ * fetestexcept, and equal words (the common case) cost no ldmxcsr. */
 #define MSH__SCAV_OUT \
   "sub $16, %%rsp\n\t" \
   "mov %c[errno_addr](%%rsi), %%rax\n\t" \

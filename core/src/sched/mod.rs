@@ -89,9 +89,13 @@ impl Default for Config {
 /// Why a runtime call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
+    /// `init` was called twice without `shutdown`.
     AlreadyInitialized,
+    /// The call needs `init` first.
     NotInitialized,
+    /// The calling thread is already a primary.
     AlreadyRegistered,
+    /// The calling thread is not a primary.
     NotRegistered,
     /// The call is not allowed from inside a scavenger.
     InScavenger,
@@ -229,6 +233,7 @@ impl Scavenger {
         &self.name[..len]
     }
 
+    /// The scavenger's stack mapping (with its guard page).
     pub fn stack(&self) -> &Stack {
         &self.stack
     }
@@ -332,6 +337,7 @@ pub fn init(config: Config) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `init` ran (and `shutdown` did not since).
 pub fn is_initialized() -> bool {
     CONFIG.read().is_some()
 }
@@ -433,6 +439,7 @@ pub fn register() -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether the calling thread is registered as a primary.
 pub fn is_registered() -> bool {
     !current().is_null()
 }
@@ -1081,6 +1088,70 @@ pub(crate) mod tests {
         assert_eq!(SCAV_ERRNO_WRONG.load(Ordering::Relaxed), 0);
         assert!(thread_stats().unwrap().switches >= 10_000);
         unregister().unwrap();
+    }
+
+    fn mxcsr() -> u32 {
+        let mut value = 0u32;
+        // SAFETY: stmxcsr writes 4 bytes to a valid local.
+        unsafe { core::arch::asm!("stmxcsr [{}]", in(reg) &mut value, options(nostack)) };
+        value
+    }
+
+    fn set_mxcsr(value: u32) {
+        // SAFETY: ldmxcsr of a value with only defined bits (the default's, or flags).
+        unsafe { core::arch::asm!("ldmxcsr [{}]", in(reg) &value, options(nostack)) };
+    }
+
+    /// The MXCSR's sticky exception flags (bits 0-5); 0x20 is "inexact".
+    const FLAGS: u32 = 0x3f;
+    static SCAV_FLAGS_LOST: AtomicU64 = AtomicU64::new(0);
+    unsafe extern "C" fn flag_scavenger(arg: *mut c_void) {
+        let counter = unsafe { &*(arg as *const Counter) };
+        set_mxcsr(mxcsr() | 0x20);
+        while counter.count.load(Ordering::Relaxed) < counter.limit {
+            arch::yield_now();
+            if mxcsr() & 0x20 == 0 {
+                SCAV_FLAGS_LOST.fetch_add(1, Ordering::Relaxed);
+            }
+            counter.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn mxcsr_exception_flags_stay_with_their_side_of_a_rust_switch() {
+        let _rt = fresh_runtime(Config {
+            budget_ns: 0,
+            ..Config::default()
+        });
+        register().unwrap();
+        let counter = Counter {
+            count: AtomicU64::new(0),
+            limit: 2_000,
+        };
+        set_mxcsr(mxcsr() & !FLAGS);
+        spawn(flag_scavenger, &counter as *const _ as *mut c_void, None).unwrap();
+        let mut leaked = 0;
+        for _ in 0..1_000 {
+            arch::yield_now();
+            leaked += u32::from(mxcsr() & FLAGS != 0);
+        }
+        run_pending().unwrap();
+        let after = mxcsr();
+        unregister().unwrap();
+        assert_eq!(
+            leaked, 0,
+            "the scavenger's inexact flag reached the primary"
+        );
+        assert_eq!(
+            after & FLAGS,
+            0,
+            "the finished scavenger left its flags behind"
+        );
+        assert_eq!(
+            SCAV_FLAGS_LOST.load(Ordering::Relaxed),
+            0,
+            "the scavenger lost its flag"
+        );
     }
 
     #[test]
