@@ -84,6 +84,7 @@
 
 // Result of every fallible msh call. 0 is success; the others name the cause.
 typedef enum {
+  // Success.
   MSH_OK = 0,
   // A required pointer argument was NULL.
   MSH_ERR_NULL = 1,
