@@ -84,6 +84,7 @@
 
 // Result of every fallible msh call. 0 is success; the others name the cause.
 typedef enum {
+  // Success.
   MSH_OK = 0,
   // A required pointer argument was NULL.
   MSH_ERR_NULL = 1,
@@ -401,7 +402,10 @@ msh_status msh_global_stats(msh_stats *out);
 
 /* The scavenger's side of the per-thread state swap (%rsi = context block): on the
  * way out it pushes its errno, MXCSR and x87 control word and gives the primary back
- * its own; on resume the reverse. ldmxcsr/fldcw only when the two sides differ. */
+ * its own; on resume the reverse. ldmxcsr/fldcw only when the two sides' words
+ * differ. The MXCSR is compared whole, sticky exception flags (bits 0-5) included,
+ * as core/src/arch/x86_64.rs does: a scavenger's flags never reach the primary's
+ * fetestexcept, and equal words (the common case) cost no ldmxcsr. */
 #define MSH__SCAV_OUT \
   "sub $16, %%rsp\n\t" \
   "mov %c[errno_addr](%%rsi), %%rax\n\t" \

@@ -75,9 +75,9 @@
 //! |---|---|---|
 //! | general registers, flags, vector registers | yes | clobbered by the switch; each side's compiler (or trampoline) saves what is live |
 //! | `errno` | yes | swapped by the scavenger side (below): a server that checks `errno == EAGAIN` after a yield sees its own |
-//! | MXCSR (SSE rounding, exception masks, FTZ/DAZ) | yes | swapped by the scavenger side when the two differ |
+//! | MXCSR (SSE rounding, exception masks, FTZ/DAZ, sticky exception flags) | yes | swapped by the scavenger side when the two words differ |
 //! | x87 control word (precision, rounding) | yes | likewise |
-//! | x87 status/tag words, MXCSR exception flags | no | sticky flags are read by almost nobody; carried with the MXCSR only when the control bits differ |
+//! | x87 status/tag words | no | x87 arithmetic is rare in x86-64 code, and `fnstenv`/`fldenv` would cost far more than the switch |
 //! | direction flag | no need | the SysV ABI has it clear at every call, and a yield is a call site |
 //! | signal mask, alternate signal stack | no | changing them costs a system call per switch; a scavenger must not change them |
 //! | `%fs` base and the C library's other thread-locals (`uselocale`, `h_errno`, `dlerror`, `strtok`/`rand` state, stdio locks owned) | no | shared by design: a scavenger uses the primary's thread; scavengers must not `uselocale` or leave a lock held across a yield |
@@ -88,10 +88,12 @@
 //! and loads its own from the top of its stack ([`off::SCAV_SAVE_AREA`] bytes:
 //! `errno` at [`off::SAVE_ERRNO`], MXCSR at [`off::SAVE_MXCSR`], control word at
 //! [`off::SAVE_FPUCW`]); on the way out it does the reverse. `ldmxcsr`/`fldcw` are
-//! issued only when the two sides' words differ (for the MXCSR, in the bits of
-//! [`MXCSR_CONTROL_MASK`]). A fresh scavenger starts with `errno` 0 and its
-//! primary's control words; one that ends (returns, faults, exits, is preempted)
-//! gives the primary back its own.
+//! issued only when the two sides' words differ. The MXCSR is compared whole, its
+//! sticky exception flags (bits 0-5) included: a scavenger's inexact or overflow flag
+//! must not appear in the primary's `fetestexcept`, and equal words (the common case)
+//! cost no `ldmxcsr`; the C header's inline switch follows the same rule. A fresh
+//! scavenger starts with `errno` 0 and its primary's control words; one that ends
+//! (returns, faults, exits, is preempted) gives the primary back its own.
 
 use core::ptr;
 
@@ -105,9 +107,6 @@ pub const TCB_THREAD: usize = 0x40;
 pub const SAMPLE_EVERY: u64 = 256;
 /// Bytes below `%rsp` that leaf code may use without moving `%rsp` (SysV ABI).
 pub const RED_ZONE: usize = 128;
-/// The MXCSR bits whose difference makes a switch reload the register: all but the
-/// six sticky exception flags (bits 0-5), which nobody needs carried across a switch.
-pub const MXCSR_CONTROL_MASK: i32 = !0x3f;
 
 /// A packed yield context: where a suspended coroutine resumes.
 #[repr(C)]
@@ -122,6 +121,7 @@ pub struct Coro {
 }
 
 impl Coro {
+    /// A coroutine that has not run yet: no stack, no resume address, no ring.
     pub const fn empty() -> Self {
         Coro {
             sp: 0,
@@ -176,6 +176,7 @@ pub struct ThreadCtx {
 }
 
 impl ThreadCtx {
+    /// A context block for a thread not yet switching, with a quota of `budget_ticks`.
     pub const fn new(budget_ticks: u64) -> Self {
         ThreadCtx {
             running: ptr::null_mut(),

@@ -3,6 +3,7 @@
 //! dirty-page tracking.
 //!
 //! The allocator comes from whoever links this crate (libmsh uses the system's).
+#![warn(missing_docs)]
 #![no_std]
 
 extern crate alloc;

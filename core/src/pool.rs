@@ -43,6 +43,7 @@ pub struct Pool<T> {
 }
 
 impl<T> Pool<T> {
+    /// An empty pool that holds at most `capacity` items.
     #[cfg(not(loom))]
     pub const fn new(capacity: usize) -> Self {
         Pool {
@@ -51,6 +52,7 @@ impl<T> Pool<T> {
         }
     }
 
+    /// As the other `new`; loom's mutex cannot be built in a `const fn`.
     #[cfg(loom)]
     pub fn new(capacity: usize) -> Self {
         Pool {
@@ -75,14 +77,17 @@ impl<T> Pool<T> {
         self.queue.lock().push_front(item);
     }
 
+    /// Takes the item at the front.
     pub fn pop(&self) -> Option<T> {
         self.queue.lock().pop_front()
     }
 
+    /// How many items wait.
     pub fn len(&self) -> usize {
         self.queue.lock().len()
     }
 
+    /// Whether no item waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -1,20 +1,11 @@
 //! Converting nanosecond budgets into TSC ticks, calibrated against CLOCK_MONOTONIC.
 
 use crate::arch::rdtsc;
+use crate::os::monotonic_ns;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// TSC ticks per microsecond, once calibrated (0 = not yet).
 static TICKS_PER_US: AtomicU64 = AtomicU64::new(0);
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Measures the TSC rate over `window_ns` (the median of three windows).
 pub fn measure_ticks_per_us(window_ns: u64) -> u64 {
@@ -44,10 +35,12 @@ pub fn ticks_per_us() -> u64 {
     }
 }
 
+/// Converts a budget in nanoseconds to TSC ticks (calibrating on first use).
 pub fn ns_to_ticks(ns: u64) -> u64 {
     ns.saturating_mul(ticks_per_us()) / 1000
 }
 
+/// Converts TSC ticks back to nanoseconds.
 pub fn ticks_to_ns(ticks: u64) -> u64 {
     (ticks as u128 * 1000 / ticks_per_us() as u128) as u64
 }

@@ -7,6 +7,7 @@ use std::panic::{catch_unwind, UnwindSafe};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum msh_status {
+    /// Success.
     MSH_OK = 0,
     /// A required pointer argument was NULL.
     MSH_ERR_NULL = 1,

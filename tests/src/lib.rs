@@ -1,5 +1,6 @@
 //! Helpers for the end-to-end tests in `tests/tests/`: where the checkout, the built
 //! libraries and the binaries are, and how to compile C against them.
+#![warn(missing_docs)]
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -64,6 +65,7 @@ pub fn ensure_libmsh() -> PathBuf {
     dir
 }
 
+/// `libmsh.a`, built for this profile if need be.
 pub fn libmsh_a() -> PathBuf {
     let lib = ensure_libmsh().join("libmsh.a");
     assert!(
@@ -74,6 +76,7 @@ pub fn libmsh_a() -> PathBuf {
     lib
 }
 
+/// `libmsh.so`, built for this profile if need be.
 pub fn libmsh_so() -> PathBuf {
     let lib = ensure_libmsh().join("libmsh.so");
     assert!(
@@ -110,6 +113,57 @@ pub fn cc_with_libmsh(sources: &[PathBuf], out: &Path, extra: &[&str]) {
     let mut args = vec![lib.to_str().unwrap(), "-ldl", "-lm", "-lgcc_s"];
     args.extend_from_slice(extra);
     cc(sources, out, &args);
+}
+
+/// Builds test fixtures from `tests/c/NAME.c` into `dir`: each of `libraries` as
+/// `NAME.so` (a scavenger or other shared object), each of `programs` as `NAME`.
+pub fn build_fixtures(dir: &Path, libraries: &[&str], programs: &[&str]) {
+    for name in libraries {
+        let src = repo_root().join(format!("tests/c/{name}.c"));
+        cc(
+            &[src],
+            &dir.join(format!("{name}.so")),
+            &["-shared", "-fPIC"],
+        );
+    }
+    for name in programs {
+        let src = repo_root().join(format!("tests/c/{name}.c"));
+        cc(&[src], &dir.join(name), &[]);
+    }
+}
+
+/// Writes a pool file `NAME.pool` of `lines` into `dir` and returns its path.
+pub fn write_pool(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
+    let path = dir.join(format!("{name}.pool"));
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write the pool file");
+    path
+}
+
+/// Asserts that a command exited 0, showing its stderr when it did not.
+pub fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The JSON document a successful command printed on stdout (`--json` reports).
+pub fn json_report(output: &Output) -> serde_json::Value {
+    assert_success(output);
+    serde_json::from_slice(&output.stdout).expect("stdout is one JSON document")
+}
+
+/// The word after `key` in a program's `key value key value …` report (the C
+/// examples print their results so); panics showing `text` when `key` is absent.
+pub fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    let mut words = text.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == key {
+            return words.next().unwrap_or("");
+        }
+    }
+    panic!("no {key} in output:\n{text}")
 }
 
 /// Runs `program` and returns its output.

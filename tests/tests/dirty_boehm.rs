@@ -1,6 +1,7 @@
 //! End-to-end: Boehm GC (Debian libgc-dev) in incremental manual-VDB mode, with msh as
 //! its only source of dirty bits (c-examples/gc_boehm.c).
 
+use msh_tests::field;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -22,16 +23,6 @@ fn run(args: &[&str]) -> (Output, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out, text)
-}
-
-fn field<'a>(text: &'a str, key: &str) -> &'a str {
-    let mut words = text.split_whitespace();
-    while let Some(word) = words.next() {
-        if word == key {
-            return words.next().unwrap_or("");
-        }
-    }
-    panic!("no {key} in output:\n{text}")
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! End-to-end: the dirty-tracking C examples, built against libmsh.a and msh.h.
 
+use msh_tests::{assert_success, field};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -19,16 +20,6 @@ fn run(program: &str, args: &[&str]) -> Output {
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn field<'a>(text: &'a str, key: &str) -> &'a str {
-    let mut words = text.split_whitespace();
-    while let Some(word) = words.next() {
-        if word == key {
-            return words.next().unwrap_or("");
-        }
-    }
-    panic!("no {key} in output:\n{text}")
 }
 
 fn temp_path(name: &str) -> PathBuf {
@@ -146,11 +137,7 @@ fn checkpoint_falls_back_when_the_kernel_has_no_userfaultfd() {
     // As on a kernel without userfaultfd.
     msh_tests::deny_userfaultfd(&mut command);
     let out = command.output().expect("run checkpoint under seccomp");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let live = stdout(&out);
     assert_eq!(field(&live, "backend"), "mprotect", "{live}");
     let restored = run("checkpoint_restore", &[image.to_str().unwrap()]);
@@ -196,11 +183,7 @@ fn checkpoint_restore_survives_corrupted_images() {
             "0.2",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let bytes = std::fs::read(&image).unwrap();
     let corrupt = temp_path("fuzz.corrupt");
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;

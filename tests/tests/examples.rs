@@ -83,9 +83,5 @@ fn the_pkg_config_file_compiles_a_program() {
         .env("LD_LIBRARY_PATH", &build)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }

@@ -31,9 +31,7 @@
 //! from [`crate::abi`] (or, for the fresh stack, from this file), so the build checks
 //! the asm and the structs against each other.
 
-use crate::abi::{
-    off, Coro, ThreadCtx, MXCSR_CONTROL_MASK, RED_ZONE, TCB_NEXT, TCB_SELF, TCB_THREAD,
-};
+use crate::abi::{off, Coro, ThreadCtx, RED_ZONE, TCB_NEXT, TCB_SELF, TCB_THREAD};
 use core::arch::asm;
 
 /// Reads the TSC. Not serializing: good enough for budgets of ~100 ns.
@@ -138,7 +136,7 @@ macro_rules! primary_switch {
 /// and gives the primary back its own. `%rsi` = ThreadCtx; clobbers `%rax`, `%rdx`.
 ///
 /// Operands: `save_area`, `save_errno`, `save_mxcsr`, `save_fpucw`, `errno_addr`,
-/// `perrno`, `pmxcsr`, `pfpucw`, `mxcsr_control`.
+/// `perrno`, `pmxcsr`, `pfpucw`.
 macro_rules! scav_out {
     () => {
         concat!(
@@ -150,13 +148,15 @@ macro_rules! scav_out {
             "mov {perrno}(%rsi), %edx\n",
             "mov %edx, (%rax)\n",
             // Our control words to the save area; the primary's are loaded only when
-            // they differ from ours (MXCSR exception flags aside).
+            // they differ from ours. The whole MXCSR is compared, sticky exception
+            // flags (bits 0-5) included: flags our FP raised must not show up in the
+            // primary's fetestexcept, and words that are equal cost no ldmxcsr. The C
+            // header's MSH__SCAV_OUT follows the same rule.
             "stmxcsr {save_mxcsr}(%rsp)\n",
             "fnstcw {save_fpucw}(%rsp)\n",
             "mov {save_mxcsr}(%rsp), %edx\n",
-            "xor {pmxcsr}(%rsi), %edx\n",
-            "and ${mxcsr_control}, %edx\n",
-            "jnz 7f\n",
+            "cmp {pmxcsr}(%rsi), %edx\n",
+            "jne 7f\n",
             "movzwl {save_fpucw}(%rsp), %edx\n",
             "cmp %dx, {pfpucw}(%rsi)\n",
             "je 8f\n",
@@ -183,13 +183,13 @@ macro_rules! scav_in {
             "mov {save_errno}(%rsp), %edx\n",
             "mov %edx, (%rax)\n",
             // The primary's control words to the ThreadCtx; ours are loaded only when
-            // they differ (MXCSR exception flags aside).
+            // the words differ (the whole MXCSR, as in `scav_out!`: the primary's
+            // sticky flags stay the primary's).
             "stmxcsr {pmxcsr}(%rsi)\n",
             "fnstcw {pfpucw}(%rsi)\n",
             "mov {save_mxcsr}(%rsp), %edx\n",
-            "xor {pmxcsr}(%rsi), %edx\n",
-            "and ${mxcsr_control}, %edx\n",
-            "jnz 7f\n",
+            "cmp {pmxcsr}(%rsi), %edx\n",
+            "jne 7f\n",
             "movzwl {save_fpucw}(%rsp), %edx\n",
             "cmp %dx, {pfpucw}(%rsi)\n",
             "je 8f\n",
@@ -337,7 +337,6 @@ pub fn yield_now() {
             pmxcsr = const off::PRIMARY_MXCSR, pfpucw = const off::PRIMARY_FPUCW,
             save_area = const off::SCAV_SAVE_AREA, save_errno = const off::SAVE_ERRNO,
             save_mxcsr = const off::SAVE_MXCSR, save_fpucw = const off::SAVE_FPUCW,
-            mxcsr_control = const MXCSR_CONTROL_MASK,
             csp = const off::CORO_SP, cip = const off::CORO_IP, cnext = const off::CORO_NEXT,
             out("r12") _, out("r13") _, out("r14") _, out("r15") _,
             clobber_abi("C"),
@@ -418,7 +417,6 @@ pub unsafe fn suspend_to_primary(own: *mut Coro, ctx: *mut ThreadCtx, next: *mut
             pmxcsr = const off::PRIMARY_MXCSR, pfpucw = const off::PRIMARY_FPUCW,
             save_area = const off::SCAV_SAVE_AREA, save_errno = const off::SAVE_ERRNO,
             save_mxcsr = const off::SAVE_MXCSR, save_fpucw = const off::SAVE_FPUCW,
-            mxcsr_control = const MXCSR_CONTROL_MASK,
             csp = const off::CORO_SP, cip = const off::CORO_IP,
             in("rdi") own, in("rsi") ctx, in("rdx") next,
             out("r12") _, out("r13") _, out("r14") _, out("r15") _,

@@ -1,7 +1,7 @@
 //! A page bitmap that fault handlers set (lock-free, async-signal-safe) and the
 //! collector takes from, for the backends that learn of writes one fault at a time.
 
-use super::Limit;
+use super::{Error, Limit, Run};
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -93,6 +93,48 @@ impl PageBitmap {
             emit(first, count);
         }
         stopped
+    }
+}
+
+/// Re-protects a span `(address, bytes)` against writes.
+pub type Protect<'a> = &'a mut dyn FnMut(usize, usize) -> Result<(), Error>;
+
+impl PageBitmap {
+    /// The collection of the backends that learn of writes by protection faults
+    /// (mprotect, userfaultfd): emits the written pages of the range that starts at
+    /// address `start` from address `from` on, within `limit`, as runs of addresses;
+    /// with `protect` (re-arming) it takes their bits and then re-protects them. That
+    /// order matters: a write between the two lands before the caller reads the page,
+    /// one after it faults and is marked for the next collection. Returns the address
+    /// of the next written page when `limit` cut the report short.
+    pub fn collect_protected(
+        &self,
+        start: usize,
+        page: usize,
+        from: usize,
+        limit: Limit,
+        protect: Option<Protect<'_>>,
+        emit: &mut dyn FnMut(Run),
+    ) -> Result<Option<usize>, Error> {
+        let mut runs = Vec::new();
+        let next = self.collect(
+            (from - start) / page,
+            limit,
+            protect.is_some(),
+            &mut |f, c| runs.push((f, c)),
+        );
+        if let Some(protect) = protect {
+            for (first, count) in rearm_plan(&runs) {
+                protect(start + first * page, count * page)?;
+            }
+        }
+        for &(first, count) in &runs {
+            emit(Run {
+                start: start + first * page,
+                pages: count,
+            });
+        }
+        Ok(next.map(|p| start + p * page))
     }
 }
 

@@ -52,9 +52,13 @@ pub use maps::{current_mappings, Mapping};
 /// A dirty-tracking mechanism.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
+    /// userfaultfd async write-protect read with PAGEMAP_SCAN (Linux 6.7+).
     UffdAsync,
+    /// `/proc/self/clear_refs` and pagemap's soft-dirty bit (needs `CONFIG_MEM_SOFT_DIRTY`).
     SoftDirty,
+    /// userfaultfd write-protect with a handler thread that records each fault.
     UffdSync,
+    /// Read-only pages and a SIGSEGV handler that chains to the previous one.
     Mprotect,
 }
 
@@ -67,6 +71,7 @@ impl Backend {
         Backend::Mprotect,
     ];
 
+    /// The name the C API, the settings and the command line use (`uffd-async`, …).
     pub fn name(self) -> &'static str {
         match self {
             Backend::UffdAsync => "uffd-async",
@@ -76,6 +81,7 @@ impl Backend {
         }
     }
 
+    /// The backend [`Backend::name`] calls `name`, if any.
     pub fn from_name(name: &str) -> Option<Backend> {
         Backend::ALL.into_iter().find(|b| b.name() == name)
     }
@@ -109,6 +115,7 @@ impl fmt::Display for Backend {
 /// Why a backend cannot run here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unavailable {
+    /// What failed, in a few words.
     pub reason: &'static str,
     /// The errno of the failing call, or 0.
     pub errno: i32,
@@ -168,33 +175,55 @@ pub enum Choice {
 /// What is wrong with a range's mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MappingProblem {
+    /// Part of the range is not mapped at all.
     Unmapped,
+    /// The mapping is not writable, so no write can be tracked.
     NotWritable,
+    /// Shared memory: other processes' writes would never fault here.
     Shared,
     /// Private file-backed memory: only the `mprotect` backend tracks it.
     FileBacked,
 }
 
+/// Why a dirty-tracking call failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
     /// A malformed argument (the text says which).
     Invalid(&'static str),
     /// The range at `start` is not private writable memory the backend can track.
     Mapping {
+        /// Where the range starts.
         start: usize,
+        /// What is wrong with its mapping.
         problem: MappingProblem,
     },
     /// The range at `start` overlaps one another tracker watches.
-    Overlap { start: usize },
+    Overlap {
+        /// Where the new range starts.
+        start: usize,
+    },
     /// The backend cannot run on this kernel.
-    Unavailable { backend: Backend, why: Unavailable },
+    Unavailable {
+        /// The backend asked for.
+        backend: Backend,
+        /// Why it cannot run.
+        why: Unavailable,
+    },
     /// Only one soft-dirty tracker may exist per process (clear_refs is process-wide).
     Busy,
     /// A system call failed.
-    Os { op: &'static str, errno: i32 },
+    Os {
+        /// The call, as in its man page.
+        op: &'static str,
+        /// Its errno.
+        errno: i32,
+    },
     /// The range at `start` was unmapped or replaced by another mapping while tracked:
     /// the tracker cannot say what was written. Destroy it.
-    RangeChanged { start: usize },
+    RangeChanged {
+        /// Where the range starts.
+        start: usize,
+    },
     /// The tracker was inherited across `fork`: it tracks the parent, not this process.
     ForkedChild,
 }
@@ -245,7 +274,9 @@ impl core::error::Error for Error {}
 /// A run of written pages: `[start, start + pages * page_size)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Run {
+    /// First byte of the first written page.
     pub start: usize,
+    /// Written pages from `start` on.
     pub pages: usize,
 }
 
@@ -259,6 +290,7 @@ pub struct Limit {
 }
 
 impl Limit {
+    /// No limit: report everything written.
     pub const NONE: Limit = Limit {
         pages: usize::MAX,
         runs: usize::MAX,

@@ -17,7 +17,7 @@
 //! program installs its own `SIGSEGV` handler later without chaining, the next tracker
 //! creation puts ours back on top, chaining to the program's.
 
-use super::bitmap::{rearm_plan, PageBitmap};
+use super::bitmap::{PageBitmap, Protect};
 use super::sys;
 use super::{Error, Limit, Run, Unavailable};
 use crate::os::{self, errno, set_errno};
@@ -259,25 +259,11 @@ impl Mprotect {
             // The whole range went writable: every page counts as written.
             range.bitmap.set_range(0, (range.end - range.start) / page);
         }
-        let mut runs = Vec::new();
-        let first = (from - range.start) / page;
-        let next = range
+        let mut reprotect = |start, len| protect(start, len, false);
+        let reprotect: Option<Protect<'_>> = rearm.then_some(&mut reprotect);
+        range
             .bitmap
-            .collect(first, limit, rearm, &mut |f, c| runs.push((f, c)));
-        // Take the bits, then protect: a write in between lands before the caller reads
-        // the page; one after faults and is marked for the next collection.
-        if rearm {
-            for (first, count) in rearm_plan(&runs) {
-                protect(range.start + first * page, count * page, false)?;
-            }
-        }
-        for &(first, count) in &runs {
-            emit(Run {
-                start: range.start + first * page,
-                pages: count,
-            });
-        }
-        Ok(next.map(|page_index| range.start + page_index * page))
+            .collect_protected(range.start, page, from, limit, reprotect, emit)
     }
 
     pub fn teardown(&mut self, _in_owner: bool) {

@@ -13,7 +13,7 @@
 //! A write costs a round trip through the handler thread: ≈ 4.5 µs when both share a
 //! CPU, 42–72 µs across CPUs on this VM.
 
-use super::bitmap::{rearm_plan, PageBitmap};
+use super::bitmap::{PageBitmap, Protect};
 use super::sys::{self, Fd, UffdMsg};
 use super::{Error, Limit, Run, Unavailable};
 use crate::os;
@@ -253,25 +253,12 @@ impl UffdSync {
         self.check_broken()?;
         let (start, _) = self.shared.ranges[index];
         let page = self.shared.page;
-        let mut runs = Vec::new();
-        let next =
-            self.shared.bitmaps[index].collect((from - start) / page, limit, rearm, &mut |f, c| {
-                runs.push((f, c))
-            });
-        // Bits taken, then protected: see the module `mprotect` for why this order.
-        if rearm {
-            for (first, count) in rearm_plan(&runs) {
-                self.protect(start + first * page, count * page)?;
-            }
-        }
-        for &(first, count) in &runs {
-            emit(Run {
-                start: start + first * page,
-                pages: count,
-            });
-        }
+        let mut reprotect = |start, len| self.protect(start, len);
+        let reprotect: Option<Protect<'_>> = rearm.then_some(&mut reprotect);
+        let next = self.shared.bitmaps[index]
+            .collect_protected(start, page, from, limit, reprotect, emit)?;
         self.check_broken()?;
-        Ok(next.map(|p| start + p * page))
+        Ok(next)
     }
 
     pub fn teardown(&mut self, in_owner: bool) {

@@ -89,9 +89,13 @@ impl Default for Config {
 /// Why a runtime call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
+    /// `init` was called twice without `shutdown`.
     AlreadyInitialized,
+    /// The call needs `init` first.
     NotInitialized,
+    /// The calling thread is already a primary.
     AlreadyRegistered,
+    /// The calling thread is not a primary.
     NotRegistered,
     /// The call is not allowed from inside a scavenger.
     InScavenger,
@@ -229,6 +233,7 @@ impl Scavenger {
         &self.name[..len]
     }
 
+    /// The scavenger's stack mapping (with its guard page).
     pub fn stack(&self) -> &Stack {
         &self.stack
     }
@@ -332,6 +337,7 @@ pub fn init(config: Config) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `init` ran (and `shutdown` did not since).
 pub fn is_initialized() -> bool {
     CONFIG.read().is_some()
 }
@@ -433,6 +439,7 @@ pub fn register() -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether the calling thread is registered as a primary.
 pub fn is_registered() -> bool {
     !current().is_null()
 }
@@ -1042,9 +1049,27 @@ pub(crate) mod tests {
         assert_eq!(stats.started, 0, "it had been started on A");
     }
 
+    fn mxcsr() -> u32 {
+        let mut value = 0u32;
+        // SAFETY: stmxcsr writes 4 bytes to a valid local.
+        unsafe { core::arch::asm!("stmxcsr [{}]", in(reg) &mut value, options(nostack)) };
+        value
+    }
+
+    fn set_mxcsr(value: u32) {
+        // SAFETY: ldmxcsr of a value with only defined bits (the default's, or flags).
+        unsafe { core::arch::asm!("ldmxcsr [{}]", in(reg) &value, options(nostack)) };
+    }
+
+    /// The MXCSR's sticky exception flags (bits 0-5); 0x20 is "inexact".
+    const FLAGS: u32 = 0x3f;
+
     static SCAV_ERRNO_WRONG: AtomicU64 = AtomicU64::new(0);
+    static SCAV_FLAGS_LOST: AtomicU64 = AtomicU64::new(0);
     unsafe extern "C" fn errno_scavenger(arg: *mut c_void) {
         let counter = unsafe { &*(arg as *const Counter) };
+        // The scavenger's own sticky "inexact" flag, which must stay its own.
+        set_mxcsr(mxcsr() | 0x20);
         while counter.count.load(Ordering::Relaxed) < counter.limit {
             let mine = 7000 + counter.count.load(Ordering::Relaxed) as i32;
             set_errno(mine);
@@ -1052,12 +1077,15 @@ pub(crate) mod tests {
             if errno() != mine {
                 SCAV_ERRNO_WRONG.fetch_add(1, Ordering::Relaxed);
             }
+            if mxcsr() & 0x20 == 0 {
+                SCAV_FLAGS_LOST.fetch_add(1, Ordering::Relaxed);
+            }
             counter.count.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     #[test]
-    fn errno_travels_with_each_side_of_a_rust_switch() {
+    fn errno_and_mxcsr_flags_travel_with_each_side_of_a_rust_switch() {
         let _rt = fresh_runtime(Config {
             budget_ns: 0,
             ..Config::default()
@@ -1067,18 +1095,34 @@ pub(crate) mod tests {
             count: AtomicU64::new(0),
             limit: 20_000,
         };
+        set_mxcsr(mxcsr() & !FLAGS);
         spawn(errno_scavenger, &counter as *const _ as *mut c_void, None).unwrap();
-        let mut wrong = 0;
+        let (mut wrong, mut leaked) = (0, 0);
         for i in 0..10_000 {
             set_errno(100 + i);
             arch::yield_now();
             wrong += i32::from(errno() != 100 + i);
+            leaked += u32::from(mxcsr() & FLAGS != 0);
         }
         set_errno(55);
         run_pending().unwrap();
         assert_eq!(errno(), 55, "the finished scavenger gave errno back");
         assert_eq!(wrong, 0, "primary saw another errno");
         assert_eq!(SCAV_ERRNO_WRONG.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            leaked, 0,
+            "the scavenger's inexact flag reached the primary"
+        );
+        assert_eq!(
+            mxcsr() & FLAGS,
+            0,
+            "the finished scavenger left its flags behind"
+        );
+        assert_eq!(
+            SCAV_FLAGS_LOST.load(Ordering::Relaxed),
+            0,
+            "the scavenger lost its flag"
+        );
         assert!(thread_stats().unwrap().switches >= 10_000);
         unregister().unwrap();
     }

@@ -7,10 +7,12 @@
 pub struct PoolLine {
     /// 1-based line number in the file.
     pub line: usize,
+    /// The shared object's path, then the arguments it is given.
     pub argv: Vec<String>,
 }
 
 impl PoolLine {
+    /// The scavenger's shared object.
     pub fn path(&self) -> &str {
         &self.argv[0]
     }
@@ -19,7 +21,9 @@ impl PoolLine {
 /// A line that could not be read, with its 1-based number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineError {
+    /// 1-based line number in the file.
     pub line: usize,
+    /// What is wrong with it, in one phrase.
     pub cause: String,
 }
 

@@ -22,27 +22,17 @@ fn build() -> &'static Path {
             .status()
             .expect("make");
         assert!(status.success(), "building the examples failed");
-        for name in ["scav_noentry", "scav_failinit", "scav_globals"] {
-            let src = repo_root().join(format!("tests/c/{name}.c"));
-            cc(
-                &[src],
-                &dir.join(format!("{name}.so")),
-                &["-shared", "-fPIC"],
-            );
-        }
-        cc(
-            &[repo_root().join("tests/c/threads.c")],
-            &dir.join("threads"),
-            &[],
+        build_fixtures(
+            &dir,
+            &["scav_noentry", "scav_failinit", "scav_globals"],
+            &["threads"],
         );
         dir
     })
 }
 
 fn pool(name: &str, lines: &[String]) -> PathBuf {
-    let path = scratch("attach").join(format!("{name}.pool"));
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    path
+    write_pool(&scratch("attach"), name, lines)
 }
 
 fn so(name: &str) -> String {
@@ -101,11 +91,7 @@ fn a_program_not_linked_with_libmsh_harvests_under_msh_run() {
         ],
     );
     let out = msh_run(&pool, &["--stats", "--scavengers-per-thread", "2"], &CHASE);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(checksum(&out), checksum(&plain(&CHASE)));
     let stats = stats(&out);
     assert_eq!(stats["total"]["scavengers_completed"], 2, "{stats}");

@@ -1,6 +1,7 @@
 //! `msh bench dirty --json`: the report's shape and exactness on a small mapping (the
 //! figures themselves are for humans; nothing here is timed).
 
+use msh_tests::json_report;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -24,12 +25,7 @@ fn bench_dirty_json_lists_every_backend_and_is_exact() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let report = json_report(&out);
     let results = report["results"].as_array().expect("results array");
     assert_eq!(results.len(), 8, "4 backends x 2 fractions");
     for backend in ["uffd-async", "soft-dirty", "uffd-sync", "mprotect"] {

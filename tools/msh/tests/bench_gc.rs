@@ -2,6 +2,7 @@
 //! workloads' results (a collector that freed a live object fails the run), and the
 //! incremental configurations really collecting on their dirty bits. Nothing is timed.
 
+use msh_tests::json_report;
 use std::process::Command;
 
 #[test]
@@ -20,12 +21,7 @@ fn bench_gc_json_has_every_workload_and_configuration() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let report = json_report(&out);
     let workloads = report["workloads"].as_array().expect("workloads");
     let names: Vec<_> = workloads
         .iter()

@@ -2,6 +2,7 @@
 //! under `msh run --track-dirty`): images verified identical, incremental checkpoints
 //! small, and every bad input a one-line error with no checkpoint written.
 
+use msh_tests::json_report;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
@@ -117,12 +118,7 @@ fn checkpoint(pid: u32, dir: &Path, incremental: bool) -> Output {
 }
 
 fn summary(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON summary")
+    json_report(out)
 }
 
 fn verify(pid: u32, dir: &Path) -> Output {

@@ -16,27 +16,17 @@ fn build() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = scratch("contain");
         ensure_libmsh();
-        for name in ["scav_bad", "scav_ctor_exit", "scav_data_entry"] {
-            let src = repo_root().join(format!("tests/c/{name}.c"));
-            cc(
-                &[src],
-                &dir.join(format!("{name}.so")),
-                &["-shared", "-fPIC"],
-            );
-        }
-        cc(
-            &[repo_root().join("tests/c/primary.c")],
-            &dir.join("primary"),
-            &[],
+        build_fixtures(
+            &dir,
+            &["scav_bad", "scav_ctor_exit", "scav_data_entry"],
+            &["primary"],
         );
         dir
     })
 }
 
 fn pool(name: &str, lines: &[String]) -> PathBuf {
-    let path = scratch("contain").join(format!("{name}.pool"));
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    path
+    write_pool(&scratch("contain"), name, lines)
 }
 
 fn so(name: &str) -> String {

@@ -1,5 +1,6 @@
 //! `msh pagewalk run`: the JSON shape, exact references through the command line, and a
 //! one-line error for every kind of bad input.
+use msh_tests::json_report;
 use std::process::{Command, Output};
 
 const MSH: &str = env!("CARGO_BIN_EXE_msh");
@@ -37,12 +38,7 @@ fn json_has_the_documented_shape_and_exact_counts() {
         "--json",
     ]);
     let out = pagewalk(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let json = json_report(&out);
     assert!(json["accesses_per_s"].as_f64().unwrap() > 0.0);
     let results = json["results"].as_array().unwrap();
     assert_eq!(

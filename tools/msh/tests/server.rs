@@ -47,11 +47,7 @@ fn run_waits(name: &str, extra: &[&str]) -> (Vec<Wait>, u64) {
         .env("COMPUTE_COUNTER", &counter)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let lines = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|line| {
@@ -122,12 +118,7 @@ fn bench_server_measures_every_configuration_of_memcached() {
         .args(["--runs", "1", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json_report(&out);
     let capacity = report["capacity_rps"].as_f64().unwrap();
     let offered = report["offered_rps"].as_f64().unwrap();
     assert!(

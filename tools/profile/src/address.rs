@@ -115,27 +115,8 @@ mod tests {
 
     fn regs(pairs: &[(Register, u64)]) -> Regs {
         let mut regs = Regs([0; Regs::COUNT]);
-        let order = [
-            Register::RAX,
-            Register::RBX,
-            Register::RCX,
-            Register::RDX,
-            Register::RSI,
-            Register::RDI,
-            Register::RBP,
-            Register::RSP,
-            Register::RIP,
-            Register::R8,
-            Register::R9,
-            Register::R10,
-            Register::R11,
-            Register::R12,
-            Register::R13,
-            Register::R14,
-            Register::R15,
-        ];
         for (r, v) in pairs {
-            regs.0[order.iter().position(|o| o == r).unwrap()] = *v;
+            regs.0[Regs::index(*r).unwrap()] = *v;
         }
         regs
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct ProfileArgs {
+    /// `msh profile show`; without it, profile a command or process.
     #[command(subcommand)]
     pub action: Option<ProfileAction>,
     /// auto = pmu when the machine has a hardware PMU, else sample.
@@ -57,10 +58,12 @@ pub struct ProfileArgs {
     pub command: Vec<String>,
 }
 
+/// What `msh profile` does besides profiling.
 #[derive(Debug, clap::Subcommand)]
 pub enum ProfileAction {
     /// Print a profile's top sites as a table.
     Show {
+        /// The profile file to show.
         profile: PathBuf,
         /// Sites to show per object.
         #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]

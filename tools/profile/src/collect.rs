@@ -15,7 +15,12 @@ use std::time::{Duration, Instant};
 #[allow(clippy::large_enum_variant)] // one per run: boxing would buy nothing
 pub enum Target {
     /// A command to start; `display` names it in messages.
-    Command { command: Command, display: String },
+    Command {
+        /// The command, ready to spawn.
+        command: Command,
+        /// How messages name it.
+        display: String,
+    },
     /// A running process.
     Pid(i32),
 }
@@ -32,10 +37,15 @@ pub struct Collection {
     pub evidence: HashMap<(u32, u64), Evidence>,
     /// All samples (user mode only: kernel samples are excluded), attributed or not.
     pub total_samples: u64,
+    /// Records the kernel dropped because the ring buffer was full.
     pub lost_records: u64,
+    /// Threads seen in samples.
     pub threads: HashSet<u32>,
+    /// The mappings of every process in the tree, as they were at the end of the run.
     pub processes: ProcessTree,
+    /// How long the run took.
     pub wall: Duration,
+    /// How the started command ended (`None` when attached to a process).
     pub exit: Option<ExitStatus>,
 }
 
@@ -335,28 +345,10 @@ fn absorb(record: Record, collection: &mut Collection, side_band: &mut Vec<(u64,
                 }
             }
         }
-        Record::Mmap {
-            pid,
-            start,
-            len,
-            pgoff,
-            path,
-            build_id,
-            time,
-        } if path.starts_with('/') => {
-            side_band.push((
-                time,
-                SideBand::Mmap(
-                    pid,
-                    Mapping {
-                        start,
-                        end: start + len,
-                        pgoff,
-                        path: path.into(),
-                        build_id,
-                    },
-                ),
-            ));
+        record @ Record::Mmap { .. } => {
+            if let Some((time, pid, mapping)) = record.into_file_mapping() {
+                side_band.push((time, SideBand::Mmap(pid, mapping)));
+            }
         }
         Record::Fork { pid, ppid, time } => side_band.push((time, SideBand::Fork(ppid, pid))),
         Record::Exec { pid, time } => side_band.push((time, SideBand::Exec(pid))),

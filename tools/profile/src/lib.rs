@@ -10,6 +10,7 @@
 //! - `auto` ([`auto`]): `pmu` when the machine has one, else `sample` confirmed by a
 //!   short `sim` run.
 //! - `import` ([`import`]): a `perf record` made elsewhere, through `perf script`.
+#![warn(missing_docs)]
 pub mod address;
 pub mod auto;
 pub mod cli;
@@ -39,21 +40,29 @@ use std::time::Duration;
 /// Which backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
+    /// `pmu` when the machine has a hardware PMU, else `sample`, confirmed by `sim`.
     Auto,
+    /// Precise hardware samples of last-level-cache load misses, with data addresses.
     Pmu,
+    /// cpu-clock sampling with user registers; the load is found one instruction back.
     Sample,
+    /// A model of the private caches, fed every access by the exact tracer.
     Sim,
 }
 
 /// What to profile: a command to start, or a running process.
 #[derive(Debug, Clone)]
 pub enum What {
+    /// Start this command line.
     Command(Vec<String>),
+    /// Attach to this running process.
     Pid(i32),
 }
 
+/// How to run a profile.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Which backend finds the loads.
     pub backend: Backend,
     /// Stop profiling after this long (a started command is then sent SIGTERM).
     pub duration: Option<Duration>,
@@ -61,6 +70,7 @@ pub struct Options {
     pub frequency_hz: u64,
     /// Sample user registers to recover load addresses (`sample`; on by default).
     pub sample_registers: bool,
+    /// Which sites count as delinquent.
     pub thresholds: Thresholds,
     /// Cache hierarchy for `sim`; `None` reads the host's from sysfs.
     pub cache: Option<sim::cache::HierarchyConfig>,
@@ -85,13 +95,17 @@ impl Default for Options {
 /// What happened during a run, for the one-paragraph summary `msh profile` prints.
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
+    /// The backend that ran.
     pub backend: String,
     /// Samples, or simulated LLC misses.
     pub events: u64,
     /// Events charged to a load.
     pub attributed: u64,
+    /// Threads that were sampled.
     pub threads: usize,
+    /// Records the kernel dropped.
     pub lost_records: u64,
+    /// How long the run took.
     pub wall: Duration,
     /// Backend-specific lines (e.g. the simulator's speed).
     pub notes: Vec<String>,

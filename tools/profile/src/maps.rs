@@ -5,12 +5,16 @@ use anyhow::{Context, Result};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// One mapping of a process's address space.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mapping {
+    /// First address.
     pub start: u64,
+    /// One past the last address.
     pub end: u64,
     /// File offset of `start`.
     pub pgoff: u64,
+    /// The mapped file.
     pub path: PathBuf,
     /// Build-id of the file when it was mapped (from the kernel; unknown for mappings
     /// read from /proc/PID/maps).
@@ -24,6 +28,7 @@ pub struct AddressSpace {
 }
 
 impl AddressSpace {
+    /// Adds a mapping, which hides the older ones it overlaps.
     pub fn add(&mut self, mapping: Mapping) {
         // Drop mappings the new one covers completely, so the list stays short.
         self.mappings
@@ -103,6 +108,7 @@ impl AddressSpace {
         space
     }
 
+    /// The current mappings of process `pid`, from `/proc/PID/maps`.
     pub fn read_proc(pid: i32) -> Result<AddressSpace> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
             .with_context(|| format!("cannot read /proc/{pid}/maps"))?;
@@ -117,10 +123,12 @@ pub struct ProcessTree {
 }
 
 impl ProcessTree {
+    /// Sets the address space of `pid`, replacing what was known.
     pub fn insert(&mut self, pid: u32, space: AddressSpace) {
         self.spaces.insert(pid, space);
     }
 
+    /// Records a new mapping in `pid`.
     pub fn mmap(&mut self, pid: u32, mapping: Mapping) {
         self.spaces.entry(pid).or_default().add(mapping);
     }
@@ -138,10 +146,12 @@ impl ProcessTree {
         self.spaces.insert(pid, AddressSpace::default());
     }
 
+    /// The file and file offset behind `address` in process `pid`.
     pub fn resolve(&self, pid: u32, address: u64) -> Option<(&PathBuf, u64)> {
         self.spaces.get(&pid)?.resolve(address)
     }
 
+    /// The build-id recorded when the file behind `address` in `pid` was mapped.
     pub fn build_id_at(&self, pid: u32, address: u64) -> Option<&str> {
         self.spaces.get(&pid)?.build_id_at(address)
     }

@@ -3,6 +3,8 @@
 //! Per-task events that follow new threads and children (`inherit`) cannot be
 //! mmapped when opened for all CPUs (`cpu == -1`), so — like `perf record` — we open
 //! one event per online CPU, each with its own ring buffer.
+use crate::maps::Mapping;
+use msh_core::os::page_size;
 use perf_event_open_sys as sys;
 use perf_event_open_sys::bindings as b;
 use std::io;
@@ -12,10 +14,13 @@ use std::sync::atomic::{fence, Ordering};
 /// What to count and sample.
 #[derive(Debug, Clone, Copy)]
 pub struct EventSpec {
+    /// `perf_event_attr.type` (`PERF_TYPE_SOFTWARE`, `PERF_TYPE_RAW`, …).
     pub type_: u32,
+    /// `perf_event_attr.config`: which event of that type.
     pub config: u64,
     /// Events between samples (nanoseconds for cpu-clock); 0 for a side-band-only event.
     pub sample_period: u64,
+    /// Skid the hardware may have (0: any; 2 or 3 asks for PEBS-precise IPs).
     pub precise_ip: u8,
     /// Record the sampled data address (`pmu`).
     pub sample_addr: bool,
@@ -30,6 +35,7 @@ pub struct EventSpec {
 }
 
 impl EventSpec {
+    /// cpu-clock, one sample every `sample_period_ns` of CPU time, user mode only.
     pub fn cpu_clock(sample_period_ns: u64) -> EventSpec {
         EventSpec {
             type_: b::PERF_TYPE_SOFTWARE,
@@ -154,8 +160,14 @@ impl Regs {
 
     /// The value of a 64-bit general-purpose register, by iced-x86's name for it.
     pub fn get(&self, register: iced_x86::Register) -> Option<u64> {
+        Some(self.0[Regs::index(register)?])
+    }
+
+    /// Where a 64-bit general-purpose register sits in the sampled array; `None` for a
+    /// register that is not sampled.
+    pub fn index(register: iced_x86::Register) -> Option<usize> {
         use iced_x86::Register as R;
-        let index = match register {
+        Some(match register {
             R::RAX => 0,
             R::RBX => 1,
             R::RCX => 2,
@@ -174,48 +186,100 @@ impl Regs {
             R::R14 => 15,
             R::R15 => 16,
             _ => return None,
-        };
-        Some(self.0[index])
+        })
     }
 }
 
 /// One record from the ring buffer, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
+    /// A sample.
     Sample {
+        /// Process id.
         pid: u32,
+        /// Thread id.
         tid: u32,
+        /// Instruction address (the sampled IP, with its skid).
         ip: u64,
+        /// Data address, when the event records one (`pmu`).
         addr: Option<u64>,
         /// User registers, when sampled and the sample interrupted user code.
         regs: Option<Regs>,
+        /// Whether the sample interrupted user-space code.
         user: bool,
         /// CLOCK_MONOTONIC at the sample, in ns.
         time: u64,
     },
+    /// A new mapping (`PERF_RECORD_MMAP2`).
     Mmap {
+        /// Process id.
         pid: u32,
+        /// First address.
         start: u64,
+        /// Length in bytes.
         len: u64,
+        /// File offset of `start`.
         pgoff: u64,
+        /// The mapped file, or `[vdso]`, `//anon` and the like.
         path: String,
         /// The GNU build-id of the mapped file, as the kernel read it at mmap time.
         build_id: Option<String>,
+        /// CLOCK_MONOTONIC at the mmap, in ns.
         time: u64,
     },
+    /// A new task; for a new thread `pid == ppid`.
     Fork {
+        /// The new task's process.
         pid: u32,
+        /// The process it was forked from.
         ppid: u32,
+        /// CLOCK_MONOTONIC at the fork, in ns.
         time: u64,
     },
+    /// An exec: the process's old mappings are gone.
     Exec {
+        /// Process id.
         pid: u32,
+        /// CLOCK_MONOTONIC at the exec, in ns.
         time: u64,
     },
+    /// The kernel dropped records (the ring buffer was full).
     Lost {
+        /// How many.
         count: u64,
     },
+    /// A record the collectors do not use.
     Other,
+}
+
+impl Record {
+    /// A mapping of a file (a path starting with `/`, not `[vdso]` or anonymous memory)
+    /// as `(time, pid, mapping)`, the one way the samplers turn an mmap record into a
+    /// [`Mapping`]; `None` for every other record.
+    pub fn into_file_mapping(self) -> Option<(u64, u32, Mapping)> {
+        match self {
+            Record::Mmap {
+                pid,
+                start,
+                len,
+                pgoff,
+                path,
+                build_id,
+                time,
+            } if path.starts_with('/') => Some((
+                time,
+                pid,
+                Mapping {
+                    start,
+                    end: start + len,
+                    pgoff,
+                    path: path.into(),
+                    build_id,
+                },
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// 256 KiB of data per CPU: at the default 1 kHz that is minutes of samples, and at
@@ -299,10 +363,12 @@ impl RingEvent {
         })
     }
 
+    /// The event's file descriptor, to poll on.
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
     }
 
+    /// Stops counting; records already in the buffer can still be drained.
     pub fn disable(&self) {
         // SAFETY: a valid perf fd; DISABLE takes no pointer argument.
         unsafe { sys::ioctls::DISABLE(self.fd.as_raw_fd(), 0) };
@@ -368,11 +434,6 @@ impl Drop for RingEvent {
         // SAFETY: base/map_len are exactly what mmap returned; nothing borrows it now.
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.map_len) };
     }
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {

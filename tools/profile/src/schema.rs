@@ -60,9 +60,11 @@ pub const BACKENDS: [&str; 5] = ["pmu", "sample", "sim", "auto", "import"];
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
+    /// The schema version (1); a reader refuses others.
     pub version: u32,
     /// One of [`BACKENDS`].
     pub backend: String,
+    /// Objects with delinquent loads, heaviest first.
     pub objects: Vec<ProfiledObject>,
 }
 
@@ -70,8 +72,11 @@ pub struct Profile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfiledObject {
+    /// Where the object was when it was profiled.
     pub path: String,
+    /// Its GNU build-id (or content hash): a profile applies only to this build.
     pub build_id: String,
+    /// Its delinquent loads.
     pub sites: Vec<Site>,
 }
 

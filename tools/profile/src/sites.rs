@@ -16,7 +16,9 @@ use std::path::PathBuf;
 /// last-level-cache miss ratio of at least `min_miss_ratio`.
 #[derive(Debug, Clone, Copy)]
 pub struct Thresholds {
+    /// Least share of the run's events a site must have (0–1).
     pub min_share: f64,
+    /// Least last-level-cache miss ratio, when the backend knows it (0–1).
     pub min_miss_ratio: f64,
 }
 

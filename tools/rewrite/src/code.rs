@@ -1,6 +1,6 @@
 //! Decoded code: functions, and every address that could be a jump target.
 //!
-//! E9Patch's rule (DESIGN.md decision 3): a patch window may only cover instructions
+//! E9Patch's rule (see the crate doc): a patch window may only cover instructions
 //! after its first that nothing can jump to. "Nothing" must be proven, so the set of
 //! possible targets ("leaders") is an over-approximation gathered from everywhere:
 //! direct branch and call targets anywhere in the object, return addresses (after
@@ -14,9 +14,13 @@ use std::collections::HashSet;
 
 /// A function whose instructions were decoded from its start to its end.
 pub struct Function {
+    /// First address.
     pub start: u64,
+    /// One past the last byte.
     pub end: u64,
+    /// Its symbol, when the object has one.
     pub name: Option<String>,
+    /// Its instructions in address order.
     pub insns: Vec<Instruction>,
     /// Why none of its loads may be patched, if so.
     pub unpatchable: Option<Skip>,
@@ -34,8 +38,11 @@ impl Function {
     }
 }
 
+/// An object's decoded code: its functions and every possible jump target.
 pub struct Code {
+    /// Functions in address order.
     pub functions: Vec<Function>,
+    /// Every address something might jump to (an over-approximation).
     pub leaders: HashSet<u64>,
     /// Instruction starts found by linear sweep of code outside any function.
     pub unowned_insns: HashSet<u64>,
@@ -53,6 +60,7 @@ pub struct Code {
 const MAX_JUMP_TABLE_ENTRIES: usize = 1 << 16;
 
 impl Code {
+    /// Decodes every function of `image` and gathers its possible jump targets.
     pub fn analyse(image: &Image) -> Code {
         let mut leaders: HashSet<u64> = HashSet::new();
         leaders.extend(image.code_symbol_starts.iter().copied());
@@ -171,6 +179,7 @@ impl Code {
         }
     }
 
+    /// The function whose bounds hold `addr`.
     pub fn function_containing(&self, addr: u64) -> Option<&Function> {
         self.index_containing(addr).map(|i| &self.functions[i])
     }

@@ -1,11 +1,17 @@
 //! `msh rewrite`: prefetch+yield trampolines at loads of unmodified x86-64 ELF
-//! executables and shared objects, in E9Patch's model (DESIGN.md decision 3).
+//! executables and shared objects, in E9Patch's model: never move an instruction
+//! boundary that could be a jump target; replace a window of at least 5 bytes inside one
+//! basic block with a `jmp rel32` to a trampoline (prefetch, save, yield, restore, the
+//! displaced instructions relocated, `jmp` back), and skip, saying why, any site where
+//! that is not provably safe. No relinking: the windows are patched in place and the
+//! trampolines appended in a new segment ([`writer`]).
 //!
 //! Pipeline: [`elf::Image`] reads the file, [`code::Code`] decodes its functions and
 //! collects every possible jump target, [`liveness`] finds what each site must save,
 //! [`window`] picks a patch window per site, [`trampoline`] encodes the code, and
 //! [`writer`] emits the new file. Every site that is not provably safe is skipped and
 //! counted under its reason in the [`Report`].
+#![warn(missing_docs)]
 
 pub mod cli;
 pub mod code;
@@ -34,16 +40,23 @@ pub enum Selection {
     AllLoads,
     /// The sites of a profile recorded for this binary.
     Profile {
+        /// The profile file.
         path: PathBuf,
+        /// Keep only sites with at least this share of the profile's events.
         min_share: Option<f64>,
+        /// Keep only the heaviest this many sites.
         top: Option<usize>,
     },
 }
 
+/// What `msh rewrite` does: one input, one output, which loads.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// The ELF file to read.
     pub input: PathBuf,
+    /// Where the rewritten file goes.
     pub output: PathBuf,
+    /// Which loads to instrument.
     pub selection: Selection,
     /// Let a window end with a call. Its return address is then in the trampoline,
     /// which no FDE describes: unwinding through that call (C++ exceptions, thread
@@ -51,35 +64,51 @@ pub struct Options {
     pub allow_call_windows: bool,
 }
 
+/// One patched site, as the report shows it.
 #[derive(Serialize, Debug, Default)]
 pub struct SiteReport {
+    /// File offset of the load, in hex.
     pub offset: String,
+    /// The function holding it, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub symbol: Option<String>,
     /// Bytes replaced by the jump (the window).
     pub window: u64,
     /// Registers the switch path saves (besides %rbp, which it always pushes).
     pub saved: String,
+    /// Which fast check guards the yield (see `trampoline`).
     pub fast_path: &'static str,
 }
 
+/// What a rewrite did, printed as JSON.
 #[derive(Serialize, Debug, Default)]
 pub struct Report {
+    /// The input file.
     pub input: String,
+    /// The output file.
     pub output: String,
+    /// The input's build-id (the profile was matched against it).
     pub build_id: String,
+    /// `all-loads` or `profile`.
     pub mode: &'static str,
+    /// Loads considered.
     pub candidates: usize,
+    /// Loads patched.
     pub patched: usize,
+    /// Loads skipped, by reason.
     pub skipped: BTreeMap<&'static str, usize>,
+    /// Trampolines written (one per window; a window may hold several loads).
     pub trampolines: usize,
+    /// Bytes of trampoline code added.
     pub trampoline_bytes: usize,
     /// Widest width at which a patched site saves vector registers (16 = xmm,
     /// 32 = ymm). Each function saves at its own width and its callers'.
     pub vector_width: usize,
     /// Number of saved registers (GPRs + vectors + flags) -> number of sites.
     pub saved_registers_histogram: BTreeMap<usize, usize>,
+    /// Patched sites by fast path.
     pub fast_paths: BTreeMap<&'static str, usize>,
+    /// Every patched site.
     pub sites: Vec<SiteReport>,
 }
 

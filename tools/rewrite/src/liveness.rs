@@ -22,20 +22,32 @@ use iced_x86::{
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
 pub struct RegSet(pub u64);
 
+/// The GPRs' names by encoding number.
 pub const GPR_NAMES: [&str; 16] = [
     "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
     "r14", "r15",
 ];
+/// Encoding number of `%rax`.
 pub const RAX: u32 = 0;
+/// Encoding number of `%rcx`.
 pub const RCX: u32 = 1;
+/// Encoding number of `%rdx`.
 pub const RDX: u32 = 2;
+/// Encoding number of `%rsp`.
 pub const RSP: u32 = 4;
+/// Encoding number of `%rbp`.
 pub const RBP: u32 = 5;
+/// Encoding number of `%rsi`.
 pub const RSI: u32 = 6;
+/// Encoding number of `%rdi`.
 pub const RDI: u32 = 7;
+/// Encoding number of `%r8`.
 pub const R8: u32 = 8;
+/// Encoding number of `%r9`.
 pub const R9: u32 = 9;
+/// Encoding number of `%r10`.
 pub const R10: u32 = 10;
+/// Encoding number of `%r11`.
 pub const R11: u32 = 11;
 const VEC_BASE: u32 = 16;
 const FLAGS_BIT: u32 = 48;
@@ -47,34 +59,46 @@ const STATUS_FLAGS: u32 = RflagsBits::OF
     | RflagsBits::CF;
 
 impl RegSet {
+    /// No register.
     pub const EMPTY: RegSet = RegSet(0);
+    /// The status flags.
     pub const FLAGS: RegSet = RegSet(1 << FLAGS_BIT);
+    /// All sixteen GPRs.
     pub const ALL_GPRS: RegSet = RegSet(0xffff);
     /// Vector registers 0-15 (the ones without AVX-512).
     pub const LOW_VECTORS: RegSet = RegSet(0xffff << VEC_BASE);
+    /// What an unknown callee may read: every GPR, the low vectors and the flags.
     pub const ALL: RegSet = RegSet(Self::ALL_GPRS.0 | Self::LOW_VECTORS.0 | Self::FLAGS.0);
 
+    /// GPR number `n` (encoding order).
     pub const fn gpr(n: u32) -> RegSet {
         RegSet(1 << n)
     }
+    /// Vector register number `n`.
     pub const fn vector(n: u32) -> RegSet {
         RegSet(1 << (VEC_BASE + n))
     }
+    /// Registers in either set.
     pub fn union(self, other: RegSet) -> RegSet {
         RegSet(self.0 | other.0)
     }
+    /// Registers in `self` but not in `other`.
     pub fn minus(self, other: RegSet) -> RegSet {
         RegSet(self.0 & !other.0)
     }
+    /// Whether every register of `other` is in `self`.
     pub fn contains(self, other: RegSet) -> bool {
         self.0 & other.0 == other.0
     }
+    /// Whether the status flags are in the set.
     pub fn has_flags(self) -> bool {
         self.contains(Self::FLAGS)
     }
+    /// The GPR numbers in the set.
     pub fn gprs(self) -> impl Iterator<Item = u32> {
         (0..16).filter(move |n| self.0 & (1 << n) != 0)
     }
+    /// The vector register numbers in the set.
     pub fn vectors(self) -> impl Iterator<Item = u32> {
         (0..32).filter(move |n| self.0 & (1 << (VEC_BASE + n)) != 0)
     }
@@ -120,7 +144,9 @@ pub fn call_arguments() -> RegSet {
 /// Registers one instruction reads (`uses`) and overwrites completely (`defs`).
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Effect {
+    /// Registers read.
     pub uses: RegSet,
+    /// Registers overwritten completely.
     pub defs: RegSet,
 }
 
@@ -214,12 +240,20 @@ pub enum Successors {
     /// Fall through and/or branch to instructions of this function (by index).
     Local(Vec<usize>),
     /// Leaves the function: this is what is live on the way out (plus any local ones).
-    Exit { live: RegSet, local: Vec<usize> },
+    Exit {
+        /// Registers live where it leaves.
+        live: RegSet,
+        /// Instructions of this function it may also go to.
+        local: Vec<usize>,
+    },
     /// `ret`: what the function's callers need preserved (see `interproc`).
     Return,
     /// A tail call: the callee's arguments, what our callers need (it returns to
     /// them), and any local successors.
-    TailCall { local: Vec<usize> },
+    TailCall {
+        /// Instructions of this function it may also go to.
+        local: Vec<usize>,
+    },
 }
 
 /// Live-in sets per instruction, by iterating to a fixpoint; `at_return` is what is

@@ -16,6 +16,7 @@ use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoderOptions, Code, Instruction, MemoryOperand, Register};
 use msh_core::abi::{off, RED_ZONE, TCB_NEXT, TCB_THREAD};
 
+/// A load inside a window that gets a prefetch and a yield before it.
 pub struct YieldPoint {
     /// Index, within the window's instructions, of the load to yield before.
     pub at: usize,
@@ -23,14 +24,19 @@ pub struct YieldPoint {
     pub live: RegSet,
 }
 
+/// The check before a yield point, chosen by what is live there.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum FastPath {
+    /// Flags dead: `cmpq $0,%fs:0x38; jne switch`.
     FlagsDead,
+    /// Flags live, `%rcx` dead: `mov %fs:0x38,%rcx; jrcxz` (no flags touched).
     RcxDead,
+    /// Both live: as `RcxDead`, with `%rcx` saved below the red zone.
     RcxWrapped,
 }
 
 impl FastPath {
+    /// The cheapest check that keeps `live` intact.
     pub fn for_live(live: RegSet) -> FastPath {
         if !live.has_flags() {
             FastPath::FlagsDead
@@ -100,6 +106,7 @@ fn prefetch_for(load: &Instruction) -> Result<Instruction, IcedError> {
 /// A trampoline's hot part: the window's instructions with a prefetch and the fast
 /// check before each yield point, then the jump back.
 pub struct Hot {
+    /// The encoded code.
     pub bytes: Vec<u8>,
     /// Per yield point, where its switch path must return to.
     pub return_ips: Vec<u64>,
@@ -168,7 +175,9 @@ pub fn encode_hot(
 
 /// A trampoline's cold part: one switch path per yield point.
 pub struct Cold {
+    /// The encoded code.
     pub bytes: Vec<u8>,
+    /// Per yield point, the address of its switch path.
     pub switch_ips: Vec<u64>,
 }
 

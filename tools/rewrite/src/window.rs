@@ -6,6 +6,7 @@ use crate::skip::Skip;
 use iced_x86::{FlowControl, Instruction, Mnemonic};
 use std::collections::HashSet;
 
+/// Bytes of the `jmp rel32` that replaces a window.
 pub const JMP_REL32_LEN: u64 = 5;
 /// How many instructions before the load a window may start.
 const MAX_BACKWARD: usize = 4;
@@ -15,11 +16,15 @@ const MAX_INSNS: usize = 6;
 /// Instruction indices `first..=last` of a function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
+    /// Index of the first instruction.
     pub first: usize,
+    /// Index of the last instruction.
     pub last: usize,
 }
 
+/// What a window may not break.
 pub struct Rules<'a> {
+    /// Addresses something may jump to: only a window's first instruction may be one.
     pub leaders: &'a HashSet<u64>,
     /// Sorted addresses dynamic relocations write to.
     pub text_relocations: &'a [u64],

@@ -16,13 +16,16 @@ fn align_up(x: u64, a: u64) -> u64 {
 /// Where the trampoline segment goes, decided before any trampoline is encoded.
 #[derive(Clone, Copy, Debug)]
 pub struct Layout {
+    /// Virtual address of the trampoline segment.
     pub vaddr: u64,
+    /// Its offset in the output file.
     pub file_offset: u64,
     /// Index in the program header table of the `PT_NOTE` that becomes the `PT_LOAD`.
     note_index: usize,
 }
 
 impl Layout {
+    /// Places the trampoline segment after everything `image` maps and picks the `PT_NOTE` to convert.
     pub fn plan(image: &Image) -> Result<Layout> {
         let end_of_image = image
             .segments
@@ -69,11 +72,15 @@ fn choose_note(image: &Image) -> Option<usize> {
         .map(|(i, _)| *i)
 }
 
+/// Bytes to write over the input at an address (a window's `jmp`).
 pub struct Patch {
+    /// Virtual address of the first byte.
     pub addr: u64,
+    /// The bytes.
     pub bytes: Vec<u8>,
 }
 
+/// The output file: `image` with `patches` applied and `trampolines` appended as the new segment at `layout`.
 pub fn build(
     image: &Image,
     layout: &Layout,

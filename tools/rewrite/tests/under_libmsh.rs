@@ -119,29 +119,13 @@ fn kitchen_and_gzip_with_real_scavengers() {
 #[test]
 fn scavenger_running_rewritten_code_does_not_yield() {
     let dir = tempfile::tempdir().unwrap();
-    let lib_dir = dir.path().join("lib");
-    let msh_dir = dir.path().join("msh");
-    std::fs::create_dir_all(&lib_dir).unwrap();
-    std::fs::create_dir_all(&msh_dir).unwrap();
-    let lib = build(
-        &lib_dir,
-        "kitchen.c",
-        "libkitchen.so",
-        &["-O2", "-shared", "-fPIC", "-Dmain=kitchen_main"],
-    );
+    let Kitchen {
+        lib,
+        exe,
+        lib_dir,
+        msh_dir,
+    } = kitchen_library(dir.path());
     rewrite_all_loads(&lib, &msh_dir.join("libkitchen.so"));
-    let driver = dir.path().join("driver.c");
-    std::fs::write(&driver, "int kitchen_main(int, char **);\nint main(int c, char **v) { return kitchen_main(c, v); }\n").unwrap();
-    let exe = dir.path().join("driver");
-    cc(&[
-        "-O2",
-        "-o",
-        exe.to_str().unwrap(),
-        driver.to_str().unwrap(),
-        "-L",
-        lib_dir.to_str().unwrap(),
-        "-lkitchen",
-    ]);
     let scavenger = dir.path().join("kitchen_scavenger.so");
     cc(&[
         "-O2",

@@ -3,6 +3,7 @@
 //! what they measure.
 use anyhow::{bail, Context, Result};
 use iced_x86::InstructionInfoFactory;
+use msh_core::os::monotonic_ns;
 use msh_profile::address::{self, Recovery};
 use msh_profile::elf::ObjectCache;
 use msh_profile::maps::{AddressSpace, Mapping, ProcessTree};
@@ -166,16 +167,6 @@ fn damon_unavailable() -> String {
     "access source damon: not built yet (physical-address DAMON plus pagemap translation); use --access sample".into()
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// The `sample` source: cpu-clock samples with user registers (msh-profile's perf
 /// layer); the sampled load's address recomputed as `msh profile --backend sample` does.
 pub struct Sample {
@@ -284,25 +275,7 @@ impl AccessSource for Sample {
                 ip,
                 regs,
             }),
-            Record::Mmap {
-                pid,
-                start,
-                len,
-                pgoff,
-                path,
-                build_id,
-                time,
-            } if path.starts_with('/') => mmaps.push((
-                time,
-                pid,
-                Mapping {
-                    start,
-                    end: start + len,
-                    pgoff,
-                    path: path.into(),
-                    build_id,
-                },
-            )),
+            record @ Record::Mmap { .. } => mmaps.extend(record.into_file_mapping()),
             Record::Lost { count } => lost += count,
             _ => {}
         };

@@ -45,12 +45,7 @@ pub fn run_cli(args: &AttachArgs) -> Result<()> {
     let bar = super::harvest::progress_bar(3 * opts.runs as u64, "measuring");
     let report = run(&opts, &bar)?;
     bar.finish_and_clear();
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
-    Ok(())
+    super::print_json(&report, args.json)
 }
 
 #[derive(Debug, Clone)]

@@ -96,11 +96,7 @@ pub fn run_cli(args: &HarvestArgs) -> Result<()> {
         let bar = progress_bar(4 * runs as u64, "measuring");
         let report = run(&base, &bar)?;
         bar.finish_and_clear();
-        if args.json {
-            println!("{}", serde_json::to_string(&report)?);
-        } else {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        }
+        super::print_json(&report, args.json)?;
     }
     Ok(())
 }

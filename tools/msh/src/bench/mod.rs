@@ -39,6 +39,16 @@ pub enum BenchCommand {
     Server(server::ServerArgs),
 }
 
+/// Prints a report as JSON: on one line with `--json` (for scripts), indented otherwise.
+fn print_json<T: serde::Serialize>(report: &T, one_line: bool) -> Result<()> {
+    if one_line {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    }
+    Ok(())
+}
+
 /// Runs one `msh bench` subcommand.
 pub fn run(command: &BenchCommand) -> Result<()> {
     match command {

@@ -10,13 +10,18 @@ use std::path::Path;
 /// Geometry of one level.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LevelConfig {
+    /// `L1d`, `L2`, `L3`, …
     pub name: String,
+    /// Capacity in bytes.
     pub size: u64,
+    /// Associativity.
     pub ways: u64,
+    /// Line size in bytes.
     pub line: u64,
 }
 
 impl LevelConfig {
+    /// Sets in the level.
     pub fn sets(&self) -> u64 {
         self.size / (self.ways * self.line)
     }
@@ -25,6 +30,7 @@ impl LevelConfig {
 /// The whole hierarchy, nearest level first; the last level is the LLC.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HierarchyConfig {
+    /// The levels, nearest first.
     pub levels: Vec<LevelConfig>,
 }
 
@@ -104,6 +110,7 @@ impl HierarchyConfig {
         Ok(config)
     }
 
+    /// This machine's data-cache hierarchy, from cpu0's sysfs cache directory.
     pub fn host() -> Result<HierarchyConfig> {
         HierarchyConfig::from_sysfs(Path::new("/sys/devices/system/cpu/cpu0/cache"))
     }
@@ -127,6 +134,7 @@ impl HierarchyConfig {
         Ok(())
     }
 
+    /// One line naming each level's geometry, for messages.
     pub fn describe(&self) -> String {
         self.levels
             .iter()

@@ -92,3 +92,52 @@ pub fn run(
 pub fn coverage(report: &Report) -> f64 {
     report.patched as f64 / report.candidates.max(1) as f64
 }
+
+/// `kitchen.c` built as a shared library, a driver program linked against it, and an
+/// empty folder for the rewritten copy.
+pub struct Kitchen {
+    /// `DIR/lib/libkitchen.so`.
+    pub lib: PathBuf,
+    /// `DIR/driver`, which runs the library's `main`.
+    pub exe: PathBuf,
+    /// `DIR/lib`: put it on `LD_LIBRARY_PATH` to run the original.
+    pub lib_dir: PathBuf,
+    /// `DIR/msh`: where the rewritten `libkitchen.so` goes.
+    pub msh_dir: PathBuf,
+}
+
+/// Builds [`Kitchen`] in `dir`.
+pub fn kitchen_library(dir: &Path) -> Kitchen {
+    let lib_dir = dir.join("lib");
+    let msh_dir = dir.join("msh");
+    std::fs::create_dir_all(&lib_dir).unwrap();
+    std::fs::create_dir_all(&msh_dir).unwrap();
+    let lib = build(
+        &lib_dir,
+        "kitchen.c",
+        "libkitchen.so",
+        &["-O2", "-shared", "-fPIC", "-Dmain=kitchen_main"],
+    );
+    let driver = dir.join("driver.c");
+    std::fs::write(
+        &driver,
+        "int kitchen_main(int, char **);\nint main(int c, char **v) { return kitchen_main(c, v); }\n",
+    )
+    .unwrap();
+    let exe = dir.join("driver");
+    cc(&[
+        "-O2",
+        "-o",
+        exe.to_str().unwrap(),
+        driver.to_str().unwrap(),
+        "-L",
+        lib_dir.to_str().unwrap(),
+        "-lkitchen",
+    ]);
+    Kitchen {
+        lib,
+        exe,
+        lib_dir,
+        msh_dir,
+    }
+}

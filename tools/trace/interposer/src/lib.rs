@@ -31,6 +31,9 @@ pub mod wire;
 use core::cell::Cell;
 use core::ffi::{c_int, c_void};
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
+// The clocks come from msh-core (no_std, only libc): nothing that allocates.
+use msh_core::arch::rdtsc;
+use msh_core::os::monotonic_ns;
 use wire::{ChunkHeader, Kind, Record, BUFFER_BYTES, MAX_DEPTH};
 
 extern "C" {
@@ -123,21 +126,6 @@ extern "C" fn thread_exit(buffer: *mut c_void) {
         flush(b);
         b.busy.store(false, Ordering::Release);
     }
-}
-
-fn rdtsc() -> u64 {
-    // SAFETY: rdtsc has no preconditions on x86-64.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn output_fd() -> c_int {

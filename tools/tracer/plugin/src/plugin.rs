@@ -6,6 +6,7 @@
 use crate::qemu::{self, Api, Info, Insn, MemInfo, PluginId, Tb};
 use crate::shm::{self, Access, Config, Layout, Ring, MAPS_BYTES};
 use core::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use msh_core::os::monotonic_ns;
 use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -104,7 +105,7 @@ impl Vcpu {
             .delivered
             .fetch_add(self.count as u64, Ordering::Relaxed);
         g.ring
-            .publish(self.slot, self.thread, self.count, shm::monotonic_ns());
+            .publish(self.slot, self.thread, self.count, monotonic_ns());
         self.slot = NO_SLOT;
         self.records = core::ptr::null_mut();
         self.count = 0;
