@@ -166,16 +166,27 @@ struct Level {
     /// `sets - 1` when `sets` is a power of two (a mask instead of a division).
     set_mask: Option<u64>,
     ways: usize,
+    /// Index of the first way of set 0 in `tags`: the sets start on a host cache line,
+    /// so a set of up to 8 ways is one host line and [`Level::prefetch`] knows which
+    /// lines to fetch.
+    first: usize,
     /// Line number + 1 per way (0 = empty), `ways` entries per set, most recently used
     /// first. One array, no timestamps: a 16-way set of the LLC is two host cache lines,
     /// which matters because the model of a large LLC misses the host's caches itself.
     tags: Vec<u64>,
 }
 
+/// u64 tags per host cache line.
+const TAGS_PER_HOST_LINE: usize = 8;
+
 impl Level {
     fn new(config: &LevelConfig) -> Level {
         let sets = config.sets();
-        let mut tags = vec![0u64; (sets * config.ways) as usize];
+        let len = (sets * config.ways) as usize + TAGS_PER_HOST_LINE;
+        let mut tags = vec![0u64; len];
+        let misalignment = tags.as_ptr() as usize % 64 / 8;
+        let first = (TAGS_PER_HOST_LINE - misalignment) % TAGS_PER_HOST_LINE;
+        advise_huge_pages(&mut tags);
         // Fault the (lazily zeroed) pages in now, so a large LLC's first touches are
         // not charged to the simulation. Volatile: the compiler knows they hold zero.
         for tag in tags.iter_mut().step_by(512) {
@@ -186,7 +197,28 @@ impl Level {
             sets,
             set_mask: sets.is_power_of_two().then_some(sets - 1),
             ways: config.ways as usize,
+            first,
             tags,
+        }
+    }
+
+    /// Index in `tags` of the first (most recent) way of `line`'s set.
+    #[inline]
+    fn set_base(&self, line: u64) -> usize {
+        let set = match self.set_mask {
+            Some(mask) => line & mask,
+            None => line % self.sets,
+        };
+        self.first + set as usize * self.ways
+    }
+
+    /// Asks the host to bring `line`'s set into its caches: the tags of a large level
+    /// miss the host's own caches, and the model knows its next accesses in advance.
+    #[inline]
+    fn prefetch(&self, line: u64) {
+        let base = self.set_base(line);
+        for way in (0..self.ways).step_by(TAGS_PER_HOST_LINE) {
+            prefetch_host_line(&self.tags[base + way]);
         }
     }
 
@@ -194,11 +226,7 @@ impl Level {
     /// Returns hit.
     #[inline]
     fn access(&mut self, line: u64) -> bool {
-        let set = match self.set_mask {
-            Some(mask) => line & mask,
-            None => line % self.sets,
-        };
-        let base = set as usize * self.ways;
+        let base = self.set_base(line);
         let tags = &mut self.tags[base..base + self.ways];
         let tag = line + 1;
         if tags[0] == tag {
@@ -213,6 +241,35 @@ impl Level {
         tags[0] = tag;
         hit
     }
+}
+
+/// Asks for transparent huge pages under a level's tags (this VM grants them only on
+/// request): a large LLC's tags span thousands of 4 KiB pages, each model access a
+/// host TLB miss otherwise. Advice only: failure changes nothing but speed.
+fn advise_huge_pages(tags: &mut [u64]) {
+    const HUGE: usize = 2 << 20;
+    let start = (tags.as_mut_ptr() as usize).next_multiple_of(HUGE);
+    let end = (tags.as_mut_ptr() as usize + std::mem::size_of_val(tags)) & !(HUGE - 1);
+    if end > start {
+        // SAFETY: [start, end) lies inside the vector's allocation, which this
+        // process owns; MADV_HUGEPAGE only changes how the kernel backs it.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+}
+
+/// A hint to load the host cache line holding `value`.
+#[inline(always)]
+fn prefetch_host_line(value: &u64) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and reads nothing the program sees; `value` is
+    // a valid reference besides.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            value as *const u64 as *const i8,
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 /// The simulated hierarchy: private levels per core, one shared last level.
@@ -269,6 +326,20 @@ impl Hierarchy {
             served = served.max(self.access_line(core, line));
         }
         served
+    }
+
+    /// Hints the host to load the model's sets for `address` in `core`'s private
+    /// levels past the first (whose tags stay in the host's L1) and in the shared one,
+    /// ahead of the [`Hierarchy::access`] that will read them. Changes no state.
+    #[inline]
+    pub fn prefetch(&self, core: usize, address: u64) {
+        let line = address >> self.line_shift;
+        if let Some(private) = self.cores.get(core) {
+            for level in private.iter().skip(1) {
+                level.prefetch(line);
+            }
+        }
+        self.shared.prefetch(line);
     }
 
     #[inline]
