@@ -166,9 +166,9 @@ struct Level {
     /// `sets - 1` when `sets` is a power of two (a mask instead of a division).
     set_mask: Option<u64>,
     ways: usize,
-    /// Index of the first way of set 0 in `tags`: the sets start on a host cache line,
-    /// so a set of up to 8 ways is one host line and [`Level::prefetch`] knows which
-    /// lines to fetch.
+    /// Index of the first way of set 0 in `tags`: the sets start on a host cache line
+    /// (so a set of up to 8 ways is one host line and [`Level::prefetch`] knows which
+    /// lines to fetch), and a large level on a huge page.
     first: usize,
     /// Line number + 1 per way (0 = empty), `ways` entries per set, most recently used
     /// first. One array, no timestamps: a 16-way set of the LLC is two host cache lines,
@@ -178,18 +178,23 @@ struct Level {
 
 /// u64 tags per host cache line.
 const TAGS_PER_HOST_LINE: usize = 8;
+/// Bytes of an x86-64 transparent huge page.
+const HUGE_PAGE: usize = 2 << 20;
 
 impl Level {
     fn new(config: &LevelConfig) -> Level {
         let sets = config.sets();
-        let len = (sets * config.ways) as usize + TAGS_PER_HOST_LINE;
-        let mut tags = vec![0u64; len];
-        let misalignment = tags.as_ptr() as usize % 64 / 8;
-        let first = (TAGS_PER_HOST_LINE - misalignment) % TAGS_PER_HOST_LINE;
-        advise_huge_pages(&mut tags);
+        let used = (sets * config.ways) as usize;
+        // Sets start on a host line; a large array also on a huge page (see
+        // `advise_huge_pages`): over-allocate by one alignment and skip to it.
+        let align = if used * 8 >= HUGE_PAGE { HUGE_PAGE } else { 64 };
+        let mut tags = vec![0u64; used + align / 8];
+        let first =
+            (tags.as_ptr() as usize).next_multiple_of(align) / 8 - tags.as_ptr() as usize / 8;
+        advise_huge_pages(&mut tags[first..first + used]);
         // Fault the (lazily zeroed) pages in now, so a large LLC's first touches are
         // not charged to the simulation. Volatile: the compiler knows they hold zero.
-        for tag in tags.iter_mut().step_by(512) {
+        for tag in tags[first..first + used].iter_mut().step_by(512) {
             // SAFETY: `tag` is a valid, exclusive reference into the vector.
             unsafe { std::ptr::write_volatile(tag, 0) };
         }
@@ -247,9 +252,8 @@ impl Level {
 /// request): a large LLC's tags span thousands of 4 KiB pages, each model access a
 /// host TLB miss otherwise. Advice only: failure changes nothing but speed.
 fn advise_huge_pages(tags: &mut [u64]) {
-    const HUGE: usize = 2 << 20;
-    let start = (tags.as_mut_ptr() as usize).next_multiple_of(HUGE);
-    let end = (tags.as_mut_ptr() as usize + std::mem::size_of_val(tags)) & !(HUGE - 1);
+    let start = (tags.as_mut_ptr() as usize).next_multiple_of(HUGE_PAGE);
+    let end = (tags.as_mut_ptr() as usize + std::mem::size_of_val(tags)) & !(HUGE_PAGE - 1);
     if end > start {
         // SAFETY: [start, end) lies inside the vector's allocation, which this
         // process owns; MADV_HUGEPAGE only changes how the kernel backs it.
