@@ -241,9 +241,12 @@ impl Level {
             Some(way) => (true, way),
             None => (false, tags.len() - 1),
         };
-        // Move to the front: ways 0..position shift down by one.
-        tags.copy_within(0..position, 1);
-        tags[0] = tag;
+        // Move to the front: ways 0..position shift down by one (a register carried
+        // along: a set is at most a few lines, too short for a memmove call to pay).
+        let mut carried = tag;
+        for way in &mut tags[..=position] {
+            carried = std::mem::replace(way, carried);
+        }
         hit
     }
 }
