@@ -370,7 +370,7 @@ fn programs() -> Vec<Check> {
         check(
             "valgrind",
             package("valgrind", &["--version"], "valgrind"),
-            "msh profile's valgrind path",
+            "the sim backend's lackey comparison (cargo bench -p msh-profile --bench sim_speed)",
         ),
         check(
             "perf",

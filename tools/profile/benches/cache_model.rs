@@ -1,7 +1,8 @@
 //! `cargo bench -p msh-profile --bench cache_model`: speed of the sim backend's cache
 //! model alone (accesses per second through the host's L1/L2/LLC), on a synthetic mix
 //! of accesses fed as the tracer's batches. Medians of 5. The whole-run figures (tracer
-//! and model together, against the old valgrind path) are `msh bench tracer`.
+//! and model together, against the tracer alone and valgrind lackey) are the
+//! `sim_speed` bench.
 use msh_profile::sim::cache::{Hierarchy, HierarchyConfig};
 use msh_profile::sim::model::Simulator;
 use msh_profile::stats::median;

@@ -1,23 +1,13 @@
 //! `cargo bench -p msh-profile --bench overhead`: the `sample` backend's cost, as the
 //! wall time of a profiled run divided by an unprofiled run of the same program,
 //! alternated in the same process, at the default rate. Median of 5 pairs per program.
+mod common;
+
+use common::build;
 use msh_profile::stats::median;
 use msh_profile::{profile, Backend, Options, What};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
-
-fn build(dir: &Path, name: &str) -> PathBuf {
-    let output = dir.join(name);
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.c"));
-    let status = Command::new("cc")
-        .args(["-O2", "-g", "-fno-tree-vectorize", "-pthread", "-o"])
-        .arg(&output)
-        .arg(source)
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "cc failed");
-    output
-}
 
 fn main() {
     let dir = std::env::temp_dir().join(format!("msh-overhead-{}", std::process::id()));

@@ -192,6 +192,7 @@ impl Level {
     fn new(config: &LevelConfig) -> Level {
         let sets = config.sets();
         let mut tags = vec![0u32; (sets * config.ways) as usize];
+        advise_huge_pages(&mut tags);
         // Fault the (lazily zeroed) pages in now, so a large LLC's first touches are
         // not charged to the simulation. Volatile: the compiler knows they hold zero.
         for tag in tags.iter_mut().step_by(1024) {
@@ -230,6 +231,28 @@ impl Level {
         }
     }
 
+    /// Asks the host to bring `line`'s set into its caches: the tags of a large level
+    /// miss the host's own caches, and the model knows its next accesses in advance.
+    #[inline(always)]
+    fn prefetch(&self, line: u64) {
+        let set = match self.set_bits {
+            Some(bits) => line & ((1 << bits) - 1),
+            None => line % self.sets,
+        } as usize;
+        let (first, last) = (set * self.ways, (set + 1) * self.ways - 1);
+        // A set may straddle two host lines: fetch the lines of its first and last way.
+        match &self.tags {
+            Tags::Narrow(tags) => {
+                prefetch_host_line(&tags[first]);
+                prefetch_host_line(&tags[last]);
+            }
+            Tags::Wide(tags) => {
+                prefetch_host_line(&tags[first]);
+                prefetch_host_line(&tags[last]);
+            }
+        }
+    }
+
     #[cold]
     fn widen(&mut self) {
         if let Tags::Narrow(tags) = &self.tags {
@@ -256,6 +279,34 @@ pub fn move_to_front<T: Copy + PartialEq>(ways: &mut [T], tag: T) -> bool {
         carry = old;
     }
     false
+}
+
+/// Asks for transparent huge pages under a level's tags (this VM grants them only on
+/// request): a large LLC's tags span thousands of 4 KiB pages, each model access a
+/// host TLB miss otherwise. Advice only: failure changes nothing but speed.
+fn advise_huge_pages(tags: &mut [u32]) {
+    const HUGE_PAGE: usize = 2 << 20;
+    let start = (tags.as_mut_ptr() as usize).next_multiple_of(HUGE_PAGE);
+    let end = (tags.as_mut_ptr() as usize + std::mem::size_of_val(tags)) & !(HUGE_PAGE - 1);
+    if end > start {
+        // SAFETY: [start, end) lies inside the vector's allocation, which this
+        // process owns; MADV_HUGEPAGE only changes how the kernel backs it.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+}
+
+/// A hint to load the host cache line holding `value`.
+#[inline(always)]
+fn prefetch_host_line<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and changes nothing the program sees.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (value as *const T).cast::<i8>(),
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 /// The simulated hierarchy: private levels per core, one shared last level.
@@ -314,6 +365,20 @@ impl Hierarchy {
             served = served.max(self.access_line(core, line));
         }
         served
+    }
+
+    /// Hints the host to load the model's sets for `address` in `core`'s private
+    /// levels past the first (whose tags stay in the host's L1) and in the shared one,
+    /// ahead of the [`Hierarchy::access`] that will read them. Changes no state.
+    #[inline]
+    pub fn prefetch(&self, core: usize, address: u64) {
+        let line = address >> self.line_shift;
+        if let Some(private) = self.cores.get(core) {
+            for level in private.iter().skip(1) {
+                level.prefetch(line);
+            }
+        }
+        self.shared.prefetch(line);
     }
 
     #[inline]

@@ -25,6 +25,10 @@ const PREFETCH_AHEAD: i64 = 512;
 /// Entries of each core's prefetcher table (direct-mapped by instruction address).
 const PREFETCH_ENTRIES: usize = 1024;
 
+/// The model asks the host to fetch the cache-model sets of the access this many
+/// places ahead in a batch (enough to cover a host DRAM miss at the model's pace).
+const HOST_PREFETCH_DISTANCE: usize = 16;
+
 /// One entry of a core's IP-stride prefetcher.
 #[derive(Clone, Copy, Default)]
 struct Stride {
@@ -129,7 +133,10 @@ impl Simulator {
         }
         let memory = self.hierarchy.memory_level();
         let prefetcher = &mut self.prefetchers[core];
-        for access in accesses {
+        for (index, access) in accesses.iter().enumerate() {
+            if let Some(next) = accesses.get(index + HOST_PREFETCH_DISTANCE) {
+                self.hierarchy.prefetch(core, next.addr);
+            }
             let served = self.hierarchy.access(core, access.addr, access.size as u64);
             if access.is_write {
                 continue;
