@@ -32,22 +32,31 @@ const LOCK_DIRS: &[&str] = &[
 ];
 const LOCK_FILE_WORDS: &[&str] = &["spinlock", "rwlock", "rwsem", "mutex", "lockdep"];
 
+/// Whether a definition is a C function or a function-like macro.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DefKind {
+    /// A `static inline` or out-of-line C function.
     Function,
+    /// A function-like `#define`.
     Macro,
 }
 
 /// One live definition of a lock-implementation function or macro.
 #[derive(Debug, Clone)]
 pub struct Definition {
+    /// The function or macro name.
     pub name: String,
+    /// File of the definition, relative to the tree's root.
     pub path: String,
+    /// Function or macro.
     pub kind: DefKind,
+    /// Parameter names, in order.
     pub params: Vec<String>,
     /// Start of the definition (`static inline ...` or `#define`).
     pub start: usize,
+    /// End of the definition (after the body or the macro value).
     pub end: usize,
+    /// Byte range of the name.
     pub name_range: Range<usize>,
     /// Offset of the `)` that closes the parameter list.
     pub params_close: usize,
@@ -55,12 +64,14 @@ pub struct Definition {
     pub params_range: Range<usize>,
     /// Function body (with braces) or macro value.
     pub body: Range<usize>,
+    /// Declared `static`: a copy in a `.c` file may stay plain `static inline`.
     pub is_static: bool,
     /// `EXPORT_SYMBOL` or `EXPORT_SYMBOL_GPL` when the file exports it.
     pub export: Option<&'static str>,
 }
 
 impl Definition {
+    /// Whether the definition is in a header, where copies must be `static __always_inline`.
     pub fn in_header(&self) -> bool {
         self.path.ends_with(".h")
     }
@@ -71,19 +82,26 @@ impl Definition {
 pub enum NextCall {
     /// `next(args)`: rename the callee, append the policy argument.
     Direct {
+        /// Byte range of the callee's name.
         callee: Range<usize>,
+        /// Offset of the `)` that closes the call, where the policy argument goes.
         close_paren: usize,
     },
     /// `MACRO(lock, try, next)` expanded: replace the whole call by `next(lock_arg)`.
     Expanded {
+        /// Byte range of the whole macro call.
         call: Range<usize>,
+        /// The lock argument passed on to `target`.
         lock_arg: String,
+        /// The `next` the expanded call goes to.
         target: String,
     },
 }
 
+/// One element of a chain and how it calls the next.
 #[derive(Debug, Clone)]
 pub struct Step {
+    /// The function or macro at this step.
     pub def: Definition,
     /// None for the last element.
     pub next: Option<NextCall>,
@@ -92,11 +110,14 @@ pub struct Step {
 /// A resolved chain, API first.
 #[derive(Debug, Clone)]
 pub struct Chain {
+    /// The lock API the chain starts from.
     pub api: String,
+    /// The definitions from the API down to the slowpath.
     pub steps: Vec<Step>,
 }
 
 impl Chain {
+    /// The names along the chain, API first.
     pub fn names(&self) -> Vec<&str> {
         self.steps.iter().map(|s| s.def.name.as_str()).collect()
     }
@@ -104,11 +125,13 @@ impl Chain {
 
 /// Live definitions of the lock implementation, by name.
 pub struct LockIndex {
+    /// Text of every indexed file, by path, for slicing definitions.
     pub sources: HashMap<String, String>,
     defs: HashMap<String, Vec<Definition>>,
 }
 
 impl LockIndex {
+    /// Indexes the live x86_64 SMP definitions in the tree's lock headers and `kernel/locking/`.
     pub fn build(tree: &KernelTree, threads: usize) -> Result<Self, Error> {
         let config = BuildConfig::x86_64_smp();
         let paths: Vec<String> = tree
@@ -149,6 +172,7 @@ impl LockIndex {
             .next()
     }
 
+    /// The text of the file `def` is in.
     pub fn source(&self, def: &Definition) -> &str {
         &self.sources[&def.path]
     }

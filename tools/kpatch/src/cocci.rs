@@ -20,6 +20,7 @@ use std::fmt::{self, Write as _};
 use std::path::Path;
 use std::process::Command;
 
+/// The semantic patch's file name for `family`.
 pub fn file_name(family: &LockFamily) -> String {
     format!("bpf_policy_{}.cocci", family.key)
 }
@@ -87,6 +88,7 @@ pub fn semantic_patch(family: &LockFamily, apis: &[&str], prefix: &str) -> Strin
 /// How spatch's rewrite compares with msh's.
 #[derive(Debug)]
 pub struct SpatchCheck {
+    /// Files compared: those with a site, or that mention the field and an API.
     pub files: usize,
     /// Sites both rewrote identically.
     pub agreed: usize,

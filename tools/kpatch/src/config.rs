@@ -19,12 +19,14 @@ pub struct Liveness {
 }
 
 impl Liveness {
+    /// Whether `offset` is outside every dead `#if` branch.
     pub fn is_live_at(&self, offset: usize) -> bool {
         let i = self.dead.partition_point(|r| r.end <= offset);
         self.dead.get(i).is_none_or(|r| !r.contains(&offset))
     }
 }
 
+/// The kernel configuration `#if` conditions are evaluated against.
 pub struct BuildConfig {
     /// Macro name -> value for every macro this configuration defines.
     defined: HashMap<&'static str, i64>,
@@ -33,6 +35,7 @@ pub struct BuildConfig {
 }
 
 impl BuildConfig {
+    /// An x86_64 SMP build with preemption, the configuration patches target.
     pub fn x86_64_smp() -> Self {
         let defined = [
             "__KERNEL__",

@@ -244,14 +244,18 @@ pub fn definition_head_start(src: &str, name_start: usize) -> usize {
 /// A macro body parsed on its own: tree-sitter leaves `#define` values as raw
 /// text, so the body is wrapped in a function and parsed again.
 pub struct MacroBody {
+    /// The wrapped body's syntax tree.
     pub tree: Tree,
+    /// The wrapped source the tree was parsed from.
     pub src: String,
     /// Bytes of `src` before the body text.
     pub prefix_len: usize,
 }
 
+/// The function header a macro body is wrapped in before parsing.
 pub const MACRO_PREFIX: &str = "void __kpatch_macro_body(void)\n{\n";
 
+/// Parses a macro value as the body of a function; offsets in it are shifted by `prefix_len`.
 pub fn parse_macro_body(parser: &mut Parser, body: &str) -> MacroBody {
     let src = format!("{MACRO_PREFIX}{body}\n;}}\n");
     let tree = parse(parser, &src);
@@ -289,11 +293,13 @@ pub fn blank_comments(src: &str) -> String {
 
 /// A line with its backslash continuations joined.
 pub struct LogicalLine<'s> {
+    /// The line's text, continuations joined.
     pub text: std::borrow::Cow<'s, str>,
     /// Byte range in the file, continuations and final newline included.
     pub range: Range<usize>,
 }
 
+/// Splits `src` into logical lines, as the preprocessor sees them.
 pub fn logical_lines(src: &str) -> Vec<LogicalLine<'_>> {
     let mut lines = Vec::new();
     let mut start = 0;
@@ -326,8 +332,11 @@ pub fn logical_lines(src: &str) -> Vec<LogicalLine<'_>> {
 /// tree-sitter sometimes folds a `#define` into an ERROR node).
 #[derive(Debug, Clone)]
 pub struct MacroDef {
+    /// The macro name.
     pub name: String,
+    /// Byte range of the name.
     pub name_range: Range<usize>,
+    /// Parameter names, in order.
     pub params: Vec<String>,
     /// The parameter list with its parentheses.
     pub params_range: Range<usize>,
@@ -337,6 +346,7 @@ pub struct MacroDef {
     pub range: Range<usize>,
 }
 
+/// Every function-like `#define` in `src`, in file order.
 pub fn function_like_macros(src: &str) -> Vec<MacroDef> {
     let mut macros = Vec::new();
     for line in logical_lines(src) {

@@ -8,6 +8,7 @@
 
 use crate::Error;
 
+/// The acquire and release APIs of one kind of lock, and how perf names them.
 #[derive(Debug, PartialEq, Eq)]
 pub struct LockFamily {
     /// Short name, used in file names: `spinlock`, `rwsem_write`, ...
@@ -241,6 +242,7 @@ impl LockFamily {
             .any(|f| f.perf_internal_symbols.contains(&symbol))
     }
 
+    /// Whether `api` is one of this family's acquire or release APIs.
     pub fn is_site_api(&self, api: &str) -> bool {
         self.acquire.contains(&api) || self.release.contains(&api)
     }

@@ -37,17 +37,22 @@ struct Body {
 /// A field the profile points at.
 #[derive(Debug, Clone)]
 pub struct FieldCandidate {
+    /// The lock family the field's sites use.
     pub family: &'static LockFamily,
     /// The structure, when the lock site says.
     pub structure: Option<String>,
+    /// The locked field's name.
     pub field: String,
+    /// Samples of the callers that lock this field.
     pub samples: f64,
+    /// Functions whose lock calls name this field.
     pub callers: Vec<String>,
 }
 
 /// (family key, structure, field) -> (samples, callers).
 type Votes = BTreeMap<(&'static str, Option<String>, String), (f64, Vec<String>)>;
 
+/// Which fields a perf profile points at, and why some callers gave none.
 #[derive(Debug, Default)]
 pub struct Inference {
     /// Most samples first.

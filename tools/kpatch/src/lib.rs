@@ -45,6 +45,7 @@
 //! VM (busy with other builds): 3-5 s with `--lock`, 9-13 s with
 //! `--perf-script`, against a 60 s budget; two threads gave 0-30% over one
 //! (I/O and page cache dominate the `--lock` runs).
+#![warn(missing_docs)]
 
 pub mod chain;
 pub mod cocci;
@@ -64,32 +65,46 @@ pub use run::{run, Options, Report, Selection};
 /// is one line naming the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The directory lacks what every kernel tree has.
     #[error("{0} is not a kernel source tree: {1}")]
     NotKernelTree(String, String),
+    /// A file could not be read or written.
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
+    /// The `perf script` input is unreadable, empty or without call chains.
     #[error("perf script: {0}")]
     PerfScript(String),
+    /// The profile has no call chain through a lock primitive.
     #[error("{0}: none of the {1} call chains goes through a lock primitive (spin_lock, down_write, mutex_lock families); record with `perf record -g` while the lock is hot")]
     NoLockFrames(String, u64),
+    /// `--lock` names no API of a known family.
     #[error("unknown lock primitive `{0}` (known: {known})", known = family::LockFamily::known_apis())]
     UnknownPrimitive(String),
+    /// No site in the tree locks the field with that family.
     #[error("{0}")]
     FieldNeverLocked(String),
+    /// Several structures declare the field and the input does not say which.
     #[error("{0}")]
     AmbiguousField(String),
+    /// No caller in the profile locks a field the tree shows.
     #[error("{0}")]
     NoFieldInProfile(String),
+    /// The API's chain down to the slowpath could not be followed.
     #[error("lock call chain: {0}")]
     Chain(String),
+    /// A name the patch would introduce is already used in the tree.
     #[error("{0}")]
     NameTaken(String),
+    /// The patched files parse with more errors than the originals.
     #[error("generated patch would break {0} ({1} new parse errors)")]
     BreaksParse(String, usize),
+    /// `--livepatch` cannot keep the change to `.c` files.
     #[error("{0}")]
     Livepatch(String),
+    /// spatch failed or could not be run.
     #[error("spatch: {0}")]
     Spatch(String),
+    /// Arguments that contradict each other or name nothing usable.
     #[error("bad argument: {0}")]
     Usage(String),
     /// A file refused or not written by `msh-files`: an output that is an input, a

@@ -36,15 +36,25 @@ const NON_TYPE_WORDS: &[&str] = &[
     "__nocfi",
 ];
 
+/// Everything the patch is generated from.
 pub struct Plan<'a> {
+    /// The family whose sites and chains are rewritten.
     pub family: &'static LockFamily,
+    /// The structure that declares the field.
     pub structure: &'a str,
+    /// The locked field.
     pub field: &'a str,
+    /// The field's lock and unlock sites to rewrite.
     pub sites: &'a [Site],
+    /// The chains of the APIs the sites call.
     pub chains: &'a [Chain],
+    /// The lock implementation the chains' definitions are copied from.
     pub index: &'a LockIndex,
+    /// Prefix of every generated name (`bpf_policy_`).
     pub prefix: &'a str,
+    /// The policy variable the rewritten sites pass down.
     pub policy_var: &'a str,
+    /// The tree's version, for the patch's header comment.
     pub kernel_version: &'a str,
     /// Change only `.c` files (kpatch-build refuses header changes): what
     /// the header would hold goes into each touched `.c` file instead.
@@ -53,9 +63,11 @@ pub struct Plan<'a> {
 
 /// One file the patch creates or changes.
 pub struct PatchedFile {
+    /// Path relative to the tree's root.
     pub path: String,
     /// None for a new file.
     pub old: Option<String>,
+    /// The patched text.
     pub new: String,
     /// Original text of the definitions copied into this file.
     pub copied: Vec<String>,
@@ -65,9 +77,13 @@ pub struct PatchedFile {
     pub changes: Vec<Change>,
 }
 
+/// The patch: the new and changed files and their unified diff.
 pub struct GeneratedPatch {
+    /// The header the patch creates (see [`header_path`]).
     pub header_path: String,
+    /// Every file the patch creates or changes.
     pub files: Vec<PatchedFile>,
+    /// The unified diff for `patch -p1` or `git apply`.
     pub diff: String,
     /// Names the patch introduces, to check against the tree.
     pub new_names: Vec<String>,
@@ -238,6 +254,7 @@ fn prototype(plan: &Plan, def: &Definition) -> String {
     )
 }
 
+/// The header of `family`'s policy-aware copies, relative to the tree's root.
 pub fn header_path(family: &LockFamily) -> String {
     format!("include/linux/bpf_policy_{}.h", family.key)
 }
@@ -438,6 +455,7 @@ impl PatchedFile {
     }
 }
 
+/// Generates the patch for `plan`, reading the tree's files through `read`.
 pub fn generate(
     plan: &Plan,
     read: impl Fn(&str) -> Result<String, Error>,

@@ -31,9 +31,12 @@ pub struct LockCaller {
     pub samples_in_lock: u64,
 }
 
+/// What a `perf script` text says about lock callers.
 #[derive(Debug, Default)]
 pub struct PerfProfile {
+    /// All samples in the input.
     pub samples: u64,
+    /// Samples that carry a call chain.
     pub samples_with_chains: u64,
     /// Callers of lock primitives, most samples first.
     pub callers: Vec<LockCaller>,

@@ -19,44 +19,74 @@ use std::time::{Duration, Instant};
 pub enum Selection {
     /// The hottest field in a `perf script` profile; `lock` restricts the family.
     Profile {
+        /// The `perf script` text.
         script: PathBuf,
+        /// Only fields locked by this API's family.
         lock: Option<String>,
+        /// Only this field (FIELD or STRUCT.FIELD), among those the profile shows.
         field: Option<String>,
     },
     /// A lock API and a field: `file_lock` or `files_struct.file_lock`.
-    Lock { api: String, field: String },
+    Lock {
+        /// The lock API, e.g. `spin_lock`.
+        api: String,
+        /// The locked field: FIELD or STRUCT.FIELD.
+        field: String,
+    },
 }
 
+/// What one `msh kpatch` run patches and where it writes.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The kernel source tree.
     pub kernel: PathBuf,
+    /// Which lock to patch.
     pub selection: Selection,
+    /// Name of the policy variable; `STRUCT_FIELD_policy` when `None`.
     pub policy_var: Option<String>,
+    /// Where to write the unified diff.
     pub output: PathBuf,
+    /// Directory to also write the Coccinelle semantic patch into.
     pub emit_cocci: Option<PathBuf>,
+    /// Run spatch with the semantic patch and compare its rewrite with msh's.
     pub check_spatch: bool,
+    /// Worker threads for the tree scans.
     pub threads: usize,
     /// Change only `.c` files (for kpatch-build).
     pub livepatch: bool,
 }
 
+/// What a run found and wrote; `Display` prints it for the user.
 pub struct Report {
+    /// The tree's `VERSION.PATCHLEVEL.SUBLEVEL`.
     pub kernel_version: String,
+    /// The lock family patched.
     pub family: &'static LockFamily,
+    /// The structure whose field is patched.
     pub structure: String,
+    /// The patched field.
     pub field: String,
+    /// The policy variable the rewritten sites pass down.
     pub policy_var: String,
+    /// The sites rewritten.
     pub sites: Vec<Site>,
     /// Sites of a same-named field of another structure.
     pub other_structures: Vec<Site>,
     /// Sites whose structure the file does not say, left alone.
     pub unresolved: Vec<Site>,
+    /// The chains copied with the policy threaded through.
     pub chains: Vec<Chain>,
+    /// Files the patch creates or changes.
     pub patched_files: Vec<String>,
+    /// C files in the tree.
     pub files_in_tree: usize,
+    /// The profile's candidate fields, for a `--perf-script` run.
     pub inference: Option<Inference>,
+    /// Semantic patches written (`--emit-cocci`).
     pub cocci_files: Vec<PathBuf>,
+    /// How spatch's rewrite compared (`--check-spatch`).
     pub spatch: Option<cocci::SpatchCheck>,
+    /// Time of each phase, then the total.
     pub timings: Vec<(&'static str, Duration)>,
 }
 
@@ -72,6 +102,7 @@ fn is_identifier(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Runs `msh kpatch`: selects the lock, generates and checks the patch, then writes the outputs.
 pub fn run(options: &Options) -> Result<Report, Error> {
     let started = Instant::now();
     let mut timings = Vec::new();

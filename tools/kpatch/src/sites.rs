@@ -15,12 +15,16 @@ use crate::family::LockFamily;
 use std::ops::Range;
 use tree_sitter::{Node, Parser};
 
+/// One call of a family API on the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Site {
+    /// File of the call, relative to the tree's root.
     pub path: String,
     /// 1-based line of the call.
     pub line: usize,
+    /// The API called.
     pub api: String,
+    /// Whether the API releases the lock.
     pub is_release: bool,
     /// Byte range of the callee identifier in the file.
     pub callee: Range<usize>,
@@ -30,14 +34,18 @@ pub struct Site {
     pub base_struct: Option<String>,
     /// Name of the function (or macro) the site is in.
     pub context: String,
+    /// The call's text, for reports.
     pub call_text: String,
 }
 
 /// A structure field declared with one of the family's lock types.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FieldDecl {
+    /// The declaring structure.
     pub structure: String,
+    /// File of the declaration, relative to the tree's root.
     pub path: String,
+    /// 1-based line of the declaration.
     pub line: usize,
 }
 
@@ -47,13 +55,16 @@ pub struct FieldDecl {
 pub struct FieldAlias {
     /// The member path the name expands to: `["d_lockref", "lock"]`.
     pub members: Vec<String>,
+    /// File of the `#define`, relative to the tree's root.
     pub path: String,
+    /// 1-based line of the `#define`.
     pub line: usize,
 }
 
 /// A structure member of any type: `struct lockref d_lockref;` in `dentry`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct MemberDecl {
+    /// The structure the member belongs to.
     pub structure: String,
     /// The struct, union or typedef name of the member's type.
     pub member_type: String,
@@ -62,8 +73,11 @@ pub struct MemberDecl {
 /// Everything one file contributes for a field.
 #[derive(Debug, Default)]
 pub struct FileFindings {
+    /// Lock and unlock sites of the field.
     pub sites: Vec<Site>,
+    /// Declarations of the field with a family lock type.
     pub decls: Vec<FieldDecl>,
+    /// `#define`s that make the field a name for a nested member.
     pub aliases: Vec<FieldAlias>,
     /// Parse errors in the original file, to compare after patching.
     pub parse_errors: usize,

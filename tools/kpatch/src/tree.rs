@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 /// (their own copies of the lock API), build scripts.
 const SKIPPED_TOP_DIRS: &[&str] = &["Documentation", "tools", "scripts", "usr", ".git"];
 
+/// A validated kernel source tree and its C files.
 pub struct KernelTree {
+    /// The tree's root directory.
     pub root: PathBuf,
     /// Paths of `.c` and `.h` files relative to `root`, sorted.
     pub files: Vec<String>,
@@ -20,7 +22,9 @@ pub struct KernelTree {
 
 /// One source file that passed a prefilter.
 pub struct SourceFile {
+    /// Path relative to the tree's root.
     pub path: String,
+    /// The file's text.
     pub text: String,
 }
 
@@ -81,6 +85,7 @@ impl KernelTree {
         )
     }
 
+    /// Reads a file of the tree as text (Latin-1 bytes replaced).
     pub fn read(&self, path: &str) -> Result<String, Error> {
         let bytes =
             std::fs::read(self.root.join(path)).map_err(|e| Error::Io(path.to_owned(), e))?;
