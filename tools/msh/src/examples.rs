@@ -83,8 +83,11 @@ pub fn run_json<T: DeserializeOwned>(program: &str, args: &[String]) -> Result<T
 /// One ptrchase run.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Chase {
+    /// Wall time of the primary's chase.
     pub elapsed_ns: f64,
+    /// Checksum of the chase, to compare runs.
     pub checksum: u64,
+    /// Work units the scavengers finished during the run.
     pub scavenger_units: u64,
     /// The budget per switch the primary ended with, ns (0: not measured).
     #[serde(default)]
@@ -101,5 +104,6 @@ impl Chase {
 /// The compute scavenger alone.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Compute {
+    /// Work units per second.
     pub units_per_s: f64,
 }

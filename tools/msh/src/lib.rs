@@ -1,4 +1,5 @@
 //! The `msh` command's library: each subcommand in a module of its own.
+#![warn(missing_docs)]
 pub mod bench;
 pub mod checkpoint;
 pub mod demo;

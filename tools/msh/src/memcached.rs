@@ -31,7 +31,9 @@ pub fn start(prefix: &[String], threads: u32, log: &Path) -> Result<Server> {
 /// What a load run did.
 #[derive(Debug, Clone, Copy)]
 pub struct Load {
+    /// Requests answered (a set or a get each).
     pub requests: u64,
+    /// Wall time of the load.
     pub elapsed: Duration,
 }
 

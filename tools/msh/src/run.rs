@@ -9,6 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Arguments of `msh run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The scavenger pool: one `PATH ARGS…` line per scavenger; `#` starts a comment.

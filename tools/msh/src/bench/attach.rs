@@ -48,17 +48,23 @@ pub fn run_cli(args: &AttachArgs) -> Result<()> {
     super::print_json(&report, args.json)
 }
 
+/// What `msh bench attach` measures.
 #[derive(Debug, Clone)]
 pub struct AttachOptions {
+    /// Interleaved runs; figures are medians.
     pub runs: usize,
+    /// Pointer-chase hops per ptrchase run.
     pub hops: u64,
     /// Set+get pairs per memcached client (4 clients).
     pub memcached_pairs: u32,
+    /// Also measure memcached under `msh run`.
     pub memcached: bool,
 }
 
+/// The report of `msh bench attach` (`--json`).
 #[derive(Debug, Serialize)]
 pub struct AttachReport {
+    /// Interleaved runs the medians are over.
     pub runs: usize,
     /// Wall time under `msh run` / plain, ptrchase without yield points.
     pub ptrchase_attach_ratio: f64,
@@ -126,6 +132,7 @@ pub(crate) fn total_stat(stderr: &str, name: &str) -> Result<f64> {
         .with_context(|| format!("no {name} in msh-stats"))
 }
 
+/// Runs `msh bench attach`: each program plain and under `msh run`, interleaved.
 pub fn run(opts: &AttachOptions, progress: &ProgressBar) -> Result<AttachReport> {
     let build = examples::build_dir();
     let pool: PathBuf = build.join("bench-attach.pool");

@@ -17,6 +17,7 @@ use serde::Serialize;
 use std::io::Write;
 use std::time::Instant;
 
+/// Arguments of `msh bench dirty`.
 #[derive(Args, Debug)]
 pub struct DirtyArgs {
     /// Print JSON: {"results": [...]}.
@@ -198,6 +199,7 @@ fn measure(
     })
 }
 
+/// Runs `msh bench dirty` and prints a table, or JSON.
 pub fn run(args: &DirtyArgs) -> Result<()> {
     let backends: Vec<Backend> = if args.backends.is_empty() {
         Backend::ALL.to_vec()

@@ -101,15 +101,20 @@ pub fn run_cli(args: &HarvestArgs) -> Result<()> {
     Ok(())
 }
 
+/// What `msh bench harvest` measures.
 #[derive(Debug, Clone)]
 pub struct HarvestOptions {
+    /// How the primary gets its yield points.
     pub mode: Mode,
     /// Budget per switch; None = the runtime's default.
     pub budget_ns: Option<u64>,
     /// Find the budget online with this allowance; None = fixed.
     pub max_slowdown_permille: Option<u32>,
+    /// Size of the chased table, MiB.
     pub mib: u64,
+    /// Pointer-chase hops per primary run.
     pub hops: u64,
+    /// Interleaved runs; figures are medians.
     pub runs: usize,
     /// Also measure the OS-threads baseline.
     pub os_threads: bool,
@@ -132,27 +137,43 @@ impl Default for HarvestOptions {
     }
 }
 
+/// The report of `msh bench harvest` (`--json`): the primary's cost and the scavenger's gain.
 #[derive(Debug, Clone, Serialize)]
 pub struct HarvestReport {
+    /// `linked` or `rewritten`.
     pub mode: &'static str,
     /// The budget per switch: the fixed one, or the median of where the online search
     /// ended.
     pub budget_ns: u64,
     /// `fixed` or `online` (`--max-slowdown`: found as the primary runs).
     pub budget: &'static str,
+    /// Size of the chased table, MiB.
     pub mib: u64,
+    /// Pointer-chase hops per primary run.
     pub hops: u64,
+    /// Interleaved runs the medians are over.
     pub runs: usize,
+    /// Median wall time of the primary alone.
     pub primary_alone_ns: f64,
+    /// Median wall time of the primary with msh.
     pub primary_msh_ns: f64,
+    /// Median of the per-run (msh / alone − 1).
     pub primary_slowdown: f64,
+    /// `primary_alone_ns` per hop.
     pub ns_per_hop_alone: f64,
+    /// `primary_msh_ns` per hop.
     pub ns_per_hop_msh: f64,
+    /// Median rate of the compute scavenger alone.
     pub scavenger_alone_units_per_s: f64,
+    /// Scavenger work per second of the primary's run with msh.
     pub scavenger_msh_units_per_s: f64,
+    /// Median of the per-run (scavenger rate with msh / alone).
     pub scavenger_core_fraction: f64,
+    /// Median wall time of the primary beside an OS-thread scavenger.
     pub os_threads_primary_ns: Option<f64>,
+    /// Median of the per-run (OS threads / alone − 1).
     pub os_threads_primary_slowdown: Option<f64>,
+    /// Median of the per-run (scavenger rate as an OS thread / alone).
     pub os_threads_scavenger_core_fraction: Option<f64>,
     /// `Mode::Rewritten`: how the binary was profiled and rewritten.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -439,6 +460,7 @@ impl Mode {
 /// Budgets swept by `--sweep`.
 pub const SWEEP_BUDGETS: [u64; 7] = [0, 50, 100, 150, 200, 300, 500];
 
+/// A progress bar on stderr for `steps` runs.
 pub fn progress_bar(steps: u64, message: &'static str) -> ProgressBar {
     let bar = ProgressBar::new(steps);
     bar.set_style(

@@ -16,10 +16,14 @@ use serde::Serialize;
 use std::hint::black_box;
 use std::time::Instant;
 
+/// The report of `msh bench switch` (`--json`): medians, in ns.
 #[derive(Debug, Serialize)]
 pub struct SwitchReport {
+    /// One-way msh switch.
     pub msh_ns: f64,
+    /// One-way corosensei switch, the baseline.
     pub corosensei_ns: f64,
+    /// `msh_ns / corosensei_ns`.
     pub ratio: f64,
     /// Extra cost of a prefetch-and-yield with nothing to run, over a bare prefetch,
     /// in a thread msh does not know.
@@ -37,7 +41,9 @@ pub struct SwitchReport {
     pub msh_protocol_round_trip_ns: f64,
     /// `msh_round_trip_ns / msh_protocol_round_trip_ns`.
     pub round_trip_ratio: f64,
+    /// Round trips per run.
     pub round_trips: u64,
+    /// Runs the medians are over.
     pub runs: usize,
 }
 
@@ -124,6 +130,7 @@ fn noop_yield_cost(iterations: u64, runs: usize) -> f64 {
 const MAX_RUNS: usize = 1000;
 const MAX_ROUND_TRIPS: u64 = 10_000_000_000;
 
+/// Runs `msh bench switch`: `runs` runs of `round_trips` round trips each.
 pub fn run(round_trips: u64, runs: usize) -> Result<SwitchReport> {
     if !(1..=MAX_RUNS).contains(&runs) {
         bail!("--runs {runs}: expected 1 to {MAX_RUNS}");

@@ -117,10 +117,15 @@ fn seconds(text: &str) -> Result<f64, String> {
 #[serde(rename_all = "snake_case")]
 #[value(rename_all = "snake_case")]
 pub enum Config {
+    /// No compute work: the baseline
     Alone,
+    /// The compute as an ordinary process on the server's CPU
     OsThread,
+    /// The compute as a SCHED_IDLE process on the server's CPU
     SchedIdle,
+    /// The compute as scavengers of the server rewritten from its own profile (msh run)
     Msh,
+    /// As msh, and also while the server waits in epoll_wait or poll
     MshIdle,
 }
 
@@ -141,10 +146,15 @@ impl Config {
 /// One configuration's medians.
 #[derive(Debug, Serialize)]
 pub struct ConfigReport {
+    /// The configuration.
     pub name: Config,
+    /// Requests answered per second.
     pub achieved_rps: f64,
+    /// Median latency, µs.
     pub p50_us: f64,
+    /// 99th percentile latency, µs.
     pub p99_us: f64,
+    /// 99.9th percentile latency, µs.
     pub p999_us: f64,
     /// Compute units done beside the server / units the compute does alone on that CPU.
     pub scavenger_core_fraction: f64,
@@ -155,23 +165,36 @@ pub struct ConfigReport {
 /// What `msh rewrite` made of the server's profile.
 #[derive(Debug, Serialize)]
 pub struct RewriteSummary {
+    /// The profile backend that found the loads.
     pub profile_backend: String,
+    /// The hottest load site.
     pub top_site: String,
+    /// The hottest site's share of the samples.
     pub top_share: f64,
+    /// Load sites patched.
     pub patched: usize,
 }
 
 /// The report (`--json`).
 #[derive(Debug, Serialize)]
 pub struct ServerReport {
+    /// The server measured.
     pub server: Protocol,
+    /// Size of the values stored, MiB.
     pub dataset_mib: u64,
+    /// Bytes per value.
     pub value_bytes: u64,
+    /// How keys were drawn.
     pub keys: KeyDistribution,
+    /// Runs the medians are over.
     pub runs: u64,
+    /// Requests per second the server answered, measured first.
     pub capacity_rps: f64,
+    /// Requests per second offered (`--load` × capacity).
     pub offered_rps: f64,
+    /// One entry per configuration, in the order run.
     pub configs: Vec<ConfigReport>,
+    /// How the msh configurations' binary was rewritten, when one ran.
     pub rewrite: Option<RewriteSummary>,
     /// Anything that makes the figures less than they seem.
     pub notes: Vec<String>,

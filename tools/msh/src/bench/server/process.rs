@@ -20,6 +20,7 @@ pub struct Process {
 }
 
 impl Process {
+    /// The child's process id.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -129,7 +130,9 @@ pub fn free_port() -> Result<u16> {
 
 /// A running server.
 pub struct Server {
+    /// The server's process.
     pub process: Process,
+    /// The loopback port it listens on.
     pub port: u16,
     log: PathBuf,
 }
@@ -144,16 +147,19 @@ impl Server {
 
 /// What a server is started with.
 pub struct ServerLaunch<'a> {
+    /// Which server, for its command line.
     pub protocol: Protocol,
     /// The server executable (Debian's, or a rewritten copy of it).
     pub binary: &'a Path,
     /// A command it runs through (e.g. `msh run --pool … --`), may be empty.
     pub prefix: &'a [String],
+    /// Extra environment variables.
     pub env: &'a [(String, String)],
     /// Memory for items (memcached's -m), MiB.
     pub memory_mib: u64,
     /// Worker threads (memcached's -t).
     pub threads: u32,
+    /// CPU pinning and scheduling class.
     pub placement: Placement,
     /// Where its stdout and stderr go (a pipe nobody reads could fill and stall it).
     pub log: &'a Path,
