@@ -4,10 +4,11 @@ use crate::source::{self, AccessSource, Synthetic, Workload};
 use crate::{Design, Env, Pages, Study};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use msh_profile::collect::{stopped_by, StopSignals};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-/// `msh pagewalk run …`.
+/// `msh pagewalk run …` and `msh pagewalk record …`.
 #[derive(Debug, clap::Args)]
 pub struct PagewalkArgs {
     #[command(subcommand)]
@@ -18,6 +19,26 @@ pub struct PagewalkArgs {
 enum Action {
     /// Simulate page walks of radix and the other designs over an access stream.
     Run(RunArgs),
+    /// Trace a command's loads and stores under qemu-x86_64 into a file that
+    /// `run --trace` replays (one recording, many machine configurations).
+    Record(RecordArgs),
+}
+
+/// Options of `msh pagewalk record`.
+#[derive(Debug, clap::Args)]
+pub struct RecordArgs {
+    /// The trace file to write (msh tracer format).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Stop tracing after this many seconds (the program then gets SIGTERM).
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    pub time_limit: Option<f64>,
+    /// Run this many instructions untraced first (skip start-up).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub fast_forward: u64,
+    /// The command to trace, after `--`.
+    #[arg(last = true, value_name = "CMD", required = true)]
+    pub command: Vec<String>,
 }
 
 /// Options of `msh pagewalk run`.
@@ -68,6 +89,10 @@ pub struct RunArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// With `-- CMD`: stop tracing after this many seconds (the program then gets
+    /// SIGTERM; what was traced is simulated).
+    #[arg(long, value_name = "SECS", value_parser = seconds, requires = "command")]
+    pub time_limit: Option<f64>,
     /// The command to trace, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -77,7 +102,80 @@ pub struct RunArgs {
 pub fn run(args: &PagewalkArgs) -> Result<()> {
     match &args.action {
         Action::Run(run) => run_study(run),
+        Action::Record(record) => record_trace(record),
     }
+}
+
+/// A positive number of seconds, at most a day — clap's value parser.
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value > 0.0 && value <= 86_400.0 => Ok(value),
+        _ => Err(format!(
+            "{text} is not a number of seconds between 0 and 86400"
+        )),
+    }
+}
+
+fn record_trace(args: &RecordArgs) -> Result<()> {
+    let argv: Vec<std::ffi::OsString> = args.command.iter().map(Into::into).collect();
+    // The program itself is an input the trace must never replace.
+    let program = msh_tracer::find_in_path(&argv[0], std::env::var_os("PATH").as_deref());
+    let inputs: Vec<&std::path::Path> = program.iter().map(PathBuf::as_path).collect();
+    // Ctrl-C, SIGTERM and SIGHUP stop the trace and still write what was traced.
+    let _signals = StopSignals::catch();
+    let options = msh_tracer::TraceOptions {
+        fast_forward_insns: args.fast_forward,
+        time_limit: args.time_limit.map(std::time::Duration::from_secs_f64),
+        interrupted: Some(|| stopped_by().is_some()),
+        ..Default::default()
+    };
+    let header = msh_tracer::file::FileHeader {
+        command: args.command.clone(),
+        sampling: options.sampling,
+        fast_forward_insns: options.fast_forward_insns,
+        addr_filter: None,
+    };
+    let mut writer = msh_tracer::file::Writer::create(&args.output, &header, &inputs)?;
+    let spinner = if std::io::stderr().is_terminal() {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
+    spinner.set_style(
+        ProgressStyle::with_template("tracing {spinner} {human_pos} accesses ({elapsed})")
+            .expect("a valid template"),
+    );
+    let mut failed = None;
+    let summary = msh_tracer::trace(&argv, &options, |batch| match writer.write_batch(batch) {
+        Ok(()) => {
+            spinner.inc(batch.accesses.len() as u64);
+            std::ops::ControlFlow::Continue(())
+        }
+        Err(err) => {
+            failed = Some(err);
+            std::ops::ControlFlow::Break(())
+        }
+    });
+    spinner.finish_and_clear();
+    if let Some(err) = failed {
+        return Err(err);
+    }
+    let summary = summary?;
+    let trailer = msh_tracer::file::FileTrailer::from_summary(&summary, writer.batches());
+    writer.finish(&trailer)?;
+    eprintln!(
+        "msh pagewalk: {} accesses of {} thread(s) in {} ({:.1} s); {} {}",
+        summary.accesses_delivered,
+        summary.threads,
+        args.output.display(),
+        summary.wall.as_secs_f64(),
+        args.command[0],
+        match summary.stopped {
+            Some(reason) => format!("stopped early ({reason:?})"),
+            None => format!("ended with {}", summary.exit),
+        }
+    );
+    Ok(())
 }
 
 /// A number from 0 to 1 (not NaN) — clap's value parser.
@@ -98,7 +196,10 @@ fn run_study(args: &RunArgs) -> Result<()> {
             args.seed,
         )?),
         (None, Some(path)) => source::trace_file(path)?,
-        (None, None) if !args.command.is_empty() => source::traced_command(&args.command)?,
+        (None, None) if !args.command.is_empty() => source::traced_command(
+            &args.command,
+            args.time_limit.map(std::time::Duration::from_secs_f64),
+        )?,
         (None, None) => {
             bail!("nothing to simulate: give --synthetic WORKLOAD, --trace FILE or -- CMD ARGS…")
         }

@@ -3,9 +3,9 @@
 //!
 //! - [`Synthetic`]: GUPS, B-tree lookups, graph traversal, streaming (deterministic
 //!   for a seed); they know their areas.
-//! - A trace file (`--trace FILE`) or a traced command (`-- CMD`): `msh_tracer`'s
-//!   reader and tracer, whose areas are inferred online (`crate::space`). See
-//!   [`trace_file`] and [`traced_command`] for where they plug in.
+//! - A trace file (`--trace FILE`, [`TraceFile`]) or a traced command (`-- CMD`,
+//!   [`TracedCommand`]): `msh_tracer`'s reader and tracer, whose areas are inferred
+//!   online (`crate::space`).
 use crate::space::Area;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -217,34 +217,183 @@ impl AccessSource for Synthetic {
     }
 }
 
-/// A saved trace (`msh_tracer::file`), streamed.
-///
-/// Not available until msh-tracer is merged. To wire it: add `msh-tracer` to this
-/// crate's dependencies and return a source whose `fill` reads the next batch with the
-/// tracer's file reader and pushes `Access { addr: a.addr, is_write: a.is_write }` for
-/// each `msh_tracer::Access`; `areas()` returns empty (inferred online), `len_hint`
-/// the file's access count if its header has one. A truncated or foreign file is then
-/// the reader's error, with this file's name as context.
-pub fn trace_file(path: &Path) -> Result<Box<dyn AccessSource>> {
-    std::fs::metadata(path).with_context(|| format!("cannot open trace {}", path.display()))?;
-    bail!(
-        "trace {}: trace files are not available in this build (msh-tracer is not wired into msh pagewalk yet)",
-        path.display()
-    )
+/// A saved trace (`msh_tracer::file`, written by `msh pagewalk record`), streamed one
+/// batch at a time. Threads' batches are replayed in the order they were filled, into
+/// one address space; areas are inferred online (see `crate::space`).
+pub struct TraceFile {
+    reader: msh_tracer::file::Reader,
+    total: u64,
+    /// The current file batch's accesses not yet handed out, and how many were.
+    pending: Vec<Access>,
+    taken: usize,
 }
 
-/// Accesses of a command run under the tracer (`msh_tracer::trace`).
-///
-/// Not available until msh-tracer is merged. To wire it: run
-/// `msh_tracer::trace(cmd, &TraceOptions::default(), |batch| …)` on a thread that sends
-/// each batch's `(addr, is_write)` pairs down a bounded `std::sync::mpsc::sync_channel`
-/// (returning `ControlFlow::Continue`), and return a source whose `fill` receives from
-/// it; the bound keeps memory flat while the simulators catch up.
-pub fn traced_command(command: &[String]) -> Result<Box<dyn AccessSource>> {
-    bail!(
-        "tracing a command ({}) is not available in this build (msh-tracer is not wired into msh pagewalk yet); use --synthetic",
-        command.first().map_or("", String::as_str)
-    )
+/// Opens `path`; a file that is not a trace, of another version, truncated or corrupt
+/// is a one-line error naming it.
+pub fn trace_file(path: &Path) -> Result<Box<dyn AccessSource>> {
+    let reader = msh_tracer::file::Reader::open(path)?;
+    let total = reader.trailer().accesses_delivered;
+    Ok(Box::new(TraceFile {
+        reader,
+        total,
+        pending: Vec::new(),
+        taken: 0,
+    }))
+}
+
+impl AccessSource for TraceFile {
+    fn areas(&self) -> Vec<Area> {
+        Vec::new()
+    }
+
+    fn len_hint(&self) -> Option<u64> {
+        Some(self.total)
+    }
+
+    fn fill(&mut self, batch: &mut Vec<Access>, max: usize) -> Result<()> {
+        let mut room = max;
+        while room > 0 {
+            if self.taken == self.pending.len() {
+                let Some(next) = self.reader.next_batch()? else {
+                    break;
+                };
+                self.pending.clear();
+                self.pending.extend(next.accesses.iter().map(|a| Access {
+                    addr: a.addr,
+                    is_write: a.is_write,
+                }));
+                self.taken = 0;
+            }
+            let n = room.min(self.pending.len() - self.taken);
+            batch.extend_from_slice(&self.pending[self.taken..self.taken + n]);
+            self.taken += n;
+            room -= n;
+        }
+        Ok(())
+    }
+}
+
+/// Batches in flight between the tracer and the simulators: bounds memory while the
+/// simulators catch up (the traced program then waits in the tracer's ring).
+const TRACED_BATCHES_IN_FLIGHT: usize = 64;
+
+/// Accesses of a command run under the tracer (`msh_tracer::trace`), simulated as they
+/// arrive. The tracer runs on its own thread and hands batches over a bounded channel.
+pub struct TracedCommand {
+    batches: Option<std::sync::mpsc::Receiver<Vec<Access>>>,
+    tracer: Option<std::thread::JoinHandle<Result<msh_tracer::TraceSummary>>>,
+    pending: Vec<Access>,
+    taken: usize,
+    command: String,
+}
+
+/// Starts `command` under the tracer (stopped after `time_limit`, if given). Errors
+/// the tracer finds later (qemu missing, a program QEMU cannot run) come from `fill`.
+pub fn traced_command(
+    command: &[String],
+    time_limit: Option<std::time::Duration>,
+) -> Result<Box<dyn AccessSource>> {
+    if command.is_empty() {
+        bail!("no command to trace");
+    }
+    let argv: Vec<std::ffi::OsString> = command.iter().map(Into::into).collect();
+    let (send, receive) = std::sync::mpsc::sync_channel::<Vec<Access>>(TRACED_BATCHES_IN_FLIGHT);
+    let options = msh_tracer::TraceOptions {
+        time_limit,
+        // Our standard output is the report.
+        stdout_to_stderr: true,
+        ..Default::default()
+    };
+    let tracer = std::thread::Builder::new()
+        .name("msh-tracer".into())
+        .spawn(move || {
+            msh_tracer::trace(&argv, &options, |batch| {
+                let accesses = batch
+                    .accesses
+                    .iter()
+                    .map(|a| Access {
+                        addr: a.addr,
+                        is_write: a.is_write,
+                    })
+                    .collect();
+                // The simulators stopped (an error): stop tracing too.
+                match send.send(accesses) {
+                    Ok(()) => std::ops::ControlFlow::Continue(()),
+                    Err(_) => std::ops::ControlFlow::Break(()),
+                }
+            })
+        })
+        .context("cannot start the tracer thread")?;
+    Ok(Box::new(TracedCommand {
+        batches: Some(receive),
+        tracer: Some(tracer),
+        pending: Vec::new(),
+        taken: 0,
+        command: command[0].clone(),
+    }))
+}
+
+impl TracedCommand {
+    /// The tracer's outcome once its channel closed: its error, or a note when the
+    /// program did not exit cleanly (its accesses so far are still simulated).
+    fn finish(&mut self) -> Result<()> {
+        self.batches = None;
+        let Some(tracer) = self.tracer.take() else {
+            return Ok(());
+        };
+        let summary = tracer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the tracer thread panicked"))??;
+        if let Some(reason) = summary.stopped {
+            eprintln!(
+                "msh pagewalk: tracing of {} stopped early ({reason:?})",
+                self.command
+            );
+        } else if !summary.exit.success() {
+            eprintln!("msh pagewalk: {} ended with {}", self.command, summary.exit);
+        }
+        Ok(())
+    }
+}
+
+impl AccessSource for TracedCommand {
+    fn areas(&self) -> Vec<Area> {
+        Vec::new()
+    }
+
+    fn len_hint(&self) -> Option<u64> {
+        None
+    }
+
+    fn fill(&mut self, batch: &mut Vec<Access>, max: usize) -> Result<()> {
+        let mut room = max;
+        while room > 0 {
+            if self.taken == self.pending.len() {
+                let next = self.batches.as_ref().and_then(|b| b.recv().ok());
+                let Some(next) = next else {
+                    return self.finish();
+                };
+                self.pending = next;
+                self.taken = 0;
+            }
+            let n = room.min(self.pending.len() - self.taken);
+            batch.extend_from_slice(&self.pending[self.taken..self.taken + n]);
+            self.taken += n;
+            room -= n;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TracedCommand {
+    fn drop(&mut self) {
+        // Closing the channel makes the tracer's next batch stop the program; wait for
+        // it so no traced process outlives the command.
+        self.batches = None;
+        if let Some(tracer) = self.tracer.take() {
+            let _ = tracer.join();
+        }
+    }
 }
 
 #[cfg(test)]

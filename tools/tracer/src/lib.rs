@@ -20,7 +20,7 @@ pub mod file;
 mod launch;
 mod vma;
 
-pub use launch::{find_plugin, find_qemu, PLUGIN_ENV, PLUGIN_FILE};
+pub use launch::{find_in_path, find_plugin, find_qemu, PLUGIN_ENV, PLUGIN_FILE};
 pub use msh_tracer_plugin::shm::Access;
 pub use vma::Vma;
 
@@ -28,7 +28,7 @@ use anyhow::{bail, Context, Result};
 use msh_tracer_plugin::shm::{self, Config, Layout, Ring};
 use std::ffi::OsString;
 use std::ops::{ControlFlow, Range};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
@@ -104,6 +104,9 @@ pub struct TraceOptions {
     pub batch_accesses: u32,
     /// Batch slots in the shared ring (the program waits when all are full).
     pub slots: u32,
+    /// Send the program's standard output to our standard error, for a caller whose
+    /// own standard output is a report (JSON) the program must not mix into.
+    pub stdout_to_stderr: bool,
 }
 
 impl Default for TraceOptions {
@@ -118,6 +121,7 @@ impl Default for TraceOptions {
             plugin: None,
             batch_accesses: 4096,
             slots: 256,
+            stdout_to_stderr: false,
         }
     }
 }
@@ -219,6 +223,13 @@ pub fn trace(
         .arg(&program.argv0)
         .arg(&program.path)
         .args(&cmd[1..]);
+    if opts.stdout_to_stderr {
+        let stderr = std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("cannot duplicate standard error for the program's output")?;
+        command.stdout(stderr);
+    }
     let fd = region.fd.as_raw_fd();
     // SAFETY: runs in the forked child before exec; fcntl, setrlimit and prctl are
     // async-signal-safe system calls.
