@@ -18,6 +18,7 @@
 
 mod exits;
 mod guarded;
+mod hosted;
 mod idle;
 mod interpose;
 mod loader;
@@ -181,7 +182,11 @@ fn attach_with(settings: Result<Option<Settings>, String>) {
             loaded.name.to_string_lossy()
         );
         let arg = loaded as *const loader::Loaded as *mut c_void;
-        match sched::spawn_with_code(run_loaded, arg, Some(name.as_bytes()), loaded.code) {
+        let spawned_line = match loaded.code_range {
+            Some(range) => sched::spawn_with_code_range(run_loaded, arg, Some(name.as_bytes()), range),
+            None => sched::spawn_with_code(run_loaded, arg, Some(name.as_bytes()), loaded.code),
+        };
+        match spawned_line {
             Ok(()) => spawned += 1,
             Err(err) => fail_open(
                 &settings,

@@ -1,0 +1,43 @@
+/* An ordinary program for the hosted-executable tests (run unmodified as a pool
+ * scavenger): parses options with getopt, writes through stdio, registers an exit
+ * handler, and ends with the status it is asked for.
+ * usage: hosted_prog -o OUT [-n LINES] [-s STATUS] [-x]   (-x: end by exit(), not return) */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static FILE *out;
+static long lines = 1000; /* a global of its own: each pool line has a copy */
+
+static void at_end(void) {
+  fprintf(out, "atexit ran, optind %d\n", optind);
+  fclose(out);
+}
+
+int main(int argc, char **argv) {
+  const char *path = NULL;
+  int status = 0, by_exit = 0, opt;
+  while ((opt = getopt(argc, argv, "o:n:s:x")) != -1) {
+    switch (opt) {
+    case 'o': path = optarg; break;
+    case 'n': lines = atol(optarg); break;
+    case 's': status = atoi(optarg); break;
+    case 'x': by_exit = 1; break;
+    default: return 64;
+    }
+  }
+  if (!path || optind != argc) return 64;
+  out = fopen(path, "w");
+  if (!out) return 65;
+  atexit(at_end);
+  unsigned long x = 88172645463325252UL, sum = 0;
+  for (long i = 0; i < lines; i++) {
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    sum += x % 1000;
+    fprintf(out, "line %ld %lu\n", i, x % 1000);
+  }
+  fprintf(out, "sum %lu, program %s\n", sum, strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0]);
+  if (by_exit) exit(status);
+  return status;
+}
