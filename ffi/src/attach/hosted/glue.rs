@@ -52,12 +52,25 @@ fn current() -> &'static Program {
     unsafe { &*program }
 }
 
-/// A yield point: lets the primary run, then says which program runs again here.
+/// A yield point: switches back to the primary, then says which program runs again
+/// here.
 fn yield_point() {
     let me = CURRENT.with(Cell::get);
     // SAFETY: errno is this thread's; the yield may resume us on another thread,
     // whose errno then gets the value the program last saw.
     let errno = unsafe { *libc::__errno_location() };
+    let ctx = msh_core::arch::thread_ctx();
+    if !ctx.is_null() {
+        // SAFETY: this thread's context block, which only this thread touches.
+        // Back to the primary now: a program's I/O call is far past any budget, and
+        // counting it as one yield of a fast scavenger would hold the primary for
+        // a whole quota of I/O calls. The run says nothing about the time per
+        // yield, so it is no sample of it.
+        unsafe {
+            msh_core::budget::cancel_sample(&mut *ctx);
+            (*ctx).quota = 1;
+        }
+    }
     msh_core::arch::yield_now();
     enter(me);
     // SAFETY: as above.
