@@ -71,8 +71,12 @@ fn yield_point() {
             (*ctx).quota = 1;
         }
     }
+    // SAFETY: `me` is the running program (set at its start and on every resume).
+    let program = unsafe { &*me };
+    program.state().gaps.record();
     msh_core::arch::yield_now();
     enter(me);
+    program.state().gaps.resume();
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
 }
@@ -105,6 +109,40 @@ yielding!(fread, c"fread", (buf: *mut c_void, size: usize, n: usize, f: File) ->
 yielding!(fwrite, c"fwrite", (buf: *const c_void, size: usize, n: usize, f: File) -> usize);
 yielding!(fgets, c"fgets", (buf: *mut c_char, n: c_int, f: File) -> *mut c_char);
 yielding!(fputs, c"fputs", (s: *const c_char, f: File) -> c_int);
+
+/// The CPU time a program runs between two of its yields: what the primary waits
+/// (`MSH_STATS=1` prints it when the program ends).
+#[derive(Default)]
+pub struct Gaps {
+    resumed_ns: u64,
+    /// Yields so far.
+    pub yields: u64,
+    /// The longest run between two yields (or from the start), ns of CPU time.
+    pub longest_ns: u64,
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime with a valid out-pointer (a vDSO call).
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+impl Gaps {
+    /// The program runs again (on this thread).
+    pub fn resume(&mut self) {
+        self.resumed_ns = thread_cpu_ns();
+    }
+
+    /// The program yields (or ends): one run is over.
+    pub fn record(&mut self) {
+        self.yields += 1;
+        self.longest_ns = self.longest_ns.max(thread_cpu_ns().saturating_sub(self.resumed_ns));
+    }
+}
 
 /// An exit handler the program registered.
 #[derive(Clone, Copy)]
@@ -154,6 +192,7 @@ unsafe extern "C" fn start_main(
     fini: Option<extern "C" fn()>,
 ) -> c_int {
     let program = current();
+    program.state().gaps.resume();
     // SAFETY: `environ` is the process's environment, which the program shares.
     let envp = unsafe { *environ() };
     program.state().fini = fini;

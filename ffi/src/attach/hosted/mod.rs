@@ -54,6 +54,7 @@ struct State {
     /// Streams it opened and its own stdin/stdout/stderr: closed at its exit.
     files: Vec<*mut libc::FILE>,
     finished: bool,
+    gaps: glue::Gaps,
 }
 
 /// A loaded executable, ready to run once. Lives for the rest of the process.
@@ -151,6 +152,7 @@ pub fn load(argv: &[String], data: &[u8]) -> Result<Program, String> {
             getopt,
             files,
             finished: false,
+            gaps: glue::Gaps::default(),
         }),
     })
 }
@@ -264,6 +266,16 @@ impl Program {
     fn finish(&self, status: c_int) -> ! {
         let first = !core::mem::replace(&mut self.state().finished, true);
         if first {
+            self.state().gaps.record();
+            if super::SETTINGS.get().is_some_and(|s| s.stats) {
+                let gaps = &self.state().gaps;
+                eprintln!(
+                    "msh: hosted {}: {} yields, longest run between two {:.3} ms of CPU time",
+                    self._args[0].to_string_lossy(),
+                    gaps.yields,
+                    gaps.longest_ns as f64 / 1e6
+                );
+            }
             while let Some(handler) = self.state().handlers.pop() {
                 match handler {
                     glue::Handler::Plain(f) => f(),
