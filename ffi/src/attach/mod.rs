@@ -183,7 +183,9 @@ fn attach_with(settings: Result<Option<Settings>, String>) {
         );
         let arg = loaded as *const loader::Loaded as *mut c_void;
         let spawned_line = match loaded.code_range {
-            Some(range) => sched::spawn_with_code_range(run_loaded, arg, Some(name.as_bytes()), range),
+            Some(range) => {
+                sched::spawn_with_code_range(run_loaded, arg, Some(name.as_bytes()), range)
+            }
             None => sched::spawn_with_code(run_loaded, arg, Some(name.as_bytes()), loaded.code),
         };
         match spawned_line {

@@ -9,16 +9,29 @@ use std::sync::OnceLock;
 
 const MSH: &str = env!("CARGO_BIN_EXE_msh");
 
-/// The primary, the C program (PIE, static, non-PIE) and one with its own TLS.
+/// The primary, the C program (PIE, static, non-PIE), one with its own TLS and one
+/// that forks.
 fn build() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = scratch("hosted");
         ensure_libmsh();
-        build_fixtures(&dir, &[], &["primary", "hosted_prog", "hosted_tls"]);
+        build_fixtures(
+            &dir,
+            &[],
+            &["primary", "hosted_prog", "hosted_tls", "hosted_fork"],
+        );
         let src = repo_root().join("tests/c/hosted_prog.c");
-        cc(std::slice::from_ref(&src), &dir.join("hosted_prog_static"), &["-static"]);
-        cc(&[src], &dir.join("hosted_prog_nopie"), &["-no-pie", "-fno-pie"]);
+        cc(
+            std::slice::from_ref(&src),
+            &dir.join("hosted_prog_static"),
+            &["-static"],
+        );
+        cc(
+            &[src],
+            &dir.join("hosted_prog_nopie"),
+            &["-no-pie", "-fno-pie"],
+        );
         dir
     })
 }
@@ -68,7 +81,9 @@ fn input(name: &str) -> PathBuf {
     let words: Vec<String> = (0..4000)
         .map(|_| {
             let len = 2 + next() % 8;
-            (0..len).map(|_| (b'a' + (next() % 26) as u8) as char).collect()
+            (0..len)
+                .map(|_| (b'a' + (next() % 26) as u8) as char)
+                .collect()
         })
         .collect();
     let mut text = String::new();
@@ -158,11 +173,17 @@ fn a_program_keeps_its_globals_getopt_exit_handlers_and_status() {
     );
     for n in ["1", "2"] {
         let hosted = read(&dir.join(format!("hosted-{n}.txt")));
-        assert!(hosted == read(&dir.join(format!("plain-{n}.txt"))), "file {n} differs");
+        assert!(
+            hosted == read(&dir.join(format!("plain-{n}.txt"))),
+            "file {n} differs"
+        );
         // The exit handler ran, and saw the program's own optind.
         let text = String::from_utf8_lossy(&hosted).into_owned();
         let optind = if n == "1" { 5 } else { 8 };
-        assert!(text.ends_with(&format!("atexit ran, optind {optind}\n")), "{text}");
+        assert!(
+            text.ends_with(&format!("atexit ran, optind {optind}\n")),
+            "{text}"
+        );
     }
 }
 
@@ -172,15 +193,17 @@ fn executables_that_cannot_be_hosted_are_refused_in_one_line_each() {
         format!("{} -o /dev/null", path("hosted_prog_static")),
         format!("{} -o /dev/null", path("hosted_prog_nopie")),
         path("hosted_tls"),
+        path("hosted_fork"),
         path("no_such_program"),
     ];
-    let err = primary_is_unharmed("refused", &lines, );
+    let err = primary_is_unharmed("refused", &lines);
     let pool = scratch("hosted").join("refused.pool").display().to_string();
     let expected = [
         format!("msh: pool {pool} line 1: {}: cannot run it as a scavenger: it is statically linked (no PT_INTERP); only dynamically linked PIE executables can be hosted; line skipped", path("hosted_prog_static")),
         format!("msh: pool {pool} line 2: {}: cannot run it as a scavenger: it is not position-independent (ET_EXEC); rebuild it with -fPIE -pie; line skipped", path("hosted_prog_nopie")),
         format!("msh: pool {pool} line 3: {}: cannot run it as a scavenger: it has thread-local storage of its own (PT_TLS); line skipped", path("hosted_tls")),
-        format!("msh: pool {pool} line 4: {}: no such file; line skipped", path("no_such_program")),
+        format!("msh: pool {pool} line 4: {}: cannot run it as a scavenger: it imports fork (fork/exec), which cannot share the primary's process; line skipped", path("hosted_fork")),
+        format!("msh: pool {pool} line 5: {}: no such file; line skipped", path("no_such_program")),
         format!("msh: pool {pool}: no scavengers to run; running without msh"),
     ];
     assert_eq!(err.lines().collect::<Vec<_>>(), expected, "{err}");

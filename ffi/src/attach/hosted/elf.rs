@@ -163,9 +163,7 @@ pub fn read(data: &[u8]) -> Result<Exe, String> {
         .into());
     }
     if e_type != elf::ET_DYN {
-        return Err(
-            "it is not position-independent (ET_EXEC); rebuild it with -fPIE -pie".into(),
-        );
+        return Err("it is not position-independent (ET_EXEC); rebuild it with -fPIE -pie".into());
     }
     if has(elf::PT_TLS) {
         return Err("it has thread-local storage of its own (PT_TLS)".into());
@@ -310,7 +308,10 @@ mod tests {
 
     #[test]
     fn a_shared_object_is_not_an_executable() {
-        let libc = ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6"];
+        let libc = [
+            "/lib/x86_64-linux-gnu/libm.so.6",
+            "/usr/lib/x86_64-linux-gnu/libm.so.6",
+        ];
         let Some(data) = libc.iter().find_map(|p| file(p)) else {
             return;
         };

@@ -140,7 +140,9 @@ impl Gaps {
     /// The program yields (or ends): one run is over.
     pub fn record(&mut self) {
         self.yields += 1;
-        self.longest_ns = self.longest_ns.max(thread_cpu_ns().saturating_sub(self.resumed_ns));
+        self.longest_ns = self
+            .longest_ns
+            .max(thread_cpu_ns().saturating_sub(self.resumed_ns));
     }
 }
 
@@ -317,9 +319,10 @@ unsafe extern "C" fn getopt(argc: c_int, argv: *const *mut c_char, opts: *const 
     static REAL: AtomicUsize = AtomicUsize::new(0);
     // SAFETY: glibc's getopt has this signature.
     with_getopt(|| unsafe {
-        core::mem::transmute::<usize, unsafe extern "C" fn(c_int, *const *mut c_char, *const c_char) -> c_int>(
-            real(&REAL, c"getopt"),
-        )(argc, argv, opts)
+        core::mem::transmute::<
+            usize,
+            unsafe extern "C" fn(c_int, *const *mut c_char, *const c_char) -> c_int,
+        >(real(&REAL, c"getopt"))(argc, argv, opts)
     })
 }
 

@@ -88,7 +88,9 @@ impl Image {
 
     /// Whether `[vaddr, vaddr + len)` lies in the image.
     fn holds(&self, vaddr: u64, len: u64) -> bool {
-        vaddr.checked_add(len).is_some_and(|end| end <= self.span as u64)
+        vaddr
+            .checked_add(len)
+            .is_some_and(|end| end <= self.span as u64)
     }
 
     /// Applies the relocations. `lookup` gives a symbol's address (0: unresolved);
@@ -163,9 +165,19 @@ impl Image {
         for s in &exe.segments {
             let first = s.vaddr as usize / page();
             let last = (s.vaddr + s.memsz).div_ceil(page() as u64) as usize;
-            let flags = (if s.flags & elf::PF_R != 0 { libc::PROT_READ } else { 0 })
-                | (if s.flags & elf::PF_W != 0 { libc::PROT_WRITE } else { 0 })
-                | (if s.flags & elf::PF_X != 0 { libc::PROT_EXEC } else { 0 });
+            let flags = (if s.flags & elf::PF_R != 0 {
+                libc::PROT_READ
+            } else {
+                0
+            }) | (if s.flags & elf::PF_W != 0 {
+                libc::PROT_WRITE
+            } else {
+                0
+            }) | (if s.flags & elf::PF_X != 0 {
+                libc::PROT_EXEC
+            } else {
+                0
+            });
             for p in &mut prot[first..last.min(pages)] {
                 *p |= flags;
             }

@@ -108,7 +108,11 @@ pub fn load(argv: &[String], data: &[u8]) -> Result<Program, String> {
     };
     image.relocate(&exe, &mut lookup)?;
     // Copies that must not start as the library's values.
-    for r in exe.relocs.iter().filter(|r| r.kind == object::elf::R_X86_64_COPY) {
+    for r in exe
+        .relocs
+        .iter()
+        .filter(|r| r.kind == object::elf::R_X86_64_COPY)
+    {
         let name = exe.symbols[r.sym].name.as_str();
         let at = image.at(r.offset);
         if getopt.adopt(name, at) {
@@ -164,7 +168,8 @@ fn open_needed(exe: &elf::Exe) -> Result<Vec<*mut c_void>, String> {
         .map(|name| {
             let c_name = CString::new(name.as_str()).map_err(|_| "malformed DT_NEEDED")?;
             // SAFETY: dlopen with a valid name; the handle is kept for the process.
-            let handle = unsafe { libc::dlopen(c_name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+            let handle =
+                unsafe { libc::dlopen(c_name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
             if handle.is_null() {
                 Err(format!("it needs {name}, which cannot be loaded"))
             } else {
