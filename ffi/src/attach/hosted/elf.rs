@@ -19,18 +19,20 @@ pub enum Kind {
 }
 
 /// Tells a program from a shared object; None when `data` is not a 64-bit
-/// little-endian ELF file (dlopen will say what it is).
+/// little-endian ELF file (dlopen will say what it is). An ET_DYN file is a program
+/// when it is marked DF_1_PIE, or has an interpreter and no DT_SONAME (older
+/// linkers do not mark PIEs; runnable libraries such as libc.so.6 have a soname).
 pub fn kind(data: &[u8]) -> Option<Kind> {
     let header = Header::parse(data).ok()?;
-    let e_type = header.e_type(LE);
     let phdrs = header.program_headers(LE, data).ok()?;
     let has_interp = phdrs.iter().any(|p| p.p_type(LE) == elf::PT_INTERP);
-    let pie = dynamic(phdrs, data)
-        .iter()
-        .any(|d| d.d_tag(LE) == elf::DT_FLAGS_1 as u64 && d.d_val(LE) & elf::DF_1_PIE as u64 != 0);
-    match e_type {
+    let dynamic = dynamic(phdrs, data);
+    let tag = |t: u32| dynamic.iter().find(|d| d.d_tag(LE) == t as u64);
+    let pie = tag(elf::DT_FLAGS_1).is_some_and(|d| d.d_val(LE) & elf::DF_1_PIE as u64 != 0);
+    let soname = tag(elf::DT_SONAME).is_some();
+    match header.e_type(LE) {
         elf::ET_EXEC => Some(Kind::Executable),
-        elf::ET_DYN if has_interp || pie => Some(Kind::Executable),
+        elf::ET_DYN if pie || (has_interp && !soname) => Some(Kind::Executable),
         _ => Some(Kind::SharedObject),
     }
 }
@@ -309,8 +311,8 @@ mod tests {
     #[test]
     fn a_shared_object_is_not_an_executable() {
         let libc = [
-            "/lib/x86_64-linux-gnu/libm.so.6",
-            "/usr/lib/x86_64-linux-gnu/libm.so.6",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
         ];
         let Some(data) = libc.iter().find_map(|p| file(p)) else {
             return;
