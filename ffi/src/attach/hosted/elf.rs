@@ -310,6 +310,7 @@ mod tests {
 
     #[test]
     fn a_shared_object_is_not_an_executable() {
+        // libc.so.6 has an interpreter (it runs) but is a library.
         let libc = [
             "/lib/x86_64-linux-gnu/libc.so.6",
             "/usr/lib/x86_64-linux-gnu/libc.so.6",

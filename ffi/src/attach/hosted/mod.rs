@@ -307,3 +307,58 @@ impl Program {
         unsafe { crate::attach::exits::exit(status) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value the program's GOT slot (or COPY'd variable) for `name` holds.
+    fn slot(program: &Program, name: &str, kind: u32) -> usize {
+        let r = program
+            .exe
+            .relocs
+            .iter()
+            .find(|r| r.kind == kind && program.exe.symbols[r.sym].name == name)
+            .unwrap_or_else(|| panic!("no relocation for {name}"));
+        // SAFETY: a relocated slot in the mapped image.
+        unsafe { program.image.at(r.offset).cast::<usize>().read_unaligned() }
+    }
+
+    #[test]
+    fn gzip_is_mapped_relocated_and_bound_without_running() {
+        let Some((Kind::Executable, data)) = probe("/usr/bin/gzip") else {
+            return; // not installed
+        };
+        let argv = ["/usr/bin/gzip".to_string(), "-k".to_string()];
+        let program = load(&argv, &data).expect("gzip loads");
+        let (start, end) = program.text;
+        assert!(
+            program.image.base <= start && start < end,
+            "{start:x}..{end:x}"
+        );
+        // Imports glue replaces are bound to it; the others to the C library.
+        assert_eq!(
+            slot(&program, "read", object::elf::R_X86_64_JUMP_SLOT),
+            glue::replacement("read").unwrap()
+        );
+        let strcmp = find("strcmp", &[]).unwrap();
+        assert_eq!(
+            slot(&program, "strcmp", object::elf::R_X86_64_JUMP_SLOT),
+            strcmp
+        );
+        // Its stdout is a stream of its own, on a duplicate of descriptor 1.
+        let stdout = slot(&program, "stdout", object::elf::R_X86_64_COPY) as *mut libc::FILE;
+        assert!(!stdout.is_null());
+        // SAFETY: a stream the loader opened.
+        let fd = unsafe { libc::fileno(stdout) };
+        assert!(fd > 2, "fd {fd}");
+        // optind starts at 1 whatever the C library's holds.
+        assert_eq!(
+            slot(&program, "optind", object::elf::R_X86_64_COPY) as u32,
+            1
+        );
+        // Two loads: two images, each its own globals.
+        let again = load(&argv, &data).expect("gzip loads twice");
+        assert_ne!(again.image.base, program.image.base);
+    }
+}
