@@ -1,7 +1,10 @@
 /* An ordinary program for the hosted-executable tests (run unmodified as a pool
  * scavenger): parses options with getopt, writes through stdio, registers an exit
  * handler, and ends with the status it is asked for.
- * usage: hosted_prog -o OUT [-n LINES] [-s STATUS] [-x]   (-x: end by exit(), not return) */
+ * usage: hosted_prog -o OUT [-n LINES] [-s STATUS] [-x] [-f] [-l]
+ *   -x: end by exit(), not return; -f: fault (write to NULL) after the lines;
+ *   -l: loop forever, no I/O, after the lines */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,13 +20,15 @@ static void at_end(void) {
 
 int main(int argc, char **argv) {
   const char *path = NULL;
-  int status = 0, by_exit = 0, opt;
-  while ((opt = getopt(argc, argv, "o:n:s:x")) != -1) {
+  int status = 0, by_exit = 0, fault = 0, spin = 0, opt;
+  while ((opt = getopt(argc, argv, "o:n:s:xfl")) != -1) {
     switch (opt) {
     case 'o': path = optarg; break;
     case 'n': lines = atol(optarg); break;
     case 's': status = atoi(optarg); break;
     case 'x': by_exit = 1; break;
+    case 'f': fault = 1; break;
+    case 'l': spin = 1; break;
     default: return 64;
     }
   }
@@ -38,6 +43,8 @@ int main(int argc, char **argv) {
     fprintf(out, "line %ld %lu\n", i, x % 1000);
   }
   fprintf(out, "sum %lu, program %s\n", sum, strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0]);
+  if (fault) *(volatile int *)(uintptr_t)(sum & 0) = 1;
+  while (spin) x = x * 6364136223846793005UL + (unsigned long)argc, spin = (int)(x | 1);
   if (by_exit) exit(status);
   return status;
 }

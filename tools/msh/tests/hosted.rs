@@ -208,3 +208,24 @@ fn executables_that_cannot_be_hosted_are_refused_in_one_line_each() {
     ];
     assert_eq!(err.lines().collect::<Vec<_>>(), expected, "{err}");
 }
+
+#[test]
+fn a_program_that_faults_or_never_yields_is_stopped_and_named() {
+    let prog = path("hosted_prog");
+    let err = primary_is_unharmed(
+        "stopped",
+        &[
+            format!("{prog} -o /dev/null -n 10 -f"),
+            format!("{prog} -o /dev/null -n 10 -l"),
+        ],
+    );
+    assert!(
+        err.contains("msh: scavenger stopped.pool line 1 (hosted_prog): SIGSEGV at 0x"),
+        "{err}"
+    );
+    assert!(
+        err.contains("msh: scavenger stopped.pool line 2 (hosted_prog): did not yield for 10 ms of CPU time (preempted by the watchdog); scavenger stopped"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 2, "{err}");
+}
