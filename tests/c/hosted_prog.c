@@ -1,8 +1,9 @@
 /* An ordinary program for the hosted-executable tests (run unmodified as a pool
  * scavenger): parses options with getopt, writes through stdio, registers an exit
  * handler, and ends with the status it is asked for.
- * usage: hosted_prog -o OUT [-n LINES] [-s STATUS] [-x] [-f] [-l]
- *   -x: end by exit(), not return; -f: fault (write to NULL) after the lines;
+ * usage: hosted_prog -o OUT [-n LINES] [-s STATUS] [-x] [-E] [-A] [-f] [-l]
+ *   -x: end by exit(), not return; -E: by _exit(); -A: by abort();
+ *   -f: fault (write to NULL) after the lines;
  *   -l: loop forever, no I/O, after the lines */
 #include <stdint.h>
 #include <stdio.h>
@@ -21,12 +22,14 @@ static void at_end(void) {
 int main(int argc, char **argv) {
   const char *path = NULL;
   int status = 0, by_exit = 0, fault = 0, spin = 0, opt;
-  while ((opt = getopt(argc, argv, "o:n:s:xfl")) != -1) {
+  while ((opt = getopt(argc, argv, "o:n:s:xEAfl")) != -1) {
     switch (opt) {
     case 'o': path = optarg; break;
     case 'n': lines = atol(optarg); break;
     case 's': status = atoi(optarg); break;
     case 'x': by_exit = 1; break;
+    case 'E': by_exit = 2; break;
+    case 'A': by_exit = 3; break;
     case 'f': fault = 1; break;
     case 'l': spin = 1; break;
     default: return 64;
@@ -45,6 +48,8 @@ int main(int argc, char **argv) {
   fprintf(out, "sum %lu, program %s\n", sum, strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0]);
   if (fault) *(volatile int *)(uintptr_t)(sum & 0) = 1;
   while (spin) x = x * 6364136223846793005UL + (unsigned long)argc, spin = (int)(x | 1);
-  if (by_exit) exit(status);
+  if (by_exit == 1) exit(status);
+  if (by_exit == 2) _exit(status);
+  if (by_exit == 3) abort();
   return status;
 }

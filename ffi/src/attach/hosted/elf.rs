@@ -81,6 +81,8 @@ pub struct Symbol {
     pub size: u64,
     /// STB_WEAK: may stay unresolved (0).
     pub weak: bool,
+    /// The version it was linked against (`GLIBC_2.2.5`), for an import.
+    pub version: Option<String>,
 }
 
 /// What the loader needs of an executable, checked to be hostable.
@@ -275,14 +277,32 @@ fn read_symbols<'d>(
         .symbols(LE, data, elf::SHT_DYNSYM)
         .map_err(|e| format!("malformed ELF: {e}"))?;
     let strings = table.strings();
+    let versions = sections
+        .versions(LE, data)
+        .map_err(|e| format!("malformed ELF: {e}"))?;
+    let version = |index: usize| {
+        let versions = versions.as_ref()?;
+        let at = versions.version_index(LE, object::SymbolIndex(index));
+        let found = versions.version(at).ok().flatten()?;
+        Some(String::from_utf8_lossy(found.name()).into_owned())
+    };
     Ok(table
         .symbols()
         .iter()
-        .map(|sym| Symbol {
-            name: String::from_utf8_lossy(sym.name(LE, strings).unwrap_or(b"")).into_owned(),
-            defined: (sym.st_shndx(LE) != elf::SHN_UNDEF).then(|| sym.st_value(LE)),
-            size: sym.st_size(LE),
-            weak: sym.st_bind() == elf::STB_WEAK,
+        .enumerate()
+        .map(|(index, sym)| {
+            let defined = (sym.st_shndx(LE) != elf::SHN_UNDEF).then(|| sym.st_value(LE));
+            Symbol {
+                name: String::from_utf8_lossy(sym.name(LE, strings).unwrap_or(b"")).into_owned(),
+                defined,
+                size: sym.st_size(LE),
+                weak: sym.st_bind() == elf::STB_WEAK,
+                version: if defined.is_none() {
+                    version(index)
+                } else {
+                    None
+                },
+            }
         })
         .collect())
 }
@@ -303,7 +323,11 @@ mod tests {
         assert_eq!(kind(&data), Some(Kind::Executable));
         let exe = read(&data).expect("gzip is hostable");
         assert!(exe.needed.iter().any(|n| n.starts_with("libc.so")));
-        assert!(exe.symbols.iter().any(|s| s.name == "__libc_start_main"));
+        let start = exe.symbols.iter().find(|s| s.name == "__libc_start_main");
+        assert!(start.is_some_and(|s| s
+            .version
+            .as_deref()
+            .is_some_and(|v| v.starts_with("GLIBC_"))));
         assert!(exe.relocs.iter().any(|r| r.kind == elf::R_X86_64_COPY));
         assert!(exe.segments.iter().any(|s| s.flags & elf::PF_X != 0));
     }

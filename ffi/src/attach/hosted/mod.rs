@@ -97,7 +97,7 @@ pub fn load(argv: &[String], data: &[u8]) -> Result<Program, String> {
         if let Some(address) = glue::replacement(&symbol.name) {
             return Ok(address);
         }
-        match find(&symbol.name, &libraries) {
+        match find(&symbol.name, symbol.version.as_deref(), &libraries) {
             Some(address) => Ok(address),
             None if symbol.weak => Ok(0),
             None => Err(format!(
@@ -180,15 +180,34 @@ fn open_needed(exe: &elf::Exe) -> Result<Vec<*mut c_void>, String> {
 }
 
 /// A symbol's address: as the primary's imports would bind (`RTLD_DEFAULT`), or in
-/// the program's own libraries.
-fn find(name: &str, libraries: &[*mut c_void]) -> Option<usize> {
+/// the program's own libraries. When the program names a version, that version from
+/// the same library (an old `memcpy@GLIBC_2.2.5` is not today's `memcpy`); an
+/// unversioned interposer found first (libmsh's `_exit`, another preloaded
+/// library's) wins, as it does for ld.so (`dlvsym` alone would skip it).
+fn find(name: &str, version: Option<&str>, libraries: &[*mut c_void]) -> Option<usize> {
     let c_name = CString::new(name).ok()?;
-    core::iter::once(libc::RTLD_DEFAULT)
+    let (handle, default) = core::iter::once(libc::RTLD_DEFAULT)
         .chain(libraries.iter().copied())
         // SAFETY: dlsym on live handles with a NUL-terminated name.
-        .map(|handle| unsafe { libc::dlsym(handle, c_name.as_ptr()) })
-        .find(|address| !address.is_null())
-        .map(|address| address as usize)
+        .map(|handle| (handle, unsafe { libc::dlsym(handle, c_name.as_ptr()) }))
+        .find(|(_, address)| !address.is_null())?;
+    let versioned = version.and_then(|v| {
+        let c_version = CString::new(v).ok()?;
+        // SAFETY: dlvsym on a live handle with NUL-terminated strings.
+        let address = unsafe { libc::dlvsym(handle, c_name.as_ptr(), c_version.as_ptr()) };
+        (!address.is_null() && object_of(address) == object_of(default)).then_some(address)
+    });
+    Some(versioned.unwrap_or(default) as usize)
+}
+
+/// The load address of the object holding `address`.
+fn object_of(address: *mut c_void) -> usize {
+    let mut info = core::mem::MaybeUninit::<libc::Dl_info>::zeroed();
+    // SAFETY: dladdr with a valid out-pointer; zeroed when it finds nothing.
+    unsafe {
+        libc::dladdr(address, info.as_mut_ptr());
+        info.assume_init().dli_fbase as usize
+    }
 }
 
 /// A stream of the program's own on a duplicate of `fd` (None-like NULL when `fd`
@@ -341,7 +360,7 @@ mod tests {
             slot(&program, "read", object::elf::R_X86_64_JUMP_SLOT),
             glue::replacement("read").unwrap()
         );
-        let strcmp = find("strcmp", &[]).unwrap();
+        let strcmp = find("strcmp", None, &[]).unwrap();
         assert_eq!(
             slot(&program, "strcmp", object::elf::R_X86_64_JUMP_SLOT),
             strcmp
@@ -356,6 +375,12 @@ mod tests {
         assert_eq!(
             slot(&program, "optind", object::elf::R_X86_64_COPY) as u32,
             1
+        );
+        // _exit is libmsh's (unversioned, preloaded) in a process that has it,
+        // whatever version gzip names; here, the C library's.
+        assert_eq!(
+            slot(&program, "_exit", object::elf::R_X86_64_JUMP_SLOT),
+            find("_exit", None, &[]).unwrap()
         );
         // Two loads: two images, each its own globals.
         let again = load(&argv, &data).expect("gzip loads twice");
