@@ -7,7 +7,7 @@
 //!   its own list, run when it exits or returns from `main`; then its streams are
 //!   closed and libmsh's `exit` ends the scavenger (not the process).
 //! - I/O calls (`read`, `write`, `fread`, `fwrite`, ...): the real call, then a
-//!   yield. An unmodified program never calls `msh_yield`; these are its yield
+//!   yield; `printf`, `fprintf` (and `_chk` forms): a yield, then the call. An unmodified program never calls `msh_yield`; these are its yield
 //!   points, so the primary may wait as long as the program runs between two I/O
 //!   calls.
 //! - `getopt*`: run with the program's `optind`/`opterr`/`optopt`/`optarg` swapped
@@ -109,6 +109,94 @@ yielding!(fread, c"fread", (buf: *mut c_void, size: usize, n: usize, f: File) ->
 yielding!(fwrite, c"fwrite", (buf: *const c_void, size: usize, n: usize, f: File) -> usize);
 yielding!(fgets, c"fgets", (buf: *mut c_char, n: c_int, f: File) -> *mut c_char);
 yielding!(fputs, c"fputs", (s: *const c_char, f: File) -> c_int);
+
+/// For functions with variable arguments (the `printf` family), which Rust cannot
+/// define: a stub that saves the argument registers (`%rax` counts the vector ones),
+/// yields through [`yield_then_real`], restores them and jumps to the real function
+/// with the caller's frame intact. The yield comes before the call, not after.
+macro_rules! yield_first {
+    ($stub:ident, $cache:ident, $name:ident, $sym:literal) => {
+        static $cache: AtomicUsize = AtomicUsize::new(0);
+        static $name: [u8; $sym.len()] = *$sym;
+        extern "C" {
+            fn $stub();
+        }
+        core::arch::global_asm!(
+            concat!(".pushsection .text.", stringify!($stub), ",\"ax\",@progbits"),
+            concat!(".type ", stringify!($stub), ",@function"),
+            concat!(stringify!($stub), ":"),
+            "push rbp",
+            "mov rbp, rsp",
+            "push rdi",
+            "push rsi",
+            "push rdx",
+            "push rcx",
+            "push r8",
+            "push r9",
+            "push rax",
+            "push rax",
+            "sub rsp, 128",
+            "movdqu [rsp], xmm0",
+            "movdqu [rsp + 16], xmm1",
+            "movdqu [rsp + 32], xmm2",
+            "movdqu [rsp + 48], xmm3",
+            "movdqu [rsp + 64], xmm4",
+            "movdqu [rsp + 80], xmm5",
+            "movdqu [rsp + 96], xmm6",
+            "movdqu [rsp + 112], xmm7",
+            "lea rdi, [rip + {cache}]",
+            "lea rsi, [rip + {name}]",
+            "call {then}",
+            "mov r11, rax",
+            "movdqu xmm0, [rsp]",
+            "movdqu xmm1, [rsp + 16]",
+            "movdqu xmm2, [rsp + 32]",
+            "movdqu xmm3, [rsp + 48]",
+            "movdqu xmm4, [rsp + 64]",
+            "movdqu xmm5, [rsp + 80]",
+            "movdqu xmm6, [rsp + 96]",
+            "movdqu xmm7, [rsp + 112]",
+            "add rsp, 128",
+            "pop rax",
+            "pop rax",
+            "pop r9",
+            "pop r8",
+            "pop rcx",
+            "pop rdx",
+            "pop rsi",
+            "pop rdi",
+            "pop rbp",
+            "jmp r11",
+            concat!(".size ", stringify!($stub), ", . - ", stringify!($stub)),
+            ".popsection",
+            cache = sym $cache,
+            name = sym $name,
+            then = sym yield_then_real,
+        );
+    };
+}
+
+/// The stubs' yield: yields, then gives the real function's address.
+extern "C" fn yield_then_real(cache: &AtomicUsize, name: *const c_char) -> usize {
+    yield_point();
+    // SAFETY: `name` is one of the stubs' static NUL-terminated names.
+    real(cache, unsafe { core::ffi::CStr::from_ptr(name) })
+}
+
+yield_first!(msh_hosted_printf, REAL_PRINTF, NAME_PRINTF, b"printf\0");
+yield_first!(msh_hosted_fprintf, REAL_FPRINTF, NAME_FPRINTF, b"fprintf\0");
+yield_first!(
+    msh_hosted_printf_chk,
+    REAL_PRINTF_CHK,
+    NAME_PRINTF_CHK,
+    b"__printf_chk\0"
+);
+yield_first!(
+    msh_hosted_fprintf_chk,
+    REAL_FPRINTF_CHK,
+    NAME_FPRINTF_CHK,
+    b"__fprintf_chk\0"
+);
 
 /// The CPU time a program runs between two of its yields: what the primary waits
 /// (`MSH_STATS=1` prints it when the program ends).
@@ -438,6 +526,10 @@ pub fn replacement(name: &str) -> Option<usize> {
         "fwrite" | "fwrite_unlocked" => fwrite as *const () as usize,
         "fgets" | "fgets_unlocked" => fgets as *const () as usize,
         "fputs" | "fputs_unlocked" => fputs as *const () as usize,
+        "printf" => msh_hosted_printf as *const () as usize,
+        "fprintf" => msh_hosted_fprintf as *const () as usize,
+        "__printf_chk" => msh_hosted_printf_chk as *const () as usize,
+        "__fprintf_chk" => msh_hosted_fprintf_chk as *const () as usize,
         "getopt" => getopt as *const () as usize,
         "getopt_long" => getopt_long as *const () as usize,
         "getopt_long_only" => getopt_long_only as *const () as usize,
