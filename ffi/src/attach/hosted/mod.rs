@@ -64,7 +64,7 @@ pub struct Program {
     /// What `_start` finds on its stack: argc, argv..., NULL, NULL (envp), AT_NULL.
     start_stack: Vec<usize>,
     /// Owns the argument strings `start_stack` points into.
-    _args: Vec<CString>,
+    args: Vec<CString>,
     /// The executable segment: the scavenger's own code.
     pub text: (usize, usize),
     state: UnsafeCell<State>,
@@ -119,28 +119,30 @@ pub fn load(argv: &[String], data: &[u8]) -> Result<Program, String> {
             continue;
         }
         let value = match name {
-            "stdin" => own_stream(0, c"r")?,
-            "stdout" => own_stream(1, c"w")?,
+            "stdin" => own_stream(0, c"r").cast(),
+            "stdout" => own_stream(1, c"w").cast(),
             "stderr" => {
-                let err = own_stream(2, c"w")?;
-                // SAFETY: a stream we just opened, before any I/O on it.
-                unsafe { libc::setvbuf(err, core::ptr::null_mut(), libc::_IONBF, 0) };
-                err
+                let err = own_stream(2, c"w");
+                if !err.is_null() {
+                    // SAFETY: a stream we just opened, before any I/O on it.
+                    unsafe { libc::setvbuf(err, core::ptr::null_mut(), libc::_IONBF, 0) };
+                }
+                err.cast()
             }
-            "program_invocation_name" => args[0].as_ptr() as *mut libc::FILE,
+            "program_invocation_name" => args[0].as_ptr() as *mut c_void,
             "program_invocation_short_name" | "__progname" => {
                 let path = args[0].to_bytes();
                 let short = path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
                 // SAFETY: within args[0], which the program owns.
-                unsafe { args[0].as_ptr().add(short) as *mut libc::FILE }
+                unsafe { args[0].as_ptr().add(short) as *mut c_void }
             }
             _ => continue,
         };
-        if matches!(name, "stdin" | "stdout" | "stderr") {
-            files.push(value);
+        if matches!(name, "stdin" | "stdout" | "stderr") && !value.is_null() {
+            files.push(value.cast::<libc::FILE>());
         }
         // SAFETY: the program's copy of a pointer variable, in the writable image.
-        unsafe { at.cast::<*mut libc::FILE>().write_unaligned(value) };
+        unsafe { at.cast::<*mut c_void>().write_unaligned(value) };
     }
     image.protect(&exe)?;
     let text = image.text(&exe);
@@ -148,7 +150,7 @@ pub fn load(argv: &[String], data: &[u8]) -> Result<Program, String> {
         image,
         exe,
         start_stack,
-        _args: args,
+        args,
         text,
         state: UnsafeCell::new(State {
             handlers: Vec::new(),
@@ -210,20 +212,21 @@ fn object_of(address: *mut c_void) -> usize {
     }
 }
 
-/// A stream of the program's own on a duplicate of `fd` (None-like NULL when `fd`
-/// is closed: the program then sees a NULL stream, as it would).
-fn own_stream(fd: c_int, mode: &core::ffi::CStr) -> Result<*mut libc::FILE, String> {
+/// A stream of the program's own on a duplicate of `fd`; NULL when `fd` is closed
+/// (the program then sees a NULL stream, as a process started without it would
+/// see a failing one).
+fn own_stream(fd: c_int, mode: &core::ffi::CStr) -> *mut libc::FILE {
     // SAFETY: fcntl/fdopen on a descriptor we own.
     unsafe {
         let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3);
         if copy < 0 {
-            return Ok(core::ptr::null_mut());
+            return core::ptr::null_mut();
         }
         let file = libc::fdopen(copy, mode.as_ptr());
         if file.is_null() {
             libc::close(copy);
         }
-        Ok(file)
+        file
     }
 }
 
@@ -295,7 +298,7 @@ impl Program {
                 let gaps = &self.state().gaps;
                 eprintln!(
                     "msh: hosted {}: {} yields, longest run between two {:.3} ms of CPU time",
-                    self._args[0].to_string_lossy(),
+                    self.args[0].to_string_lossy(),
                     gaps.yields,
                     gaps.longest_ns as f64 / 1e6
                 );
