@@ -7,7 +7,8 @@
 //!   its own list, run when it exits or returns from `main`; then its streams are
 //!   closed and libmsh's `exit` ends the scavenger (not the process).
 //! - I/O calls (`read`, `write`, `fread`, `fwrite`, ...): the real call, then a
-//!   yield; `printf`, `fprintf` (and `_chk` forms): a yield, then the call. An unmodified program never calls `msh_yield`; these are its yield
+//!   yield (also the one-character ones: `getc`, `putc`, ...); `printf`, `fprintf`
+//!   (and `_chk` forms): a yield, then the call. An unmodified program never calls `msh_yield`; these are its yield
 //!   points, so the primary may wait as long as the program runs between two I/O
 //!   calls.
 //! - `getopt*`: run with the program's `optind`/`opterr`/`optopt`/`optarg` swapped
@@ -109,6 +110,11 @@ yielding!(fread, c"fread", (buf: *mut c_void, size: usize, n: usize, f: File) ->
 yielding!(fwrite, c"fwrite", (buf: *const c_void, size: usize, n: usize, f: File) -> usize);
 yielding!(fgets, c"fgets", (buf: *mut c_char, n: c_int, f: File) -> *mut c_char);
 yielding!(fputs, c"fputs", (s: *const c_char, f: File) -> c_int);
+yielding!(puts, c"puts", (s: *const c_char) -> c_int);
+yielding!(fputc, c"fputc", (c: c_int, f: File) -> c_int);
+yielding!(putchar, c"putchar", (c: c_int) -> c_int);
+yielding!(fgetc, c"fgetc", (f: File) -> c_int);
+yielding!(getchar, c"getchar", () -> c_int);
 
 /// For functions with variable arguments (the `printf` family), which Rust cannot
 /// define: a stub that saves the argument registers (`%rax` counts the vector ones),
@@ -526,6 +532,11 @@ pub fn replacement(name: &str) -> Option<usize> {
         "fwrite" | "fwrite_unlocked" => fwrite as *const () as usize,
         "fgets" | "fgets_unlocked" => fgets as *const () as usize,
         "fputs" | "fputs_unlocked" => fputs as *const () as usize,
+        "puts" => puts as *const () as usize,
+        "fputc" | "putc" | "fputc_unlocked" | "putc_unlocked" => fputc as *const () as usize,
+        "putchar" | "putchar_unlocked" => putchar as *const () as usize,
+        "fgetc" | "getc" | "fgetc_unlocked" | "getc_unlocked" => fgetc as *const () as usize,
+        "getchar" | "getchar_unlocked" => getchar as *const () as usize,
         "printf" => msh_hosted_printf as *const () as usize,
         "fprintf" => msh_hosted_fprintf as *const () as usize,
         "__printf_chk" => msh_hosted_printf_chk as *const () as usize,
