@@ -13,6 +13,9 @@
 //! naming them, unless `MSH_AT_EXIT=abandon`; with `MSH_STATS=1` one
 //! `msh-stats: {json}` line follows.
 //!
+//! A pool line may also name an ordinary dynamically linked PIE program, which runs
+//! unmodified as a scavenger (`hosted`), or is refused with one line naming why.
+//!
 //! Programs the process execs do not attach (libmsh removes its variables and its
 //! `LD_PRELOAD` entry from the environment at load) unless `MSH_FOLLOW_EXEC=1`.
 

@@ -93,9 +93,9 @@ impl Image {
             .is_some_and(|end| end <= self.span as u64)
     }
 
-    /// Applies the relocations. `lookup` gives a symbol's address (0: unresolved);
-    /// `copy` gives the address a COPY relocation copies from (the library's
-    /// variable) and may say what the copy should hold instead (see `glue`).
+    /// Applies the relocations. `lookup` gives a symbol's address (0: an unresolved
+    /// weak one); for a COPY relocation, the library's variable copied from (the
+    /// loader then replaces some copies, see `hosted::load`).
     pub fn relocate(
         &self,
         exe: &Exe,
