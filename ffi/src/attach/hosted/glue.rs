@@ -44,10 +44,14 @@ pub fn enter(program: *const Program) {
 fn current() -> &'static Program {
     let program = CURRENT.with(Cell::get);
     if program.is_null() {
-        // A wrapper called from elsewhere (not reachable: only hosted programs'
-        // imports are bound to them).
-        // SAFETY: abort(3) is always safe to call.
-        unsafe { libc::abort() }
+        // A wrapper called on a thread that never ran a hosted program (only if
+        // the program handed one to another thread as a function pointer).
+        let message = b"msh: a hosted program's exit or stream call ran outside it: aborting\n";
+        // SAFETY: write(2) of a valid buffer, then abort(3).
+        unsafe {
+            libc::write(2, message.as_ptr().cast(), message.len());
+            libc::abort()
+        }
     }
     // SAFETY: programs are leaked at load and never freed.
     unsafe { &*program }
@@ -57,6 +61,9 @@ fn current() -> &'static Program {
 /// here.
 fn yield_point() {
     let me = CURRENT.with(Cell::get);
+    if me.is_null() || !msh_core::sched::in_scavenger() {
+        return; // called outside the program's scavenger: nothing to yield
+    }
     // SAFETY: errno is this thread's; the yield may resume us on another thread,
     // whose errno then gets the value the program last saw.
     let errno = unsafe { *libc::__errno_location() };
