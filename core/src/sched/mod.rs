@@ -188,10 +188,10 @@ impl Scavenger {
         arg: *mut c_void,
         name: Option<&[u8]>,
         stack_size: usize,
-        code: usize,
+        code: (usize, usize),
     ) -> Result<Box<Self>, Error> {
         let mut scav = Self::with_main(coro_main, func, arg, name, stack_size)?;
-        scav.code = crate::fault::text_containing(code);
+        scav.code = code;
         Ok(scav)
     }
 
@@ -515,6 +515,17 @@ pub fn spawn_with_code(
     arg: *mut c_void,
     name: Option<&[u8]>,
     code: usize,
+) -> Result<(), Error> {
+    spawn_with_code_range(func, arg, name, crate::fault::text_containing(code))
+}
+
+/// As [`spawn_with_code`], for code the dynamic loader does not know (an executable
+/// libmsh mapped itself): `code` is its executable segment, `(start, end)`.
+pub fn spawn_with_code_range(
+    func: JobFn,
+    arg: *mut c_void,
+    name: Option<&[u8]>,
+    code: (usize, usize),
 ) -> Result<(), Error> {
     let config = config()?;
     let scav = Scavenger::new(func, arg, name, config.stack_size, code)?;

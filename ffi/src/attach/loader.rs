@@ -23,6 +23,8 @@ type InitFn = unsafe extern "C" fn();
 enum EntryPoint {
     Msh(MainFn),
     Prototype(EntryFn),
+    /// An executable run by `hosted`.
+    Hosted(Box<super::hosted::Program>),
 }
 
 /// A loaded scavenger, ready to run once. Lives for the rest of the process.
@@ -30,6 +32,9 @@ pub struct Loaded {
     entry: EntryPoint,
     /// Address of the entry point: the object holding it is the scavenger's own code.
     pub code: usize,
+    /// The scavenger's own code when the dynamic loader does not know it (a hosted
+    /// executable): `(start, end)`.
+    pub code_range: Option<(usize, usize)>,
     argc: c_int,
     argv: Vec<*mut c_char>,
     /// Owns the argument strings `argv` points into.
@@ -47,6 +52,9 @@ unsafe impl Sync for Loaded {}
 /// the process.
 pub fn load(argv: &[String], seen: &mut HashSet<String>) -> Result<Loaded, String> {
     let path = argv[0].clone();
+    if let Some((super::hosted::Kind::Executable, data)) = super::hosted::probe(&path) {
+        return load_hosted(argv, &data);
+    }
     let first = seen.insert(path.clone());
     let args: Vec<CString> = argv
         .iter()
@@ -74,9 +82,26 @@ pub fn load(argv: &[String], seen: &mut HashSet<String>) -> Result<Loaded, Strin
     Ok(Loaded {
         entry,
         code,
+        code_range: None,
         argc,
         argv: argv_ptrs,
         _args: args,
+        name: CString::new(file).unwrap_or_default(),
+    })
+}
+
+/// Loads an executable as a hosted program (see `hosted`).
+fn load_hosted(argv: &[String], data: &[u8]) -> Result<Loaded, String> {
+    let path = &argv[0];
+    let program = super::hosted::load(argv, data).map_err(|why| format!("{path}: {why}"))?;
+    let file = path.rsplit('/').next().unwrap_or(path);
+    Ok(Loaded {
+        code: program.text.0,
+        code_range: Some(program.text),
+        entry: EntryPoint::Hosted(Box::new(program)),
+        argc: 0,
+        argv: Vec::new(),
+        _args: Vec::new(),
         name: CString::new(file).unwrap_or_default(),
     })
 }
@@ -153,9 +178,10 @@ impl Loaded {
         // SAFETY: the entry point was resolved at load; argv is NULL-terminated and
         // outlives the call.
         unsafe {
-            match self.entry {
+            match &self.entry {
                 EntryPoint::Msh(main) => main(self.argc, self.argv.as_ptr() as *mut *mut c_char),
                 EntryPoint::Prototype(entry) => entry(),
+                EntryPoint::Hosted(ref program) => program.run(),
             }
         }
     }

@@ -13,11 +13,15 @@
 //! naming them, unless `MSH_AT_EXIT=abandon`; with `MSH_STATS=1` one
 //! `msh-stats: {json}` line follows.
 //!
+//! A pool line may also name an ordinary dynamically linked PIE program, which runs
+//! unmodified as a scavenger (`hosted`), or is refused with one line naming why.
+//!
 //! Programs the process execs do not attach (libmsh removes its variables and its
 //! `LD_PRELOAD` entry from the environment at load) unless `MSH_FOLLOW_EXEC=1`.
 
 mod exits;
 mod guarded;
+mod hosted;
 mod idle;
 mod interpose;
 mod loader;
@@ -181,7 +185,13 @@ fn attach_with(settings: Result<Option<Settings>, String>) {
             loaded.name.to_string_lossy()
         );
         let arg = loaded as *const loader::Loaded as *mut c_void;
-        match sched::spawn_with_code(run_loaded, arg, Some(name.as_bytes()), loaded.code) {
+        let spawned_line = match loaded.code_range {
+            Some(range) => {
+                sched::spawn_with_code_range(run_loaded, arg, Some(name.as_bytes()), range)
+            }
+            None => sched::spawn_with_code(run_loaded, arg, Some(name.as_bytes()), loaded.code),
+        };
+        match spawned_line {
             Ok(()) => spawned += 1,
             Err(err) => fail_open(
                 &settings,

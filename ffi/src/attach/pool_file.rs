@@ -1,6 +1,7 @@
 //! The scavenger pool file: one scavenger per line, `PATH ARGS…`, with shell-style
 //! quoting; `#` starts a comment. `PATH` is a shared object exposing
-//! `msh_scavenger_main` or the MSH prototype's `entry` (see `loader`).
+//! `msh_scavenger_main` or the MSH prototype's `entry` (see `loader`), or a
+//! dynamically linked PIE executable run unmodified (see `hosted`).
 
 /// One scavenger line. `argv[0]` is the path, as in a command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
