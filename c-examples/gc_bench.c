@@ -29,6 +29,10 @@
  *            [--alloc thread-local|global]   (see ALLOC below; default thread-local)
  * prints one line `gc_bench: {json}`. Exit 1 on an error, 2 when a check fails. */
 #define _GNU_SOURCE
+/* The real GC_malloc_kind_global: without GC_THREADS gc_inline.h maps it to the
+ * thread-local GC_malloc_kind. The program has one thread: no pthread redirection. */
+#define GC_THREADS
+#define GC_NO_THREAD_REDIRECTS
 #include "gc_msh_vdb.h"
 #include <gc/gc.h>
 #include <gc/gc_inline.h>
@@ -43,11 +47,10 @@
 #include <unistd.h>
 
 /* Allocation path. bdwgc's default (GC_MALLOC) takes small objects from per-thread
- * free lists, refilled by GC_generic_malloc_many, which in manual-VDB mode hands out
- * one object per call (bdwgc 8.2: "a single object is always allocated if manual
- * VDB"): the mutator pays for the manual VDB on every allocation. `--alloc global`
- * takes every object from the global free lists (GC_malloc_kind_global) in every
- * configuration, so that only the dirty-bit mechanism differs. */
+ * free lists, refilled by GC_generic_malloc_many; in manual-VDB mode bdwgc 8.2.2 would
+ * refill them one object at a time and one size class too big, so gc_msh_vdb.c takes
+ * the refill over while msh feeds bdwgc (see there). `--alloc global` takes every
+ * object from the global free lists (GC_malloc_kind_global) in every configuration. */
 static int alloc_global;
 #define ALLOC(size) (alloc_global ? GC_malloc_kind_global((size), GC_I_NORMAL) : GC_MALLOC(size))
 #define ALLOC_ATOMIC(size) (alloc_global ? GC_malloc_kind_global((size), GC_I_PTRFREE) : GC_MALLOC_ATOMIC(size))

@@ -1,8 +1,14 @@
 /* msh as bdwgc's dirty-bit source: see gc_msh_vdb.h. */
 #define _GNU_SOURCE
+/* The real GC_malloc_kind_global (gc_inline.h maps it to the thread-local
+ * GC_malloc_kind without GC_THREADS); no pthread redirection is needed here. */
+#define GC_THREADS
+#define GC_NO_THREAD_REDIRECTS
 #include "gc_msh_vdb.h"
 
+#include <dlfcn.h>
 #include <gc/gc.h>
+#include <gc/gc_inline.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +26,8 @@ static size_t region_count;
 static size_t tracked_heap_size;
 static gc_msh_vdb_stats stats;
 static GC_on_collection_event_proc chained;
+/* Set while msh feeds bdwgc: GC_generic_malloc_many below takes over. */
+static volatile int refill_active;
 
 static void die(const char *what) {
     fprintf(stderr, "gc_msh_vdb: %s\n", what);
@@ -140,6 +148,57 @@ static void on_collection_event(GC_EventType event) {
     if (chained) chained(event);
 }
 
+/* Thread-local free lists under manual VDB.
+ *
+ * bdwgc refills a thread's free list with GC_generic_malloc_many. In manual-VDB mode
+ * bdwgc 8.2.2 hands out a single object per refill (it would have to report the
+ * writes that link a list together), and asks GC_generic_malloc for `lb` bytes where
+ * `lb` already includes the extra byte of GC_all_interior_pointers: the extra byte is
+ * added twice and every object lands one size class up (a 32-byte node takes 64
+ * bytes instead of 48; fixed upstream in bdwgc 8.2.8, commit 03f7708b). The heap holds
+ * the same live data on a third more pages, so more pages are dirty, scanned and
+ * swept in every collection. msh sees every write, the linking ones included, so
+ * while msh feeds bdwgc a refill can hand out a whole list of right-sized objects.
+ * The definition here takes the place of libgc's (its internal calls go through the
+ * PLT); it forwards to libgc's own whenever msh is not feeding. */
+enum { REFILL_MAX = 64, REFILL_BYTES = 4096 };
+
+void GC_generic_malloc_many(size_t lb, int k, void **result) {
+    static void (*libgc)(size_t, int, void **);
+    if (!refill_active || lb == 0 || lb > REFILL_BYTES / 2) {
+        if (!libgc) {
+            *(void **)&libgc = dlsym(RTLD_NEXT, "GC_generic_malloc_many");
+            if (!libgc) die("cannot find libgc's GC_generic_malloc_many");
+        }
+        libgc(lb, k, result);
+        return;
+    }
+    /* `lb` is a whole number of granules, the extra byte included: ask for one byte
+     * less when bdwgc adds it. */
+    size_t request = lb - (GC_get_all_interior_pointers() ? 1 : 0);
+    size_t want = REFILL_BYTES / lb;
+    if (want > REFILL_MAX) want = REFILL_MAX;
+    if (want == 0) want = 1;
+    /* On the stack until linked: conservative roots, so a collection triggered by a
+     * later allocation here keeps them (a pointer-free object's link is not traced). */
+    void *objects[REFILL_MAX];
+    size_t n = 0;
+    while (n < want) {
+        void *op = GC_malloc_kind_global(request, k);
+        if (!op) break;
+        objects[n++] = op;
+    }
+    void *list = NULL;
+    while (n > 0) {
+        void *op = objects[--n];
+        *(void **)op = list; /* msh sees this write and reports its page */
+        list = op;
+    }
+    *result = list;
+    /* As bdwgc does: the free-list head may itself live in the heap. */
+    if (GC_is_heap_ptr(result)) GC_end_stubborn_change(result);
+}
+
 void gc_msh_vdb_start(uint32_t backend, int feed) {
     if (!GC_is_incremental_mode() || !GC_get_manual_vdb_allowed()) die("bdwgc is not in incremental manual-VDB mode");
     requested_backend = backend;
@@ -147,9 +206,11 @@ void gc_msh_vdb_start(uint32_t backend, int feed) {
     retrack();
     chained = GC_get_on_collection_event();
     GC_set_on_collection_event(on_collection_event);
+    refill_active = feed;
 }
 
 void gc_msh_vdb_stop(void) {
+    refill_active = 0;
     GC_set_on_collection_event(chained);
     chained = NULL;
     if (tracker) msh_dirty_destroy(tracker);

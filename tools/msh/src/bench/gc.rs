@@ -41,7 +41,7 @@ pub struct GcArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=60_000))]
     time_limit_ms: u32,
     /// Allocation path in every configuration: bdwgc's per-thread free lists (its
-    /// default; one object per refill in manual-VDB mode) or the global ones.
+    /// default; under msh refilled by `gc_msh_vdb.c`) or the global ones.
     #[arg(long, value_enum, default_value = "thread-local")]
     alloc: AllocPath,
 }
