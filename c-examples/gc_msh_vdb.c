@@ -225,6 +225,7 @@ void gc_msh_vdb_stop(void) {
     GC_set_on_collection_event(chained);
     chained = NULL;
     while (tracker_count > 0) msh_dirty_destroy(trackers[--tracker_count]);
+    region_count = 0; /* a later start tracks the heap afresh */
 }
 
 gc_msh_vdb_stats gc_msh_vdb_get_stats(void) { return stats; }
