@@ -63,25 +63,25 @@ void gc_msh_vdb_snapshot_maps(void) { known_count = anon_mappings(known, MAX_MAP
 /* Passes every page msh saw written since the last call to bdwgc's dirty set. */
 static void feed_dirty_pages(void) {
     for (size_t t = 0; t < tracker_count; t++) {
-    msh_dirty_tracker *tracker = trackers[t];
-    uintptr_t pages[512], cursor = 0;
-    size_t n;
-    do {
-        msh_status s = msh_dirty_collect(tracker, MSH_DIRTY_REARM, pages, 512, &n, &cursor);
-        if (s != MSH_OK) {
-            /* Continuing would let bdwgc free live objects: stop loudly instead. */
-            fprintf(stderr, "gc_msh_vdb: msh_dirty_collect: %s (%s)\n", msh_strerror(s), msh_dirty_last_error());
-            abort();
-        }
-        /* Only heap pages: the tracked mappings also hold bdwgc's own metadata (mark
-         * stack, free lists), and a dirty bit for such a page lands in bdwgc's page
-         * hash table, where it aliases a heap page and makes it be rescanned. */
-        for (size_t i = 0; i < n; i++)
-            if (GC_is_heap_ptr((void *)pages[i])) {
-                if (feed_bdwgc) GC_end_stubborn_change((void *)pages[i]);
-                stats.pages_fed++;
+        msh_dirty_tracker *tracker = trackers[t];
+        uintptr_t pages[512], cursor = 0;
+        size_t n;
+        do {
+            msh_status s = msh_dirty_collect(tracker, MSH_DIRTY_REARM, pages, 512, &n, &cursor);
+            if (s != MSH_OK) {
+                /* Continuing would let bdwgc free live objects: stop loudly instead. */
+                fprintf(stderr, "gc_msh_vdb: msh_dirty_collect: %s (%s)\n", msh_strerror(s), msh_dirty_last_error());
+                abort();
             }
-    } while (cursor != 0);
+            /* Only heap pages: the tracked mappings also hold bdwgc's own metadata (mark
+             * stack, free lists), and a dirty bit for such a page lands in bdwgc's page
+             * hash table, where it aliases a heap page and makes it be rescanned. */
+            for (size_t i = 0; i < n; i++)
+                if (GC_is_heap_ptr((void *)pages[i])) {
+                    if (feed_bdwgc) GC_end_stubborn_change((void *)pages[i]);
+                    stats.pages_fed++;
+                }
+        } while (cursor != 0);
     }
 }
 
