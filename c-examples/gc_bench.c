@@ -22,13 +22,17 @@
  * After the workload, the mutator's cost per first write to a page since the last
  * collection is measured: 2048 live page-sized objects, GC_gcollect(), one write to
  * each (timed), then the same writes again (timed); the difference per page, median
- * of 5.
+ * of 5. `node_bytes` is the size bdwgc gives a tree node then.
  *
  *   gc_bench --workload trees|histogram --config NAME [--scale N] [--heap-mib N]
  *            [--time-limit-ms N]   (the incremental modes' slice bound, default 10)
  *            [--alloc thread-local|global]   (see ALLOC below; default thread-local)
  * prints one line `gc_bench: {json}`. Exit 1 on an error, 2 when a check fails. */
 #define _GNU_SOURCE
+/* The real GC_malloc_kind_global: without GC_THREADS gc_inline.h maps it to the
+ * thread-local GC_malloc_kind. The program has one thread: no pthread redirection. */
+#define GC_THREADS
+#define GC_NO_THREAD_REDIRECTS
 #include "gc_msh_vdb.h"
 #include <gc/gc.h>
 #include <gc/gc_inline.h>
@@ -43,11 +47,10 @@
 #include <unistd.h>
 
 /* Allocation path. bdwgc's default (GC_MALLOC) takes small objects from per-thread
- * free lists, refilled by GC_generic_malloc_many, which in manual-VDB mode hands out
- * one object per call (bdwgc 8.2: "a single object is always allocated if manual
- * VDB"): the mutator pays for the manual VDB on every allocation. `--alloc global`
- * takes every object from the global free lists (GC_malloc_kind_global) in every
- * configuration, so that only the dirty-bit mechanism differs. */
+ * free lists, refilled by GC_generic_malloc_many; in manual-VDB mode bdwgc 8.2.2 would
+ * refill them one object at a time and one size class too big, so gc_msh_vdb.c takes
+ * the refill over while msh feeds bdwgc (see there). `--alloc global` takes every
+ * object from the global free lists (GC_malloc_kind_global) in every configuration. */
 static int alloc_global;
 #define ALLOC(size) (alloc_global ? GC_malloc_kind_global((size), GC_I_NORMAL) : GC_MALLOC(size))
 #define ALLOC_ATOMIC(size) (alloc_global ? GC_malloc_kind_global((size), GC_I_PTRFREE) : GC_MALLOC_ATOMIC(size))
@@ -370,6 +373,14 @@ int main(int argc, char **argv) {
     size_t pauses = pause_count;
     double pause_sum = pause_total, pause_longest = pause_max;
     double fw = first_write_ns();
+    /* The bytes bdwgc gives a tree node once the allocation path is warm (past the
+     * first refills): the same in every configuration unless a refill is wrong. */
+    size_t node_bytes = 0;
+    for (int i = 0; i < 4096; i++) {
+        void *node = ALLOC(sizeof(tnode));
+        if (!node) die("out of memory");
+        node_bytes = GC_size(node);
+    }
 
     char backend[64] = "";
     if (msh) {
@@ -379,10 +390,10 @@ int main(int argc, char **argv) {
     }
     printf("gc_bench: {\"workload\":\"%s\",\"config\":\"%s\",\"vdb\":\"%s\"%s,\"total_s\":%.6f,\"collections\":%lu,"
            "\"pauses\":%zu,\"pause_ms_total\":%.4f,\"pause_ms_mean\":%.4f,\"pause_ms_max\":%.4f,"
-           "\"first_write_ns\":%.1f,\"heap_mib_final\":%.1f,\"time_limit_ms\":%lu,\"alloc\":\"%s\",\"bdwgc\":\"%d.%d.%d\","
+           "\"first_write_ns\":%.1f,\"node_bytes\":%zu,\"heap_mib_final\":%.1f,\"time_limit_ms\":%lu,\"alloc\":\"%s\",\"bdwgc\":\"%d.%d.%d\","
            "\"checksum\":%llu}\n",
            workload, config, vdb, backend, total, collections, pauses, pause_sum * 1e3, mean * 1e3, pause_longest * 1e3,
-           fw, GC_get_heap_size() / 1048576.0, (unsigned long)GC_get_time_limit(), alloc_global ? "global" : "thread-local", GC_VERSION_MAJOR,
+           fw, node_bytes, GC_get_heap_size() / 1048576.0, (unsigned long)GC_get_time_limit(), alloc_global ? "global" : "thread-local", GC_VERSION_MAJOR,
            GC_VERSION_MINOR, GC_VERSION_MICRO, (unsigned long long)checksum);
     if (msh) gc_msh_vdb_stop();
     return 0;

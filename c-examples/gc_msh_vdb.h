@@ -7,7 +7,10 @@
  * Whenever bdwgc is about to read its dirty bits (GC_EVENT_MARK_START, world stopped,
  * just before GC_initiate_gc() calls GC_read_dirty()), every page msh reports as
  * written is passed to GC_end_stubborn_change(). When the heap grows, the new sections
- * are tracked too and counted as written. The program needs no write barrier.
+ * are tracked too (by one more tracker) and counted as written. The program needs no
+ * write barrier. While msh feeds bdwgc, this file's GC_generic_malloc_many takes over
+ * the refills of bdwgc's per-thread free lists (see gc_msh_vdb.c: bdwgc 8.2.2 refills
+ * them one size class too big in manual-VDB mode).
  *
  * Call gc_msh_vdb_snapshot_maps() before GC_init() (GC_enable_incremental) so the
  * mappings that existed before the collector are never tracked. */

@@ -41,7 +41,7 @@ pub struct GcArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=60_000))]
     time_limit_ms: u32,
     /// Allocation path in every configuration: bdwgc's per-thread free lists (its
-    /// default; one object per refill in manual-VDB mode) or the global ones.
+    /// default; under msh refilled by `gc_msh_vdb.c`) or the global ones.
     #[arg(long, value_enum, default_value = "thread-local")]
     alloc: AllocPath,
 }
@@ -75,6 +75,7 @@ struct Sample {
     pause_ms_mean: f64,
     pause_ms_max: f64,
     first_write_ns: f64,
+    node_bytes: u64,
     bdwgc: String,
     checksum: u64,
 }
@@ -96,6 +97,9 @@ pub struct ConfigReport {
     pub pause_ms_max_any_run: f64,
     /// Median mutator cost of one first write to a page after a collection, ns.
     pub first_write_ns: f64,
+    /// The bytes bdwgc gives a 32-byte tree node once allocation is warm (the same in
+    /// every configuration unless a free-list refill picks the wrong size class).
+    pub node_bytes: u64,
     /// The dirty-bit mechanism: `none`, bdwgc's own (`mprotect`, `soft-dirty`) or `manual`.
     pub vdb: String,
     /// For `msh_incremental`: the msh backend that fed bdwgc.
@@ -237,6 +241,7 @@ fn summarize(name: &'static str, runs: &[Sample], all: &[Vec<Sample>]) -> Config
         pause_ms_max: med(&|s| s.pause_ms_max),
         pause_ms_max_any_run: runs.iter().map(|s| s.pause_ms_max).fold(0.0, f64::max),
         first_write_ns: med(&|s| s.first_write_ns),
+        node_bytes: runs[0].node_bytes,
         vdb: runs[0].vdb.clone(),
         msh_backend: runs[0].msh_backend.clone(),
         total_vs_stop_the_world: ratio(0),
