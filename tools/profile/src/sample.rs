@@ -74,7 +74,7 @@ pub fn finish(
         attributed,
         replaced,
     } = attribute(&collection, skid, &mut objects);
-    refuse_if_all_replaced(attributed, replaced)?;
+    refuse_if_mostly_replaced(attributed, replaced)?;
     let profile = build_profile(
         backend,
         &counts,
@@ -197,9 +197,11 @@ fn add_addresses(
     }
 }
 
-/// A run whose events all fell in replaced files has nothing true to say.
-pub fn refuse_if_all_replaced(attributed: u64, replaced: u64) -> Result<()> {
-    if attributed == 0 && replaced > 0 {
+/// A run whose events mostly fell in replaced files has nothing true to say: what is
+/// left is the start-up before the swap and the libraries, not the program's loads.
+/// (Requiring *all* events to be lost let one sample in ld.so or libc keep such a run.)
+pub fn refuse_if_mostly_replaced(attributed: u64, replaced: u64) -> Result<()> {
+    if replaced > attributed {
         bail!("the profiled files were rebuilt or replaced on disk during the run ({replaced} events): profile again");
     }
     Ok(())
