@@ -199,6 +199,10 @@ pub struct ThreadCtx {
     pub primary_fpucw: u32,
     /// Padding to a multiple of 8 bytes.
     pub reserved: u32,
+    /// Called by code rewritten with `msh rewrite --scavenger` at each of its yields
+    /// during a sample run (`sample_start` != 0), with a 16-byte-aligned stack: it
+    /// measures the yield gaps (`msh run --stats`). Null: not measured.
+    pub on_sampled_yield: Option<unsafe extern "C" fn(*mut ThreadCtx)>,
 }
 
 impl ThreadCtx {
@@ -223,6 +227,7 @@ impl ThreadCtx {
             primary_mxcsr: 0x1f80,
             primary_fpucw: 0x37f,
             reserved: 0,
+            on_sampled_yield: None,
         }
     }
 }
@@ -267,6 +272,8 @@ pub mod off {
     pub const PRIMARY_MXCSR: usize = 116;
     /// `ThreadCtx::primary_fpucw`.
     pub const PRIMARY_FPUCW: usize = 120;
+    /// `ThreadCtx::on_sampled_yield`.
+    pub const ON_SAMPLED_YIELD: usize = 128;
     /// Bytes a suspended scavenger keeps on top of its stack (`errno`, MXCSR, x87
     /// control word; see the module documentation). A multiple of 16, so that the
     /// stack keeps its alignment.
@@ -309,6 +316,7 @@ const _: () = {
     assert!(offset_of!(ThreadCtx, primary_errno) == off::PRIMARY_ERRNO);
     assert!(offset_of!(ThreadCtx, primary_mxcsr) == off::PRIMARY_MXCSR);
     assert!(offset_of!(ThreadCtx, primary_fpucw) == off::PRIMARY_FPUCW);
+    assert!(offset_of!(ThreadCtx, on_sampled_yield) == off::ON_SAMPLED_YIELD);
     // The save area's slots do not overlap and fit in it.
     assert!(off::SAVE_ERRNO + 4 <= off::SAVE_MXCSR);
     assert!(off::SAVE_MXCSR + 4 <= off::SAVE_FPUCW);

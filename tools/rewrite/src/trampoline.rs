@@ -403,11 +403,17 @@ fn emit_switch(
 /// `ThreadCtx::calibrate(%rsi)` on a 16-byte-aligned stack, `%r12` keeping `%rsp`
 /// (as `call_calibrate!` in msh-core; `%r12` is saved or dead here).
 fn call_calibrate(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    call_ctx_fn(a, off::CALIBRATE)
+}
+
+/// Calls the function pointer at `offset` in the ThreadCtx `%rsi` with it as
+/// argument, on a 16-byte-aligned stack below the red zone.
+fn call_ctx_fn(a: &mut CodeAssembler, offset: usize) -> Result<(), IcedError> {
     a.mov(r12, rsp)?;
     a.lea(rsp, qword_ptr(rsp - RED_ZONE as i32))?;
     a.and(rsp, -16)?;
     a.mov(rdi, rsi)?;
-    a.call(qword_ptr(rsi + off::CALIBRATE as i32))?;
+    a.call(qword_ptr(rsi + offset as i32))?;
     a.mov(rsp, r12)?;
     Ok(())
 }
@@ -439,8 +445,18 @@ fn emit_budget_yield(
     a.mov(rcx, qword_ptr(rsi + off::RUNNING as i32))?;
     a.test(rcx, rcx)?;
     a.jz(idle)?;
-    // A scavenger: spend one unit of quota.
+    // A scavenger: on a sample run, the runtime measures the gap since the last
+    // yield (the call clobbers %rsi and %rcx); then spend one unit of quota.
     a.inc(qword_ptr(rsi + off::SCAV_YIELDS as i32))?;
+    let mut unsampled = a.create_label();
+    a.cmp(qword_ptr(rsi + off::SAMPLE_START as i32), 0)?;
+    a.je(unsampled)?;
+    a.cmp(qword_ptr(rsi + off::ON_SAMPLED_YIELD as i32), 0)?;
+    a.je(unsampled)?;
+    call_ctx_fn(a, off::ON_SAMPLED_YIELD)?;
+    a.mov(rsi, fs_slot(TCB_THREAD))?;
+    a.mov(rcx, qword_ptr(rsi + off::RUNNING as i32))?;
+    a.set_label(&mut unsampled)?;
     a.dec(qword_ptr(rsi + off::QUOTA as i32))?;
     a.jnz(rearm)?;
     // Quota spent: end a sample run if one is under way (the call clobbers %rsi, %rcx).

@@ -97,6 +97,13 @@ fn rewritten_scavenger_is_unchanged_outside_msh_and_yields_under_it() {
         // the core back many times, not run to the end in one switch.
         assert!(total["switches"].as_u64().unwrap() > 100, "{stats}");
         assert!(total["scavenger_yields"].as_u64().unwrap() > 1000, "{stats}");
+        // Sample runs measured its yield gaps (values are a benchmark's business).
+        let gaps = &stats["scavengers"][0];
+        assert!(gaps["gap_samples"].as_u64().unwrap_or(0) > 0, "{stats}");
+        assert!(
+            gaps["gap_ns_p50"].as_u64().unwrap() <= gaps["gap_ns_max"].as_u64().unwrap(),
+            "{stats}"
+        );
         assert_eq!(std::fs::read_to_string(&out).unwrap(), expected);
     }
 }

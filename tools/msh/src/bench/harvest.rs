@@ -426,7 +426,6 @@ pub fn run(opts: &HarvestOptions, progress: &ProgressBar) -> Result<HarvestRepor
 
 /// One way of running the primary with msh, and its per-run samples.
 struct Variant {
-    mode: Mode,
     /// The name in the report (the mode's, or the scavenger build's).
     label: &'static str,
     /// The `COMPUTE_COUNTER` file the scavenger adds its units to; None: units are
@@ -452,7 +451,6 @@ impl Variant {
             }
         };
         Ok(Variant {
-            mode,
             label: mode.name(),
             counter: None,
             rewritten,
@@ -491,7 +489,6 @@ impl Variant {
             format!("{}\n", build.join("compute_noyield.msh.so").display()),
         )?;
         let variant = |label, pool: PathBuf, counter: &str, pipeline| Variant {
-            mode: Mode::Rewritten,
             label,
             counter: Some(build.join(counter)),
             rewritten: Some((program.clone(), pool)),
@@ -600,7 +597,8 @@ impl Variant {
 /// The figures of one msh mode, measured in the same interleaved runs as the others.
 #[derive(Debug, Clone, Serialize)]
 pub struct MshRun {
-    /// `linked` or `rewritten`.
+    /// `linked` or `rewritten`; with `--scavenger rewritten`,
+    /// `explicit-yield-scavenger` or `rewritten-scavenger`.
     pub mode: &'static str,
     /// Median wall time of the primary with msh.
     pub primary_msh_ns: f64,
