@@ -26,7 +26,8 @@
 use crate::code::{direct_target, Code, Function};
 use crate::liveness::RegSet;
 use crate::skip::Skip;
-use crate::trampoline::{Budget, YieldPoint};
+use crate::liveness::{self as regs, RBP, RSP};
+use crate::trampoline::{Budget, PassCounter, YieldPoint};
 use crate::window::{self, Window};
 use iced_x86::{FlowControl, Instruction, InstructionInfoFactory, Mnemonic};
 use serde::Serialize;
@@ -96,6 +97,9 @@ pub struct ScavengerReport {
     pub checks: BTreeMap<&'static str, usize>,
     /// Checks placed where the flags are live (wrapped in `pushfq`/`popfq`).
     pub flags_wrapped: usize,
+    /// Loop checks that count passes in a free register and reach the per-thread
+    /// counter only once in 2^k passes (see [`pass_counter`]).
+    pub pass_counters: usize,
     /// Functions given no check: PLT stubs are not counted; the others by reason.
     pub functions_skipped: BTreeMap<&'static str, usize>,
 }
@@ -240,7 +244,7 @@ pub fn plan(
         *candidates += wanted.len();
 
         // Place each check: (index, kind) in address order, windows not overlapping.
-        let mut windows: Vec<(Window, Vec<(usize, Kind)>)> = Vec::new();
+        let mut windows: Vec<(Window, Vec<(usize, Kind, usize)>)> = Vec::new();
         let ends: Vec<usize> = wanted.keys().copied().skip(1).collect();
         for (n, (&i, &kind)) in wanted.iter().enumerate() {
             let limit = ends.get(n).copied().unwrap_or(f.insns.len());
@@ -248,8 +252,8 @@ pub fn plan(
                 .last_mut()
                 .filter(|(w, _)| w.first <= i && i <= w.last)
             {
-                if points.last().is_some_and(|&(p, _)| p < i) {
-                    points.push((i, kind));
+                if points.last().is_some_and(|&(p, _, _)| p < i) {
+                    points.push((i, kind, i));
                 }
                 continue;
             }
@@ -277,7 +281,7 @@ pub fn plan(
                 k += 1;
             }
             match flags_dead.or(first_ok) {
-                Some((k, w)) => windows.push((w, vec![(k, kind)])),
+                Some((k, w)) => windows.push((w, vec![(k, kind, i)])),
                 None => {
                     let reason = first_err.unwrap_or(Skip::NoWindow);
                     *skipped.entry(reason.text()).or_default() += 1;
@@ -288,7 +292,7 @@ pub fn plan(
         // Each check pays for the code up to the next placed check.
         let placed: Vec<usize> = windows
             .iter()
-            .flat_map(|(_, p)| p.iter().map(|&(k, _)| k))
+            .flat_map(|(_, p)| p.iter().map(|&(k, _, _)| k))
             .collect();
         let mut next = placed.iter().skip(1);
         let mut segment_cost = |k: usize| -> i32 {
@@ -300,18 +304,33 @@ pub fn plan(
         };
         for (w, points) in windows {
             let mut yields = Vec::new();
-            for (k, kind) in points {
+            for (k, kind, header) in points {
                 *report.checks.entry(kind.text()).or_default() += 1;
                 if live[k].has_flags() {
                     report.flags_wrapped += 1;
                 }
+                let cost = segment_cost(k);
+                let mut budget = Budget {
+                    cost,
+                    refill,
+                    pass_counter: None,
+                };
+                if kind == Kind::Loop && !live[k].has_flags() {
+                    if let Some((register, bits)) =
+                        pass_counter(f, header, k, live, &mut factory, code, cost, half)
+                    {
+                        budget.pass_counter = Some(PassCounter {
+                            register,
+                            mask: (1u32 << bits) - 1,
+                        });
+                        budget.cost = cost.saturating_mul(1 << bits);
+                        report.pass_counters += 1;
+                    }
+                }
                 yields.push(YieldPoint {
                     at: k - w.first,
                     live: live[k],
-                    budget: Some(Budget {
-                        cost: segment_cost(k),
-                        refill,
-                    }),
+                    budget: Some(budget),
                 });
             }
             planned.push(PlannedWindow {
@@ -322,6 +341,76 @@ pub fn plan(
         }
     }
     planned
+}
+
+/// Most passes a pass counter lets through between two checks of the per-thread
+/// counter: 2^this.
+const MAX_COUNTER_BITS: u32 = 12;
+
+/// For the loop whose header is instruction `header` (its check at `at`, in the same
+/// block): a register that may count the loop's passes, and how many bits of it to
+/// test, or `None`. The loop is `header..=latch`, `latch` the last backward branch to
+/// it. A register qualifies when no instruction of the loop reads or writes it and it
+/// is live nowhere in the loop (so nothing after the loop needs it either), the loop
+/// has no call (a callee could reset it each pass), nothing outside the loop branches
+/// into it but forwards to its header, and the function has no indirect jump.
+/// Whatever value the register has on entry, the check then reaches the per-thread
+/// counter at least once in 2^bits passes, each of which costs at most `cost`; bits
+/// is the largest with 2^bits × `cost` ≤ `half` (the interval's half).
+#[allow(clippy::too_many_arguments)]
+pub fn pass_counter(
+    f: &Function,
+    header: usize,
+    at: usize,
+    live: &[RegSet],
+    factory: &mut InstructionInfoFactory,
+    code: &Code,
+    cost: i32,
+    half: i32,
+) -> Option<(u32, u32)> {
+    let bits = (1..=MAX_COUNTER_BITS)
+        .rev()
+        .find(|&b| i64::from(cost) << b <= i64::from(half))?;
+    let head_ip = f.insns[header].ip();
+    let latch = f
+        .insns
+        .iter()
+        .rposition(|i| direct_target(i) == Some(head_ip) && i.ip() >= head_ip)?;
+    if at > latch {
+        return None;
+    }
+    let (lo, hi) = (head_ip, f.insns[latch].ip());
+    for insn in &f.insns {
+        if insn.flow_control() == FlowControl::IndirectBranch {
+            return None;
+        }
+        let inside = (lo..=hi).contains(&insn.ip());
+        if let Some(t) = direct_target(insn) {
+            let into = t > lo && t <= hi || t == lo && insn.ip() > hi;
+            if !inside && into {
+                return None;
+            }
+        }
+    }
+    let mut touched = RegSet::EMPTY;
+    for (i, insn) in f.insns.iter().enumerate().take(latch + 1).skip(header) {
+        match insn.flow_control() {
+            FlowControl::Call
+            | FlowControl::IndirectCall
+            | FlowControl::Interrupt
+            | FlowControl::XbeginXabortXend
+            | FlowControl::Exception => return None,
+            _ => {}
+        }
+        let e = regs::effect(factory, insn, code.vector_width);
+        touched = touched.union(e.uses).union(e.defs).union(live[i]);
+    }
+    // Scratch registers first: the least likely to be needed around the loop.
+    [11u32, 10, 9, 8, 2, 1, 0, 6, 7, 3, 12, 13, 14, 15]
+        .into_iter()
+        .filter(|&r| r != RSP && r != RBP)
+        .find(|&r| !touched.contains(RegSet::gpr(r)))
+        .map(|r| (r, bits))
 }
 
 #[cfg(test)]

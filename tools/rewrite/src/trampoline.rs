@@ -36,10 +36,24 @@ pub struct YieldPoint {
 /// A scavenger's budget check: what it subtracts, and what its cold path re-arms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {
-    /// Estimated cost of the code from this check to the next, in cost units.
+    /// Estimated cost of the code from this check to the next, in cost units (with a
+    /// pass counter: of `mask + 1` passes).
     pub cost: i32,
     /// The counter's value after a yield, in cost units.
     pub refill: i32,
+    /// At a cheap loop's header: a GPR no instruction of the loop touches or needs,
+    /// counting passes (`inc; test $mask; jnz skip`), so that only one pass in
+    /// `mask + 1` reaches the per-thread counter. The flags are dead there.
+    pub pass_counter: Option<PassCounter>,
+}
+
+/// A loop's pass counter (see [`Budget::pass_counter`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassCounter {
+    /// The register's number (`liveness` numbering).
+    pub register: u32,
+    /// One pass in `mask + 1` (a power of two) is checked.
+    pub mask: u32,
 }
 
 /// How a budget check keeps the flags.
@@ -156,7 +170,19 @@ pub fn encode_hot(
         let mut back = a.create_label();
         let mut unwrapped = None;
         if let Some(budget) = y.budget {
-            if budget_keeps_flags(y.live) {
+            if let Some(counter) = budget.pass_counter {
+                let reg = GPRS[counter.register as usize];
+                a.add_instruction(Instruction::with1(Code::Inc_rm64, reg)?)?;
+                a.add_instruction(Instruction::with2(
+                    Code::Test_rm64_imm32,
+                    reg,
+                    counter.mask,
+                )?)?;
+                a.jnz(back)?;
+                a.sub(fs_slot(TCB_SCAV_BUDGET), budget.cost)?;
+                a.js(switch)?;
+                a.set_label(&mut back)?;
+            } else if budget_keeps_flags(y.live) {
                 let mut unwrap = a.create_label();
                 a.lea(rsp, qword_ptr(rsp - RED_ZONE as i32))?;
                 a.pushfq()?;
