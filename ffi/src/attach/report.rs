@@ -42,12 +42,12 @@ pub fn record_thread() {
 /// Yield gaps per scavenger name, from every scavenger that has any.
 fn gaps_json() -> Vec<Value> {
     let mut by_name: Vec<(Vec<u8>, sched::gaps::GapHist)> = Vec::new();
-    sched::gaps::for_each(|name, hist| {
-        match by_name.iter_mut().find(|(n, _)| n == name) {
+    sched::gaps::for_each(
+        |name, hist| match by_name.iter_mut().find(|(n, _)| n == name) {
             Some((_, h)) => h.merge(hist),
             None => by_name.push((name.to_vec(), hist.clone())),
-        }
-    });
+        },
+    );
     by_name
         .into_iter()
         .map(|(name, h)| {

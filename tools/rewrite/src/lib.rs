@@ -257,7 +257,14 @@ pub fn rewrite_to_bytes(options: &Options) -> Result<(Vec<u8>, Report)> {
             }
         }
         Selection::Scavenger { every_ns, profile } => {
-            return rewrite_scavenger(options, &image, &code, *every_ns, profile.as_deref(), report);
+            return rewrite_scavenger(
+                options,
+                &image,
+                &code,
+                *every_ns,
+                profile.as_deref(),
+                report,
+            );
         }
     }
 

@@ -25,12 +25,13 @@
 
 use crate::code::{direct_target, Code, Function};
 use crate::liveness::RegSet;
-use crate::skip::Skip;
 use crate::liveness::{self as regs, RBP, RSP};
+use crate::skip::Skip;
 use crate::trampoline::{Budget, PassCounter, YieldPoint};
 use crate::window::{self, Window};
 use iced_x86::{FlowControl, Instruction, InstructionInfoFactory, Mnemonic};
 use serde::Serialize;
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet};
 
 /// Nanoseconds per cost unit.
@@ -57,7 +58,9 @@ pub struct Settings {
 impl Settings {
     /// The counter's refill: the interval in cost units.
     pub fn refill(&self) -> i32 {
-        (self.every_ns as f64 / UNIT_NS).round().clamp(1.0, (i32::MAX / 2) as f64) as i32
+        (self.every_ns as f64 / UNIT_NS)
+            .round()
+            .clamp(1.0, (i32::MAX / 2) as f64) as i32
     }
 }
 
@@ -191,11 +194,13 @@ fn wanted(f: &Function, costs: &[i32], half: i32) -> BTreeMap<usize, Kind> {
     }
     let mut acc = 0i32;
     for (i, &c) in costs.iter().enumerate() {
-        if at.contains_key(&i) {
-            acc = 0;
-        } else if acc >= half {
-            at.insert(i, Kind::Straight);
-            acc = 0;
+        match at.entry(i) {
+            Entry::Occupied(_) => acc = 0,
+            Entry::Vacant(slot) if acc >= half => {
+                slot.insert(Kind::Straight);
+                acc = 0;
+            }
+            Entry::Vacant(_) => {}
         }
         acc = acc.saturating_add(c);
     }
@@ -203,7 +208,11 @@ fn wanted(f: &Function, costs: &[i32], half: i32) -> BTreeMap<usize, Kind> {
     at
 }
 
+/// A check placed in a window: (instruction index, why, the index it was wanted at).
+type Point = (usize, Kind, usize);
+
 /// Plans the checks of every function; skipped checks are counted in `skipped`.
+#[allow(clippy::too_many_arguments)] // the rewriter's analyses, and the report's parts
 pub fn plan(
     code: &Code,
     liveness: &[Option<Vec<RegSet>>],
@@ -244,7 +253,7 @@ pub fn plan(
         *candidates += wanted.len();
 
         // Place each check: (index, kind) in address order, windows not overlapping.
-        let mut windows: Vec<(Window, Vec<(usize, Kind, usize)>)> = Vec::new();
+        let mut windows: Vec<(Window, Vec<Point>)> = Vec::new();
         let ends: Vec<usize> = wanted.keys().copied().skip(1).collect();
         for (n, (&i, &kind)) in wanted.iter().enumerate() {
             let limit = ends.get(n).copied().unwrap_or(f.insns.len());

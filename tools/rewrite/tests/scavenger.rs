@@ -65,8 +65,14 @@ fn rewritten_scavenger_is_unchanged_outside_msh_and_yields_under_it() {
         let rewritten = d.join(format!("shapes{opt}.msh.so"));
         let report = rewrite_scavenger(&original, &rewritten, 200).unwrap();
         let scav = report.scavenger.as_ref().unwrap();
-        assert!(scav.checks.get("function-entry").copied().unwrap_or(0) >= 5, "{scav:?}");
-        assert!(scav.checks.get("loop-header").copied().unwrap_or(0) >= 6, "{scav:?}");
+        assert!(
+            scav.checks.get("function-entry").copied().unwrap_or(0) >= 5,
+            "{scav:?}"
+        );
+        assert!(
+            scav.checks.get("loop-header").copied().unwrap_or(0) >= 6,
+            "{scav:?}"
+        );
         assert!(report.patched * 10 >= report.candidates * 8, "{report:?}");
 
         let expected = plain(&driver, &original, &d.join("expected"), "20");
@@ -74,7 +80,11 @@ fn rewritten_scavenger_is_unchanged_outside_msh_and_yields_under_it() {
 
         let out = d.join(format!("under-msh{opt}"));
         let pool = d.join("pool.txt");
-        std::fs::write(&pool, format!("{} {} 20\n", rewritten.display(), out.display())).unwrap();
+        std::fs::write(
+            &pool,
+            format!("{} {} 20\n", rewritten.display(), out.display()),
+        )
+        .unwrap();
         let run = Command::new(&primary)
             .args(["65536", "3000000"])
             .env("LD_PRELOAD", msh_tests::libmsh_so())
@@ -96,7 +106,10 @@ fn rewritten_scavenger_is_unchanged_outside_msh_and_yields_under_it() {
         // The scavenger yields only through its rewritten checks; it must have given
         // the core back many times, not run to the end in one switch.
         assert!(total["switches"].as_u64().unwrap() > 100, "{stats}");
-        assert!(total["scavenger_yields"].as_u64().unwrap() > 1000, "{stats}");
+        assert!(
+            total["scavenger_yields"].as_u64().unwrap() > 1000,
+            "{stats}"
+        );
         // Sample runs measured its yield gaps (values are a benchmark's business).
         let gaps = &stats["scavengers"][0];
         assert!(gaps["gap_samples"].as_u64().unwrap_or(0) > 0, "{stats}");
