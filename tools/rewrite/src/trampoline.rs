@@ -42,8 +42,9 @@ pub struct Budget {
     /// The counter's value after a yield, in cost units.
     pub refill: i32,
     /// At a cheap loop's header: a GPR no instruction of the loop touches or needs,
-    /// counting passes (`inc; test $mask; jnz skip`), so that only one pass in
-    /// `mask + 1` reaches the per-thread counter. The flags are dead there.
+    /// counting passes (`inc; test $mask; jz check`, the check out of the straight
+    /// path), so that only one pass in `mask + 1` reaches the per-thread counter.
+    /// The flags are dead there.
     pub pass_counter: Option<PassCounter>,
 }
 
@@ -162,6 +163,9 @@ pub fn encode_hot(
 ) -> Result<Hot, IcedError> {
     let mut a = CodeAssembler::new(64)?;
     let mut returns = Vec::new();
+    // Pass counters' checks of the per-thread counter, out of the straight path:
+    // (their label, where they return, the cost, the switch path).
+    let mut counter_checks = Vec::new();
     for (k, insn) in insns.iter().enumerate() {
         let Some((y, &switch)) = yields.iter().zip(switch_ips).find(|(y, _)| y.at == k) else {
             a.add_instruction(*insn)?;
@@ -178,10 +182,10 @@ pub fn encode_hot(
                     reg,
                     counter.mask,
                 )?)?;
-                a.jnz(back)?;
-                a.sub(fs_slot(TCB_SCAV_BUDGET), budget.cost)?;
-                a.js(switch)?;
+                let check = a.create_label();
+                a.jz(check)?;
                 a.set_label(&mut back)?;
+                counter_checks.push((check, back, budget.cost, switch));
             } else if budget_keeps_flags(y.live) {
                 let mut unwrap = a.create_label();
                 a.lea(rsp, qword_ptr(rsp - RED_ZONE as i32))?;
@@ -230,6 +234,12 @@ pub fn encode_hot(
         a.add_instruction(*insn)?;
     }
     a.jmp(resume)?;
+    for (mut check, back, cost, switch) in counter_checks {
+        a.set_label(&mut check)?;
+        a.sub(fs_slot(TCB_SCAV_BUDGET), cost)?;
+        a.js(switch)?;
+        a.jmp(back)?;
+    }
     let result =
         a.assemble_options(address, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
     let return_ips = returns
