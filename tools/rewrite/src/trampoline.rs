@@ -600,4 +600,43 @@ mod tests {
             assert_eq!(hot.return_ips, hot0.return_ips);
         }
     }
+
+    #[test]
+    fn budget_checks_round_trip_in_each_form() {
+        // mov 0x10(%rdi),%rax ; add $1,%rax
+        let bytes = [0x48, 0x8b, 0x47, 0x10, 0x48, 0x83, 0xc0, 0x01];
+        let mut d = Decoder::with_ip(64, &bytes, 0x1000, DecoderOptions::NONE);
+        let insns: Vec<Instruction> = (0..2).map(|_| d.decode()).collect();
+        let counter = Some(PassCounter {
+            register: 11,
+            mask: 63,
+        });
+        for (live, pass_counter) in [
+            (RegSet::ALL.minus(RegSet::FLAGS), None),
+            (RegSet::ALL, None),
+            (
+                RegSet::ALL.minus(RegSet::FLAGS).minus(RegSet::gpr(11)),
+                counter,
+            ),
+        ] {
+            let budget = Some(Budget {
+                cost: 640,
+                refill: 2000,
+                pass_counter,
+            });
+            let yields = [YieldPoint {
+                at: 0,
+                live,
+                budget,
+            }];
+            let hot0 = encode_hot(0x10_0000, &insns, &yields, 0x1008, &[0x5000_0000]).unwrap();
+            let cold = encode_cold(0x20_0000, &yields, &hot0.return_ips, 32).unwrap();
+            let hot = encode_hot(0x10_0000, &insns, &yields, 0x1008, &cold.switch_ips).unwrap();
+            assert_eq!(hot.bytes.len(), hot0.bytes.len());
+            assert_eq!(hot.return_ips, hot0.return_ips);
+            // The hot part subtracts from %fs:0x80 (65 48 83/81 2c 25 80 00 00 00).
+            let slot = [0x2c, 0x25, 0x80, 0x00, 0x00, 0x00];
+            assert!(hot.bytes.windows(6).any(|w| w == slot));
+        }
+    }
 }
