@@ -11,9 +11,16 @@
  * A shared counter lets a benchmark read the units done by a process it cannot stop
  * (a server's scavengers, an OS thread beside it) over a window it chooses: with
  * COMPUTE_COUNTER=FILE (a file of at least 8 bytes), the pool scavenger and
- * `compute --forever` add their units to the little-endian u64 at its start. */
+ * `compute --forever` add their units to the little-endian u64 at its start.
+ *
+ * Built with -DMSH_NO_YIELD it has no msh_yield() at all: the scavenger that
+ * `msh rewrite --scavenger` instruments (`msh bench harvest --scavenger rewritten`). */
 #include "compute.h"
 #include <msh.h>
+#ifdef MSH_NO_YIELD
+#undef msh_yield
+#define msh_yield() ((void)0)
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `%fs:0x38` ([`TCB_NEXT`]) | the [`Coro`] the primary switches to at its next yield; 0 = nothing to run |
 //! | `%fs:0x40` ([`TCB_THREAD`]) | this thread's [`ThreadCtx`]; 0 = not an msh thread |
+//! | `%fs:0x80` ([`TCB_SCAV_BUDGET`]) | the yield-check counter of code rewritten with `msh rewrite --scavenger` (below) |
 //!
 //! So the no-op path of a primary yield is one instruction and a branch,
 //! `cmpq $0, %fs:0x38; je skip`, and it is safe when libmsh is not loaded at all.
@@ -66,6 +67,26 @@
 //! the primary's prefetch is in flight often waits for it (measured: 4-7x longer on
 //! average), which would turn every budget into "until the miss completes".
 //!
+//! # The rewritten scavenger's yield check
+//! `msh rewrite --scavenger` puts a check at function entries, loop headers and inside
+//! long straight-line stretches of a scavenger that never calls `msh_yield()`. Each
+//! check subtracts the estimated cost of the code up to the next check from a signed
+//! per-thread counter that one instruction reaches, and takes its cold path when the
+//! counter goes negative:
+//! ```text
+//!     subq  $COST, %fs:TCB_SCAV_BUDGET
+//!     js    cold                            ; cold: the scavenger's yield, then
+//!                                           ;   movq $REFILL, %fs:TCB_SCAV_BUDGET
+//! ```
+//! The slot is the first word of glibc's `tcbhead_t.__glibc_unused2` (kept only for
+//! the size of `tcbhead_t`; zero in a new thread, like the two words above). The cold
+//! path is the scavenger's yield of [`crate::arch::yield_now`] (it counts one
+//! scavenger yield and switches back when the quota is spent), after which it re-arms
+//! the counter with the object's refill. Outside msh (`%fs:0x40` zero) or in a primary
+//! it does not yield: it sets the counter to `i32::MAX`, so the checks stay one
+//! subtraction and a not-taken branch. A scavenger starts with the counter at 0
+//! (`scav_entry`), so its first check re-arms it with its own object's refill.
+//!
 //! # Per-thread state a scavenger shares with its primary
 //!
 //! A scavenger runs on its primary's thread, so everything the C library or the CPU
@@ -103,6 +124,11 @@ pub const TCB_SELF: usize = 0;
 pub const TCB_NEXT: usize = 0x38;
 /// `%fs` offset of the pointer to the thread's [`ThreadCtx`] (0 = not an msh thread).
 pub const TCB_THREAD: usize = 0x40;
+/// `%fs` offset of the signed yield-check counter of rewritten scavenger code (see
+/// "The rewritten scavenger's yield check"): `tcbhead_t.__glibc_unused2`, unused by glibc.
+pub const TCB_SCAV_BUDGET: usize = 0x80;
+/// The counter's value where checks must not yield (outside msh, in a primary).
+pub const SCAV_BUDGET_IDLE: i32 = i32::MAX;
 /// One switch in this many is a sample run that recalibrates the quota.
 pub const SAMPLE_EVERY: u64 = 256;
 /// Bytes below `%rsp` that leaf code may use without moving `%rsp` (SysV ABI).
@@ -173,6 +199,10 @@ pub struct ThreadCtx {
     pub primary_fpucw: u32,
     /// Padding to a multiple of 8 bytes.
     pub reserved: u32,
+    /// Called by code rewritten with `msh rewrite --scavenger` at each of its yields
+    /// during a sample run (`sample_start` != 0), with a 16-byte-aligned stack: it
+    /// measures the yield gaps (`msh run --stats`). Null: not measured.
+    pub on_sampled_yield: Option<unsafe extern "C" fn(*mut ThreadCtx)>,
 }
 
 impl ThreadCtx {
@@ -197,6 +227,7 @@ impl ThreadCtx {
             primary_mxcsr: 0x1f80,
             primary_fpucw: 0x37f,
             reserved: 0,
+            on_sampled_yield: None,
         }
     }
 }
@@ -241,6 +272,8 @@ pub mod off {
     pub const PRIMARY_MXCSR: usize = 116;
     /// `ThreadCtx::primary_fpucw`.
     pub const PRIMARY_FPUCW: usize = 120;
+    /// `ThreadCtx::on_sampled_yield`.
+    pub const ON_SAMPLED_YIELD: usize = 128;
     /// Bytes a suspended scavenger keeps on top of its stack (`errno`, MXCSR, x87
     /// control word; see the module documentation). A multiple of 16, so that the
     /// stack keeps its alignment.
@@ -252,6 +285,14 @@ pub mod off {
     /// Save area: the scavenger's x87 control word (2 bytes, `fnstcw`/`fldcw`).
     pub const SAVE_FPUCW: usize = 8;
 }
+
+// The TCB slots are distinct words, and the budget slot lies in glibc's
+// `__glibc_unused2` (0x80..0x280 of `tcbhead_t` on x86-64), after `ssp_base` (0x78).
+const _: () = {
+    assert!(TCB_NEXT != TCB_THREAD && TCB_SCAV_BUDGET != TCB_NEXT);
+    assert!(TCB_SCAV_BUDGET != TCB_THREAD && TCB_SCAV_BUDGET.is_multiple_of(8));
+    assert!(TCB_SCAV_BUDGET >= 0x80 && TCB_SCAV_BUDGET + 8 <= 0x280);
+};
 
 // The asm relies on these: a layout change must fail the build, not corrupt a stack.
 const _: () = {
@@ -275,6 +316,7 @@ const _: () = {
     assert!(offset_of!(ThreadCtx, primary_errno) == off::PRIMARY_ERRNO);
     assert!(offset_of!(ThreadCtx, primary_mxcsr) == off::PRIMARY_MXCSR);
     assert!(offset_of!(ThreadCtx, primary_fpucw) == off::PRIMARY_FPUCW);
+    assert!(offset_of!(ThreadCtx, on_sampled_yield) == off::ON_SAMPLED_YIELD);
     // The save area's slots do not overlap and fit in it.
     assert!(off::SAVE_ERRNO + 4 <= off::SAVE_MXCSR);
     assert!(off::SAVE_MXCSR + 4 <= off::SAVE_FPUCW);

@@ -486,6 +486,8 @@ unsafe extern "C" fn scav_entry() -> ! {
         "movl $0, (%rax)",
         "stmxcsr {pmxcsr}(%rsi)",
         "fnstcw {pfpucw}(%rsi)",
+        // Rewritten code's first yield check re-arms its counter (see `abi`).
+        "movq $0, %fs:{tcb_budget}",
         // main(arg), as the outermost frame (%rbp = 0 ends backtraces).
         "mov {arg}(%rsp), %rdi",
         "xor %ebp, %ebp",
@@ -494,6 +496,7 @@ unsafe extern "C" fn scav_entry() -> ! {
         tcb_thread = const TCB_THREAD, errno_addr = const off::ERRNO_ADDR,
         perrno = const off::PRIMARY_ERRNO, pmxcsr = const off::PRIMARY_MXCSR,
         pfpucw = const off::PRIMARY_FPUCW, arg = const ENTRY_ARG, main = const ENTRY_MAIN,
+        tcb_budget = const crate::abi::TCB_SCAV_BUDGET,
         options(att_syntax)
     )
 }

@@ -6,6 +6,7 @@
 //! touched by code running on that thread (the primary or one of its scavengers,
 //! never both at once), so it needs no lock.
 
+pub mod gaps;
 mod lending;
 pub mod stop;
 pub use lending::{lend, reclaim};
@@ -176,6 +177,8 @@ pub struct Scavenger {
     /// faults there are contained (see `stop`). `(0, 0)`: none.
     code: (usize, usize),
     name: [u8; NAME_LEN],
+    /// Its yield gaps, once a sample run of rewritten code measured one (see `gaps`).
+    gaps: Option<Box<gaps::GapHist>>,
 }
 
 // SAFETY: a suspended scavenger is a stack and a resume point; it may resume on any
@@ -212,6 +215,7 @@ impl Scavenger {
             started: false,
             code: (0, 0),
             name: [0; NAME_LEN],
+            gaps: None,
         });
         match name {
             Some(name) => {
@@ -277,6 +281,8 @@ pub struct Primary {
     altstack: Option<crate::fault::AltStack>,
     /// Runs when another primary has lent scavengers (see `lending`).
     refill_coro: Box<Scavenger>,
+    /// TSC after the last sampled yield of rewritten code (see `gaps`).
+    last_yield_tsc: u64,
 }
 
 static CONFIG: spin::RwLock<Option<Config>> = spin::RwLock::new(None);
@@ -395,6 +401,7 @@ pub fn register() -> Result<(), Error> {
     // SAFETY: __errno_location has no preconditions and returns this thread's errno.
     ctx.errno_addr = unsafe { libc::__errno_location() };
     budget::init(&mut ctx, tsc::ns_to_ticks(config.budget_ns), calibrate);
+    ctx.on_sampled_yield = Some(gaps::on_sampled_yield);
     let refill_coro = Scavenger::with_main(
         lending::refill_main,
         no_job,
@@ -428,6 +435,7 @@ pub fn register() -> Result<(), Error> {
             .flatten(),
         altstack: crate::fault::AltStack::install_if_missing(),
         refill_coro,
+        last_yield_tsc: 0,
     }));
     // SAFETY: `primary` stays allocated until `unregister` clears the slots.
     unsafe { arch::set_tcb(primary.cast(), ptr::null_mut()) };
@@ -752,6 +760,7 @@ unsafe fn retire(me: *mut Primary, scav: *mut Scavenger, completed: bool) -> ! {
         if completed {
             primary.completed += 1;
         }
+        gaps::retire(&*scav);
         let index = primary
             .slots
             .iter()

@@ -4,9 +4,11 @@ use crate::{rewrite_to_bytes, Options, Selection};
 use clap::Args;
 use std::path::PathBuf;
 
-/// Insert prefetch+yield trampolines at loads of an unmodified x86-64 ELF binary
+/// Insert prefetch+yield trampolines at loads of an unmodified x86-64 ELF binary, or
+/// (--scavenger) yield checks that bound the time between a scavenger's yields
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("sites").required(true).args(["profile", "all_loads"])))]
+#[command(group(clap::ArgGroup::new("sites").required(true).multiple(true)
+    .args(["profile", "all_loads", "scavenger"])))]
 pub struct RewriteArgs {
     /// The executable or shared object to rewrite
     pub input: PathBuf,
@@ -17,13 +19,25 @@ pub struct RewriteArgs {
     #[arg(long, value_name = "PROFILE.json")]
     pub profile: Option<PathBuf>,
     /// Patch every load that can be proven safe
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["profile", "scavenger"])]
     pub all_loads: bool,
+    /// For a scavenger that never calls msh_yield(): yield checks at function entries,
+    /// loop headers and in long straight-line stretches, so that it yields every
+    /// --yield-every-ns; with --profile, the profile's loads are costed as misses
+    #[arg(long)]
+    pub scavenger: bool,
+    /// With --scavenger: target time between two yields, in ns (default 100, finer than
+    /// the runtime's default 150 ns budget, so a switch back overruns it by at most one
+    /// interval; the runtime counts its budget in these yields)
+    #[arg(long, requires = "scavenger", value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(10..=10_000_000))]
+    pub yield_every_ns: Option<u64>,
     /// With --profile: only sites with at least this share of the samples (0..1)
-    #[arg(long, requires = "profile", value_name = "F", value_parser = msh_profile::cli::share)]
+    #[arg(long, requires = "profile", conflicts_with = "scavenger", value_name = "F",
+          value_parser = msh_profile::cli::share)]
     pub min_share: Option<f64>,
     /// With --profile: only the N sites with the largest share
-    #[arg(long, requires = "profile", value_name = "N",
+    #[arg(long, requires = "profile", conflicts_with = "scavenger", value_name = "N",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub top: Option<usize>,
     /// Write a JSON report (candidates, patched, skipped by reason, registers saved per site)
@@ -37,6 +51,12 @@ pub struct RewriteArgs {
 /// Runs the subcommand; the caller prints the error (one line, `{:#}`).
 pub fn run(args: &RewriteArgs) -> anyhow::Result<()> {
     let selection = match &args.profile {
+        _ if args.scavenger => Selection::Scavenger {
+            every_ns: args
+                .yield_every_ns
+                .unwrap_or(crate::scavenger::DEFAULT_EVERY_NS),
+            profile: args.profile.clone(),
+        },
         Some(path) => Selection::Profile {
             path: path.clone(),
             min_share: args.min_share,
@@ -64,6 +84,18 @@ pub fn run(args: &RewriteArgs) -> anyhow::Result<()> {
         outputs.set(id, serde_json::to_vec_pretty(&report)?);
     }
     outputs.commit()?;
+    if let Some(scav) = &report.scavenger {
+        eprintln!(
+            "msh rewrite: {} of {} yield checks placed ({} skipped), every ~{} ns, {} bytes -> {}",
+            report.patched,
+            report.candidates,
+            report.candidates - report.patched,
+            scav.yield_every_ns,
+            report.trampoline_bytes,
+            args.output.display()
+        );
+        return Ok(());
+    }
     eprintln!(
         "msh rewrite: {} of {} candidate loads patched ({:.1}%), {} trampolines, {} bytes -> {}",
         report.patched,

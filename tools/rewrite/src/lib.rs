@@ -18,6 +18,7 @@ pub mod code;
 pub mod elf;
 pub mod interproc;
 pub mod liveness;
+pub mod scavenger;
 pub mod skip;
 pub mod trampoline;
 pub mod window;
@@ -46,6 +47,14 @@ pub enum Selection {
         min_share: Option<f64>,
         /// Keep only the heaviest this many sites.
         top: Option<usize>,
+    },
+    /// No loads: budget checks that bound the time between a scavenger's yields
+    /// (see [`scavenger`]).
+    Scavenger {
+        /// Target interval between yields, in ns.
+        every_ns: u64,
+        /// A profile of this binary: its loads are costed as misses.
+        profile: Option<PathBuf>,
     },
 }
 
@@ -78,6 +87,9 @@ pub struct SiteReport {
     pub saved: String,
     /// Which fast check guards the yield (see `trampoline`).
     pub fast_path: &'static str,
+    /// `--scavenger`: the cost the check subtracts, in cost units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<i32>,
 }
 
 /// What a rewrite did, printed as JSON.
@@ -108,6 +120,9 @@ pub struct Report {
     pub saved_registers_histogram: BTreeMap<usize, usize>,
     /// Patched sites by fast path.
     pub fast_paths: BTreeMap<&'static str, usize>,
+    /// `--scavenger`: the interval, the cost model's unit, the checks by kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scavenger: Option<scavenger::ScavengerReport>,
     /// Every patched site.
     pub sites: Vec<SiteReport>,
 }
@@ -131,8 +146,13 @@ impl Options {
     /// The files the rewrite reads: no output may be one of them.
     pub fn inputs(&self) -> Vec<&std::path::Path> {
         let mut inputs = vec![self.input.as_path()];
-        if let Selection::Profile { path, .. } = &self.selection {
-            inputs.push(path);
+        match &self.selection {
+            Selection::Profile { path, .. }
+            | Selection::Scavenger {
+                profile: Some(path),
+                ..
+            } => inputs.push(path),
+            _ => {}
         }
         inputs
     }
@@ -236,6 +256,16 @@ pub fn rewrite_to_bytes(options: &Options) -> Result<(Vec<u8>, Report)> {
                 list.dedup();
             }
         }
+        Selection::Scavenger { every_ns, profile } => {
+            return rewrite_scavenger(
+                options,
+                &image,
+                &code,
+                *every_ns,
+                profile.as_deref(),
+                report,
+            );
+        }
     }
 
     let allow_call = options.allow_call_windows;
@@ -287,6 +317,7 @@ pub fn rewrite_to_bytes(options: &Options) -> Result<(Vec<u8>, Report)> {
                 yields.push(YieldPoint {
                     at: i - w.first,
                     live: live[i],
+                    budget: None,
                 });
                 continue;
             }
@@ -297,6 +328,7 @@ pub fn rewrite_to_bytes(options: &Options) -> Result<(Vec<u8>, Report)> {
                     vec![YieldPoint {
                         at: i - w.first,
                         live: live[i],
+                        budget: None,
                     }],
                 )),
                 Err(reason) => report.skip(reason),
@@ -311,7 +343,18 @@ pub fn rewrite_to_bytes(options: &Options) -> Result<(Vec<u8>, Report)> {
             });
         }
     }
-    let (patches, blob) = encode_all(&code, &planned, &layout, &mut report);
+    finish(&image, &code, &planned, &layout, report)
+}
+
+/// Encodes the planned windows and writes the file; refuses when nothing was patched.
+fn finish(
+    image: &elf::Image,
+    code: &Code,
+    planned: &[Planned],
+    layout: &writer::Layout,
+    mut report: Report,
+) -> Result<(Vec<u8>, Report)> {
+    let (patches, blob) = encode_all(code, planned, layout, &mut report);
     if report.patched == 0 {
         let skipped: Vec<String> = report
             .skipped
@@ -324,8 +367,62 @@ pub fn rewrite_to_bytes(options: &Options) -> Result<(Vec<u8>, Report)> {
             skipped.join(", ")
         );
     }
-    let out = writer::build(&image, &layout, &patches, &blob)?;
+    let out = writer::build(image, layout, &patches, &blob)?;
     Ok((out, report))
+}
+
+/// `--scavenger`: budget checks at function entries, loop headers and in long
+/// straight-line stretches (see [`scavenger`]).
+fn rewrite_scavenger(
+    options: &Options,
+    image: &elf::Image,
+    code: &Code,
+    every_ns: u64,
+    profile: Option<&std::path::Path>,
+    mut report: Report,
+) -> Result<(Vec<u8>, Report)> {
+    report.mode = "scavenger";
+    let mut profiled_loads = std::collections::HashSet::new();
+    if let Some(path) = profile {
+        let profile = msh_profile::Profile::load(path)?;
+        let object = profile.object_for(&options.input)?;
+        profiled_loads.extend(msh_profile::Profile::select(object, None, None)?);
+    }
+    let settings = scavenger::Settings {
+        every_ns,
+        profiled_loads,
+    };
+    let mut text_relocations = image.text_relocations.clone();
+    text_relocations.sort_unstable();
+    let rules = window::Rules {
+        leaders: &code.leaders,
+        text_relocations: &text_relocations,
+        allow_call: options.allow_call_windows,
+    };
+    let layout = writer::Layout::plan(image)?;
+    let liveness = interproc::solve(code);
+    let vector_widths = interproc::vector_widths(code);
+    let mut scav = scavenger::ScavengerReport::default();
+    let planned: Vec<Planned> = scavenger::plan(
+        code,
+        &liveness,
+        &vector_widths,
+        &rules,
+        &settings,
+        &mut scav,
+        &mut report.candidates,
+        &mut report.skipped,
+    )
+    .into_iter()
+    .map(|p| Planned {
+        function: p.function,
+        window: p.window,
+        yields: p.yields,
+        vector_width: vector_widths[p.function],
+    })
+    .collect();
+    report.scavenger = Some(scav);
+    finish(image, code, &planned, &layout, report)
 }
 
 /// A window chosen for patching, and its yield points.
@@ -416,7 +513,7 @@ fn encode_all(
         });
         report.trampolines += 1;
         for y in &p.yields {
-            record_site(report, f, &insns[y.at], end - start, y.live, p.vector_width);
+            record_site(report, f, &insns[y.at], end - start, y, p.vector_width);
         }
     }
     report.trampoline_bytes = hot_blob.len() + cold_blob.len();
@@ -432,9 +529,10 @@ fn record_site(
     f: &Function,
     load: &Instruction,
     window: u64,
-    live: RegSet,
+    y: &YieldPoint,
     vector_width: usize,
 ) {
+    let live: RegSet = y.live;
     let saved = trampoline::saved_registers(live);
     report.vector_width = report.vector_width.max(vector_width);
     let prefix = if vector_width >= 32 { "ymm" } else { "xmm" };
@@ -443,10 +541,12 @@ fn record_site(
         .saved_registers_histogram
         .entry(names.len())
         .or_default() += 1;
-    let path = match FastPath::for_live(live) {
-        FastPath::FlagsDead => "cmp",
-        FastPath::RcxDead => "jrcxz",
-        FastPath::RcxWrapped => "jrcxz-wrapped",
+    let path = match (y.budget, FastPath::for_live(live)) {
+        (Some(_), _) if trampoline::budget_keeps_flags(live) => "sub-pushf",
+        (Some(_), _) => "sub",
+        (None, FastPath::FlagsDead) => "cmp",
+        (None, FastPath::RcxDead) => "jrcxz",
+        (None, FastPath::RcxWrapped) => "jrcxz-wrapped",
     };
     *report.fast_paths.entry(path).or_default() += 1;
     report.patched += 1;
@@ -459,5 +559,6 @@ fn record_site(
         window,
         saved: names.join(","),
         fast_path: path,
+        cost: y.budget.map(|b| b.cost),
     });
 }

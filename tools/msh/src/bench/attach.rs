@@ -97,11 +97,22 @@ pub(crate) fn run_chase(
     program: &Path,
     args: &[&str],
 ) -> Result<(Chase, String)> {
+    run_chase_env(prefix, program, args, &[])
+}
+
+/// As [`run_chase`], with `env` added to the command's environment.
+pub(crate) fn run_chase_env(
+    prefix: &[String],
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> Result<(Chase, String)> {
     let mut argv: Vec<String> = prefix.to_vec();
     argv.push(program.display().to_string());
     argv.extend(args.iter().map(|s| s.to_string()));
     let out = Command::new(&argv[0])
         .args(&argv[1..])
+        .envs(env.iter().copied())
         .output()
         .with_context(|| format!("cannot run {}", argv[0]))?;
     let stdout = String::from_utf8_lossy(&out.stdout);

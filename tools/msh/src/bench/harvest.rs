@@ -20,6 +20,17 @@ pub enum Mode {
     Rewritten,
 }
 
+/// How the scavenger gives the core back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScavengerBuild {
+    /// compute.c as written: `msh_yield()` after each unit of work.
+    Explicit,
+    /// compute.c built without any `msh_yield()` (-DMSH_NO_YIELD) and rewritten by
+    /// `msh rewrite --scavenger`, measured against the explicit build with the same
+    /// primary (the rewritten ptrchase under `msh run`) in the same interleaved runs.
+    Rewritten,
+}
+
 /// `msh bench harvest` options.
 #[derive(clap::Args, Debug)]
 pub struct HarvestArgs {
@@ -47,13 +58,28 @@ pub struct HarvestArgs {
     /// Runs per setup (figures are medians).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub runs: u64,
+    /// The scavenger: `rewritten` measures compute built without yields and rewritten
+    /// with `msh rewrite --scavenger` beside the explicit-yield build (implies
+    /// `--mode rewritten`: both run under `msh run` with the same primary).
+    #[arg(long, value_enum, default_value = "explicit")]
+    pub scavenger: ScavengerBuild,
+    /// With `--scavenger rewritten`: the rewriter's --yield-every-ns.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
+    pub yield_every_ns: Option<u64>,
 }
 
 /// Runs `msh bench harvest`.
 pub fn run_cli(args: &HarvestArgs) -> Result<()> {
     examples::build()?;
+    let rewritten_scavenger = args.scavenger == ScavengerBuild::Rewritten;
     let base = HarvestOptions {
-        mode: args.mode,
+        mode: if rewritten_scavenger {
+            Mode::Rewritten
+        } else {
+            args.mode
+        },
+        scavenger: args.scavenger,
+        yield_every_ns: args.yield_every_ns,
         budget_ns: args.budget_ns,
         max_slowdown_permille: args.max_slowdown.map(|f| (f * 1000.0).round() as u32),
         mib: args.mib,
@@ -120,6 +146,11 @@ pub struct HarvestOptions {
     pub os_threads: bool,
     /// Other modes to measure in the same interleaved runs (the demo's rows).
     pub also: Vec<Mode>,
+    /// `Rewritten`: with `Mode::Rewritten`, the explicit-yield compute and the
+    /// rewritten one (reported under `also`), both counted through `COMPUTE_COUNTER`.
+    pub scavenger: ScavengerBuild,
+    /// `msh rewrite --scavenger --yield-every-ns` (None: the rewriter's default).
+    pub yield_every_ns: Option<u64>,
 }
 
 impl Default for HarvestOptions {
@@ -133,6 +164,8 @@ impl Default for HarvestOptions {
             runs: 5,
             os_threads: true,
             also: Vec::new(),
+            scavenger: ScavengerBuild::Explicit,
+            yield_every_ns: None,
         }
     }
 }
@@ -178,9 +211,31 @@ pub struct HarvestReport {
     /// `Mode::Rewritten`: how the binary was profiled and rewritten.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<Pipeline>,
-    /// The other modes asked for with [`HarvestOptions::also`], from the same runs.
+    /// The other modes asked for with [`HarvestOptions::also`], from the same runs
+    /// (and, with `--scavenger rewritten`, the rewritten scavenger's run).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub also: Vec<MshRun>,
+    /// `--scavenger rewritten`: the rewrite, and the rewritten scavenger's core
+    /// fraction over the explicit build's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scavenger_rewrite: Option<ScavengerRewrite>,
+}
+
+/// How compute was rewritten for `--scavenger rewritten`, and what it reached.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScavengerRewrite {
+    /// The rewriter's target interval between yields, ns.
+    pub yield_every_ns: u64,
+    /// Yield checks placed.
+    pub checks: usize,
+    /// Checks wanted but not placed.
+    pub skipped: usize,
+    /// Median of the per-run (rewritten core fraction / explicit core fraction).
+    pub core_fraction_ratio: f64,
+    /// Median primary slowdown with the explicit build.
+    pub explicit_slowdown: f64,
+    /// Median primary slowdown with the rewritten build.
+    pub rewritten_slowdown: f64,
 }
 
 fn chase_args(opts: &HarvestOptions, mode: &str) -> Vec<String> {
@@ -223,6 +278,16 @@ pub struct Pipeline {
 /// every machine, with or without a PMU), rewrites it at the top site with
 /// `msh rewrite --top 1`, and writes a pool with the compute scavenger.
 fn prepare_rewritten(opts: &HarvestOptions) -> Result<(PathBuf, PathBuf, Pipeline)> {
+    prepare_rewritten_with(opts, "compute_scav.so", "bench-harvest.pool")
+}
+
+/// As [`prepare_rewritten`], with the pool's scavenger `scavenger` (in the build
+/// directory, no arguments: with `COMPUTE_COUNTER` it computes until the exit).
+fn prepare_rewritten_with(
+    opts: &HarvestOptions,
+    scavenger: &str,
+    pool_name: &str,
+) -> Result<(PathBuf, PathBuf, Pipeline)> {
     use msh_rewrite::{rewrite, Options, Selection};
     let build = examples::build_dir();
     let plain = build.join("ptrchase");
@@ -260,11 +325,8 @@ fn prepare_rewritten(opts: &HarvestOptions) -> Result<(PathBuf, PathBuf, Pipelin
         },
         allow_call_windows: false,
     })?;
-    let pool = build.join("bench-harvest.pool");
-    std::fs::write(
-        &pool,
-        format!("{}\n", build.join("compute_scav.so").display()),
-    )?;
+    let pool = build.join(pool_name);
+    std::fs::write(&pool, format!("{}\n", build.join(scavenger).display()))?;
     let pipeline = Pipeline {
         profile_backend: report.backend,
         site: top.symbol,
@@ -285,8 +347,16 @@ pub fn run(opts: &HarvestOptions, progress: &ProgressBar) -> Result<HarvestRepor
         bail!("--runs, --hops and --mib must be positive");
     }
     let mut variants = Vec::new();
-    for &mode in std::iter::once(&opts.mode).chain(&opts.also) {
-        variants.push(Variant::prepare(mode, opts)?);
+    let mut scavenger_rewrite = None;
+    if opts.scavenger == ScavengerBuild::Rewritten {
+        let (explicit, rewritten, rewrite) = Variant::prepare_scavengers(opts)?;
+        variants.push(explicit);
+        variants.push(rewritten);
+        scavenger_rewrite = Some(rewrite);
+    } else {
+        for &mode in std::iter::once(&opts.mode).chain(&opts.also) {
+            variants.push(Variant::prepare(mode, opts)?);
+        }
     }
     let mut alone_ns = Vec::new();
     let mut scav_alone = Vec::new();
@@ -312,6 +382,18 @@ pub fn run(opts: &HarvestOptions, progress: &ProgressBar) -> Result<HarvestRepor
     }
     let optional = |v: &mut Vec<f64>| (!v.is_empty()).then(|| median(v));
     let primary_alone_ns = median(&mut alone_ns);
+    if let Some(rewrite) = &mut scavenger_rewrite {
+        let (explicit, rewritten) = (&variants[0], &variants[1]);
+        let mut ratios: Vec<f64> = explicit
+            .fraction
+            .iter()
+            .zip(&rewritten.fraction)
+            .map(|(e, r)| r / e)
+            .collect();
+        rewrite.core_fraction_ratio = median(&mut ratios);
+        rewrite.explicit_slowdown = median(&mut explicit.slowdown.clone());
+        rewrite.rewritten_slowdown = median(&mut rewritten.slowdown.clone());
+    }
     let mut runs: Vec<MshRun> = variants.into_iter().map(|v| v.finish(opts.hops)).collect();
     let first = runs.remove(0);
     Ok(HarvestReport {
@@ -338,12 +420,17 @@ pub fn run(opts: &HarvestOptions, progress: &ProgressBar) -> Result<HarvestRepor
         os_threads_scavenger_core_fraction: optional(&mut os_fraction),
         pipeline: first.pipeline,
         also: runs,
+        scavenger_rewrite,
     })
 }
 
 /// One way of running the primary with msh, and its per-run samples.
 struct Variant {
-    mode: Mode,
+    /// The name in the report (the mode's, or the scavenger build's).
+    label: &'static str,
+    /// The `COMPUTE_COUNTER` file the scavenger adds its units to; None: units are
+    /// the scavenger's yields (one per unit in the explicit build).
+    counter: Option<PathBuf>,
     /// `Mode::Rewritten`: the rewritten binary and its pool.
     rewritten: Option<(PathBuf, PathBuf)>,
     pipeline: Option<Pipeline>,
@@ -364,7 +451,8 @@ impl Variant {
             }
         };
         Ok(Variant {
-            mode,
+            label: mode.name(),
+            counter: None,
             rewritten,
             pipeline,
             msh_ns: Vec::new(),
@@ -373,6 +461,67 @@ impl Variant {
             units: Vec::new(),
             budgets: Vec::new(),
         })
+    }
+
+    /// `--scavenger rewritten`: the rewritten ptrchase under `msh run` twice, with the
+    /// explicit-yield compute and with compute built without yields and rewritten by
+    /// `msh rewrite --scavenger`; both count their units in a `COMPUTE_COUNTER` file.
+    fn prepare_scavengers(opts: &HarvestOptions) -> Result<(Variant, Variant, ScavengerRewrite)> {
+        use msh_rewrite::{rewrite, Options, Selection};
+        let (program, explicit_pool, pipeline) = prepare_rewritten(opts)?;
+        let build = examples::build_dir();
+        let every_ns = opts
+            .yield_every_ns
+            .unwrap_or(msh_rewrite::scavenger::DEFAULT_EVERY_NS);
+        let report = rewrite(&Options {
+            input: build.join("compute_noyield.so"),
+            output: build.join("compute_noyield.msh.so"),
+            selection: Selection::Scavenger {
+                every_ns,
+                profile: None,
+            },
+            allow_call_windows: false,
+        })
+        .context("msh rewrite --scavenger of compute_noyield.so")?;
+        let rewritten_pool = build.join("bench-harvest-rewritten.pool");
+        std::fs::write(
+            &rewritten_pool,
+            format!("{}\n", build.join("compute_noyield.msh.so").display()),
+        )?;
+        let variant = |label, pool: PathBuf, counter: &str, pipeline| Variant {
+            label,
+            counter: Some(build.join(counter)),
+            rewritten: Some((program.clone(), pool)),
+            pipeline,
+            msh_ns: Vec::new(),
+            slowdown: Vec::new(),
+            fraction: Vec::new(),
+            units: Vec::new(),
+            budgets: Vec::new(),
+        };
+        let rewrite = ScavengerRewrite {
+            yield_every_ns: every_ns,
+            checks: report.patched,
+            skipped: report.candidates - report.patched,
+            core_fraction_ratio: 0.0,
+            explicit_slowdown: 0.0,
+            rewritten_slowdown: 0.0,
+        };
+        Ok((
+            variant(
+                "explicit-yield-scavenger",
+                explicit_pool,
+                "bench-harvest-explicit.counter",
+                Some(pipeline),
+            ),
+            variant(
+                "rewritten-scavenger",
+                rewritten_pool,
+                "bench-harvest-rewritten.counter",
+                None,
+            ),
+            rewrite,
+        ))
     }
 
     /// One run of the primary with msh, against this round's `alone` and `compute`.
@@ -392,8 +541,27 @@ impl Variant {
                 let prefix = super::attach::msh_run_prefix(pool, &extra)?;
                 let args = chase_args(opts, "alone");
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let (mut chase, stderr) = super::attach::run_chase(&prefix, program, &args)?;
-                chase.scavenger_units = super::attach::scavenger_yields(&stderr)? as u64;
+                let (mut chase, stderr) = match &self.counter {
+                    None => {
+                        let (mut chase, stderr) =
+                            super::attach::run_chase(&prefix, program, &args)?;
+                        chase.scavenger_units = super::attach::scavenger_yields(&stderr)? as u64;
+                        (chase, stderr)
+                    }
+                    Some(counter) => {
+                        std::fs::write(counter, [0u8; 8])?;
+                        let env = [("COMPUTE_COUNTER", counter.as_path())];
+                        let (mut chase, stderr) =
+                            super::attach::run_chase_env(&prefix, program, &args, &env)?;
+                        let bytes = std::fs::read(counter)?;
+                        let units: [u8; 8] = bytes
+                            .get(..8)
+                            .and_then(|b| b.try_into().ok())
+                            .context("the COMPUTE_COUNTER file shrank")?;
+                        chase.scavenger_units = u64::from_le_bytes(units);
+                        (chase, stderr)
+                    }
+                };
                 chase.budget_ns = super::attach::total_stat(&stderr, "budget_ns")? as u64;
                 chase
             }
@@ -414,7 +582,7 @@ impl Variant {
     fn finish(mut self, hops: u64) -> MshRun {
         let primary_msh_ns = median(&mut self.msh_ns);
         MshRun {
-            mode: self.mode.name(),
+            mode: self.label,
             primary_msh_ns,
             ns_per_hop_msh: primary_msh_ns / hops as f64,
             primary_slowdown: median(&mut self.slowdown),
@@ -429,7 +597,8 @@ impl Variant {
 /// The figures of one msh mode, measured in the same interleaved runs as the others.
 #[derive(Debug, Clone, Serialize)]
 pub struct MshRun {
-    /// `linked` or `rewritten`.
+    /// `linked` or `rewritten`; with `--scavenger rewritten`,
+    /// `explicit-yield-scavenger` or `rewritten-scavenger`.
     pub mode: &'static str,
     /// Median wall time of the primary with msh.
     pub primary_msh_ns: f64,
