@@ -80,6 +80,23 @@ impl Dimension {
         }
     }
 
+    /// [`Dimension::translate`]'s output address if it is known without changing anything.
+    #[inline]
+    fn peek(&self, addr: u64, memories: &[PhysMemory]) -> Option<Xlat> {
+        let x = self.mapping.peek(addr, memories)?;
+        match &self.then {
+            None => Some(x),
+            Some(second) => {
+                let y = second.peek(x.out, memories)?;
+                Some(Xlat {
+                    out: y.out,
+                    huge: x.huge && y.huge,
+                    area: x.area,
+                })
+            }
+        }
+    }
+
     fn plan(
         &mut self,
         addr: u64,
@@ -264,6 +281,31 @@ impl Simulator {
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Asks the host to load what simulating an access to `addr` will read of the
+    /// model (the data caches' sets of its line and of the page-table entries its walk
+    /// would read), for an access a few ahead of the current one: the sets of a large
+    /// simulated cache miss the host's caches, and each access depends on the last.
+    /// Changes no simulated state, so results do not depend on it.
+    #[inline]
+    pub fn prefetch(&self, addr: u64) {
+        let memories = &self.memories;
+        let Some(g) = self.guest.peek(addr, memories) else {
+            return;
+        };
+        let host_physical = |gpa: u64| match &self.host {
+            None => Some(gpa),
+            Some(host) => host.peek(gpa, memories).map(|x| x.out),
+        };
+        if let Some(pa) = host_physical(g.out) {
+            self.caches.prefetch(0, pa);
+        }
+        self.guest.table.peek_entries(addr, g.huge, |entry| {
+            if let Some(pa) = host_physical(entry) {
+                self.caches.prefetch(0, pa);
+            }
+        });
     }
 
     /// Simulates one access.
