@@ -135,6 +135,26 @@ pub struct SimConfig {
     pub seed: u64,
 }
 
+/// Slots of [`Simulator`]'s look-ahead translations (more than the look-ahead distance).
+const AHEAD_SLOTS: usize = 32;
+
+/// The slot of `page` in the look-ahead memo: hashed, since the pages of
+/// interleaved streams (areas far apart) agree in their low bits.
+#[inline]
+fn ahead_slot(page: u64) -> usize {
+    (page.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - AHEAD_SLOTS.trailing_zeros())) as usize
+}
+
+/// A translation computed ahead: the 4 KiB virtual page, its guest translation, the
+/// host-physical page and whether both dimensions map it with 2 MiB pages.
+#[derive(Clone, Copy)]
+struct Ahead {
+    page: u64,
+    guest: Xlat,
+    pa_page: u64,
+    huge: bool,
+}
+
 /// One design in one environment.
 pub struct Simulator {
     memories: Vec<PhysMemory>,
@@ -152,6 +172,10 @@ pub struct Simulator {
     /// The last access's 4 KiB virtual page and its translation (an accelerator for
     /// the simulator, not part of the simulated machine: the TLBs are still looked up).
     last: Option<(u64, Xlat, Option<Xlat>, u64, bool)>,
+    /// Translations [`Simulator::prefetch`] computed for accesses ahead, by 4 KiB
+    /// virtual page (direct-mapped): the same values [`Simulator::access`] would
+    /// compute, so that it need not compute them twice.
+    ahead: [Option<Ahead>; AHEAD_SLOTS],
     stats: Stats,
 }
 
@@ -257,6 +281,7 @@ impl Simulator {
             guest_steps: Vec::with_capacity(8),
             host_steps: Vec::with_capacity(8),
             last: None,
+            ahead: [None; AHEAD_SLOTS],
             stats: Stats::default(),
         };
         sim.populate()?;
@@ -289,17 +314,36 @@ impl Simulator {
     /// simulated cache miss the host's caches, and each access depends on the last.
     /// Changes no simulated state, so results do not depend on it.
     #[inline]
-    pub fn prefetch(&self, addr: u64) {
+    pub fn prefetch(&mut self, addr: u64) {
+        let page = addr >> 12;
+        if let Some(a) = &self.ahead[ahead_slot(page)] {
+            if a.page == page {
+                // Translated and prefetched for an earlier access to this page (whose
+                // walk, if any, leaves the translation in the TLB): the data line only.
+                self.caches.prefetch(0, a.pa_page | (addr & (PAGE - 1)));
+                return;
+            }
+        }
         let memories = &self.memories;
         let Some(g) = self.guest.peek(addr, memories) else {
             return;
         };
-        let host_physical = |gpa: u64| match &self.host {
-            None => Some(gpa),
-            Some(host) => host.peek(gpa, memories).map(|x| x.out),
+        let host = |gpa: u64| match &self.host {
+            None => Some((gpa, true)),
+            Some(host) => host.peek(gpa, memories).map(|x| (x.out, x.huge)),
         };
-        if let Some(pa) = host_physical(g.out) {
+        let host_physical = |gpa: u64| host(gpa).map(|(pa, _)| pa);
+        if let Some((pa, host_huge)) = host(g.out) {
             self.caches.prefetch(0, pa);
+            // Only a guest-side memo: a nested guest dimension has no second stage.
+            if self.guest.then.is_none() {
+                self.ahead[ahead_slot(page)] = Some(Ahead {
+                    page,
+                    guest: g,
+                    pa_page: pa & !(PAGE - 1),
+                    huge: g.huge && host_huge,
+                });
+            }
         }
         self.guest.table.peek_entries(addr, g.huge, |entry| {
             if let Some(pa) = host_physical(entry) {
@@ -315,19 +359,25 @@ impl Simulator {
         let page = addr >> 12;
         let (g, g_mid, pa_page, huge) = match self.last {
             Some((p, g, g_mid, pa_page, huge)) if p == page => (g, g_mid, pa_page, huge),
-            _ => {
-                let (g, g_mid) = self.guest.translate(addr, &mut self.memories)?;
-                let (pa, huge) = match &mut self.host {
-                    None => (g.out, g.huge),
-                    Some(host) => {
-                        let (h, _) = host.translate(g.out, &mut self.memories)?;
-                        (h.out, g.huge && h.huge)
-                    }
-                };
-                let pa_page = pa & !(PAGE - 1);
-                self.last = Some((page, g, g_mid, pa_page, huge));
-                (g, g_mid, pa_page, huge)
-            }
+            _ => match self.ahead[ahead_slot(page)] {
+                Some(a) if a.page == page => {
+                    self.last = Some((page, a.guest, None, a.pa_page, a.huge));
+                    (a.guest, None, a.pa_page, a.huge)
+                }
+                _ => {
+                    let (g, g_mid) = self.guest.translate(addr, &mut self.memories)?;
+                    let (pa, huge) = match &mut self.host {
+                        None => (g.out, g.huge),
+                        Some(host) => {
+                            let (h, _) = host.translate(g.out, &mut self.memories)?;
+                            (h.out, g.huge && h.huge)
+                        }
+                    };
+                    let pa_page = pa & !(PAGE - 1);
+                    self.last = Some((page, g, g_mid, pa_page, huge));
+                    (g, g_mid, pa_page, huge)
+                }
+            },
         };
         let pa = pa_page | (addr & (PAGE - 1));
         let g = Xlat {
