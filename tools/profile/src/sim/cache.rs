@@ -282,9 +282,9 @@ pub fn move_to_front<T: Copy + PartialEq>(ways: &mut [T], tag: T) -> bool {
 }
 
 /// [`move_to_front`] for 32-bit tags, four ways at a time with SSE2 (part of every
-/// x86-64) when the ways are a multiple of four: a compare per four ways finds the
-/// tag, then the ways in front of it (all of them on a miss) move back one lane in
-/// registers. The scalar loop costs several instructions per way on a miss, and a
+/// x86-64) when the ways are a multiple of four: one pass that compares four ways
+/// with the tag and moves them back one lane in registers, up to the way holding it
+/// (all of them on a miss). The scalar loop costs several instructions per way on a miss, and a
 /// large level misses on most accesses of a page-walk or GUPS-like stream.
 #[inline]
 pub fn move_to_front_u32(ways: &mut [u32], tag: u32) -> bool {
@@ -306,38 +306,32 @@ mod sse2 {
         if ways.first() == Some(&tag) {
             return true;
         }
-        let chunks = ways.len() / 4;
         let base = ways.as_mut_ptr().cast::<__m128i>();
-        // SAFETY: SSE2 is part of x86-64; every chunk index below is < `chunks`, so each
+        // SAFETY: SSE2 is part of x86-64; every chunk index below is < len / 4, so each
         // unaligned 16-byte load and store stays inside `ways`, which we borrow mutably.
         unsafe {
             let wanted = _mm_set1_epi32(tag as i32);
-            // The first way holding `tag`, else the last way (evicted).
-            let mut found = None;
-            for chunk in 0..chunks {
-                let v = _mm_loadu_si128(base.add(chunk));
-                let equal = _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(v, wanted)));
-                if equal != 0 {
-                    found = Some(chunk * 4 + equal.trailing_zeros() as usize);
-                    break;
-                }
-            }
-            let last = found.unwrap_or(ways.len() - 1);
-            // Ways 0..=last take their predecessor's tag (way 0 takes `tag`); the rest keep theirs.
-            let limit = _mm_set1_epi32(last as i32);
-            let four = _mm_set1_epi32(4);
-            let mut index = _mm_setr_epi32(0, 1, 2, 3);
+            let lanes = _mm_setr_epi32(0, 1, 2, 3);
+            // One pass: every chunk before the one holding `tag` moves back one lane
+            // whole (its last lane into the next chunk's first, way 0 taking `tag`); in
+            // the chunk holding it, only the lanes up to it move. A miss moves them all.
             let mut carry = wanted;
-            for chunk in 0..=last / 4 {
+            for chunk in 0..ways.len() / 4 {
                 let v = _mm_loadu_si128(base.add(chunk));
                 let shifted = _mm_or_si128(_mm_slli_si128::<4>(v), _mm_srli_si128::<12>(carry));
-                let keep = _mm_cmpgt_epi32(index, limit);
-                let merged = _mm_or_si128(_mm_and_si128(keep, v), _mm_andnot_si128(keep, shifted));
-                _mm_storeu_si128(base.add(chunk), merged);
+                let equal = _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(v, wanted)));
+                if equal != 0 {
+                    let at = _mm_set1_epi32(equal.trailing_zeros() as i32);
+                    let keep = _mm_cmpgt_epi32(lanes, at);
+                    let merged =
+                        _mm_or_si128(_mm_and_si128(keep, v), _mm_andnot_si128(keep, shifted));
+                    _mm_storeu_si128(base.add(chunk), merged);
+                    return true;
+                }
+                _mm_storeu_si128(base.add(chunk), shifted);
                 carry = v;
-                index = _mm_add_epi32(index, four);
             }
-            found.is_some()
+            false
         }
     }
 }
