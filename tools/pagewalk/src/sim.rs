@@ -309,8 +309,9 @@ impl Simulator {
     }
 
     /// Asks the host to load what simulating an access to `addr` will read of the
-    /// model (the data caches' sets of its line and of the page-table entries its walk
-    /// would read), for an access a few ahead of the current one: the sets of a large
+    /// model (the last-level cache's sets of its line and of the page-table entries its
+    /// walk would read; the nearer levels' tags are small enough to stay in the host's
+    /// caches), for an access a few ahead of the current one: the sets of a large
     /// simulated cache miss the host's caches, and each access depends on the last.
     /// Changes no simulated state, so results do not depend on it.
     #[inline]
@@ -320,7 +321,8 @@ impl Simulator {
             if a.page == page {
                 // Translated and prefetched for an earlier access to this page (whose
                 // walk, if any, leaves the translation in the TLB): the data line only.
-                self.caches.prefetch(0, a.pa_page | (addr & (PAGE - 1)));
+                self.caches
+                    .prefetch_last_level(a.pa_page | (addr & (PAGE - 1)));
                 return;
             }
         }
@@ -334,7 +336,7 @@ impl Simulator {
         };
         let host_physical = |gpa: u64| host(gpa).map(|(pa, _)| pa);
         if let Some((pa, host_huge)) = host(g.out) {
-            self.caches.prefetch(0, pa);
+            self.caches.prefetch_last_level(pa);
             // Only a guest-side memo: a nested guest dimension has no second stage.
             if self.guest.then.is_none() {
                 self.ahead[ahead_slot(page)] = Some(Ahead {
@@ -347,7 +349,7 @@ impl Simulator {
         }
         self.guest.table.peek_entries(addr, g.huge, |entry| {
             if let Some(pa) = host_physical(entry) {
-                self.caches.prefetch(0, pa);
+                self.caches.prefetch_last_level(pa);
             }
         });
     }
