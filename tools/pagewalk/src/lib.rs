@@ -33,8 +33,9 @@ use sim::{SimConfig, Simulator, Stats};
 use source::{Access, AccessSource};
 use std::time::Instant;
 
-/// Accesses handed to the simulators at a time.
-const BATCH: usize = 1 << 16;
+/// Accesses handed to the simulators at a time: few enough (128 KiB) for the batch to
+/// stay in the host's L2 between the source writing it and each simulator reading it.
+const BATCH: usize = 1 << 13;
 /// How many accesses ahead a simulator prefetches the model's state into the host's
 /// caches ([`Simulator::prefetch`]).
 const LOOKAHEAD: usize = 8;

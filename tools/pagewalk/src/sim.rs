@@ -145,6 +145,18 @@ fn ahead_slot(page: u64) -> usize {
     (page.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - AHEAD_SLOTS.trailing_zeros())) as usize
 }
 
+/// The TLB key of `addr`: one entry per page of the smaller of the guest's and the
+/// host's page sizes (a splintered 2 MiB guest page over 4 KiB host pages is cached as
+/// 4 KiB pages); `huge`: both are 2 MiB.
+#[inline]
+fn tlb_key(addr: u64, huge: bool) -> u64 {
+    if huge {
+        (addr >> 21) | 1 << 60
+    } else {
+        addr >> 12
+    }
+}
+
 /// A translation computed ahead: the 4 KiB virtual page, its guest translation, the
 /// host-physical page and whether both dimensions map it with 2 MiB pages.
 #[derive(Clone, Copy)]
@@ -337,6 +349,9 @@ impl Simulator {
         let host_physical = |gpa: u64| host(gpa).map(|(pa, _)| pa);
         if let Some((pa, host_huge)) = host(g.out) {
             self.caches.prefetch_last_level(pa);
+            if let Some(stlb) = &self.stlb {
+                stlb.prefetch(tlb_key(addr, g.huge && host_huge));
+            }
             // Only a guest-side memo: a nested guest dimension has no second stage.
             if self.guest.then.is_none() {
                 self.ahead[ahead_slot(page)] = Some(Ahead {
@@ -386,13 +401,7 @@ impl Simulator {
             out: (g.out & !(PAGE - 1)) | (addr & (PAGE - 1)),
             ..g
         };
-        // One TLB entry per page of the smaller of the two sizes (a splintered 2 MiB
-        // guest page over 4 KiB host pages is cached as 4 KiB pages).
-        let key = if huge {
-            (addr >> 21) | 1 << 60
-        } else {
-            addr >> 12
-        };
+        let key = tlb_key(addr, huge);
         let hit = match (&mut self.l1_tlb, &mut self.stlb) {
             // An L1 miss fills the L1 from the STLB (or the walk).
             (Some(l1), Some(stlb)) => l1.access(key) || stlb.access(key),

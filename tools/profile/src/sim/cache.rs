@@ -350,9 +350,9 @@ fn advise_huge_pages(tags: &mut [u32]) {
     }
 }
 
-/// A hint to load the host cache line holding `value`.
+/// A hint to load the host cache line holding `value` (a no-op off x86-64).
 #[inline(always)]
-fn prefetch_host_line<T>(value: &T) {
+pub fn prefetch_host_line<T>(value: &T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch never faults and changes nothing the program sees.
     unsafe {
