@@ -3,7 +3,7 @@
 //! Tags only: what an entry would hold is recomputed from the synthetic OS, which is
 //! exact because mappings never change during a run.
 use crate::config::AssocConfig;
-use msh_profile::sim::cache::move_to_front;
+use msh_profile::sim::cache::{move_to_front, prefetch_host_line};
 
 pub(crate) struct SetAssoc {
     set_mask: u64,
@@ -31,13 +31,28 @@ impl SetAssoc {
         move_to_front(self.set(key), key.wrapping_add(1))
     }
 
+    /// Asks the host to load `key`'s set into its caches, ahead of an `access`.
+    /// Changes nothing.
+    #[inline]
+    pub(crate) fn prefetch(&self, key: u64) {
+        let base = self.set_base(key);
+        prefetch_host_line(&self.tags[base]);
+        prefetch_host_line(&self.tags[base + self.ways - 1]);
+    }
+
     #[inline]
     fn set(&mut self, key: u64) -> &mut [u64] {
+        let base = self.set_base(key);
+        &mut self.tags[base..base + self.ways]
+    }
+
+    /// Index of the first way of `key`'s set.
+    #[inline]
+    fn set_base(&self, key: u64) -> usize {
         // Mix the key so that strided keys (page numbers) spread over the sets the way
         // the low bits of real page numbers do, but deterministically.
         let index = (key ^ (key >> 17)) & self.set_mask;
-        let base = index as usize * self.ways;
-        &mut self.tags[base..base + self.ways]
+        index as usize * self.ways
     }
 }
 

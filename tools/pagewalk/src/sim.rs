@@ -80,6 +80,23 @@ impl Dimension {
         }
     }
 
+    /// [`Dimension::translate`]'s output address if it is known without changing anything.
+    #[inline]
+    fn peek(&self, addr: u64, memories: &[PhysMemory]) -> Option<Xlat> {
+        let x = self.mapping.peek(addr, memories)?;
+        match &self.then {
+            None => Some(x),
+            Some(second) => {
+                let y = second.peek(x.out, memories)?;
+                Some(Xlat {
+                    out: y.out,
+                    huge: x.huge && y.huge,
+                    area: x.area,
+                })
+            }
+        }
+    }
+
     fn plan(
         &mut self,
         addr: u64,
@@ -118,6 +135,38 @@ pub struct SimConfig {
     pub seed: u64,
 }
 
+/// Slots of [`Simulator`]'s look-ahead translations (more than the look-ahead distance).
+const AHEAD_SLOTS: usize = 32;
+
+/// The slot of `page` in the look-ahead memo: hashed, since the pages of
+/// interleaved streams (areas far apart) agree in their low bits.
+#[inline]
+fn ahead_slot(page: u64) -> usize {
+    (page.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - AHEAD_SLOTS.trailing_zeros())) as usize
+}
+
+/// The TLB key of `addr`: one entry per page of the smaller of the guest's and the
+/// host's page sizes (a splintered 2 MiB guest page over 4 KiB host pages is cached as
+/// 4 KiB pages); `huge`: both are 2 MiB.
+#[inline]
+fn tlb_key(addr: u64, huge: bool) -> u64 {
+    if huge {
+        (addr >> 21) | 1 << 60
+    } else {
+        addr >> 12
+    }
+}
+
+/// A translation computed ahead: the 4 KiB virtual page, its guest translation, the
+/// host-physical page and whether both dimensions map it with 2 MiB pages.
+#[derive(Clone, Copy)]
+struct Ahead {
+    page: u64,
+    guest: Xlat,
+    pa_page: u64,
+    huge: bool,
+}
+
 /// One design in one environment.
 pub struct Simulator {
     memories: Vec<PhysMemory>,
@@ -135,6 +184,10 @@ pub struct Simulator {
     /// The last access's 4 KiB virtual page and its translation (an accelerator for
     /// the simulator, not part of the simulated machine: the TLBs are still looked up).
     last: Option<(u64, Xlat, Option<Xlat>, u64, bool)>,
+    /// Translations [`Simulator::prefetch`] computed for accesses ahead, by 4 KiB
+    /// virtual page (direct-mapped): the same values [`Simulator::access`] would
+    /// compute, so that it need not compute them twice.
+    ahead: [Option<Ahead>; AHEAD_SLOTS],
     stats: Stats,
 }
 
@@ -240,6 +293,7 @@ impl Simulator {
             guest_steps: Vec::with_capacity(8),
             host_steps: Vec::with_capacity(8),
             last: None,
+            ahead: [None; AHEAD_SLOTS],
             stats: Stats::default(),
         };
         sim.populate()?;
@@ -266,6 +320,55 @@ impl Simulator {
         self.stats
     }
 
+    /// Asks the host to load what simulating an access to `addr` will read of the
+    /// model (the last-level cache's sets of its line and of the page-table entries its
+    /// walk would read; the nearer levels' tags are small enough to stay in the host's
+    /// caches), for an access a few ahead of the current one: the sets of a large
+    /// simulated cache miss the host's caches, and each access depends on the last.
+    /// Changes no simulated state, so results do not depend on it.
+    #[inline]
+    pub fn prefetch(&mut self, addr: u64) {
+        let page = addr >> 12;
+        if let Some(a) = &self.ahead[ahead_slot(page)] {
+            if a.page == page {
+                // Translated and prefetched for an earlier access to this page (whose
+                // walk, if any, leaves the translation in the TLB): the data line only.
+                self.caches
+                    .prefetch_last_level(a.pa_page | (addr & (PAGE - 1)));
+                return;
+            }
+        }
+        let memories = &self.memories;
+        let Some(g) = self.guest.peek(addr, memories) else {
+            return;
+        };
+        let host = |gpa: u64| match &self.host {
+            None => Some((gpa, true)),
+            Some(host) => host.peek(gpa, memories).map(|x| (x.out, x.huge)),
+        };
+        let host_physical = |gpa: u64| host(gpa).map(|(pa, _)| pa);
+        if let Some((pa, host_huge)) = host(g.out) {
+            self.caches.prefetch_last_level(pa);
+            if let Some(stlb) = &self.stlb {
+                stlb.prefetch(tlb_key(addr, g.huge && host_huge));
+            }
+            // Only a guest-side memo: a nested guest dimension has no second stage.
+            if self.guest.then.is_none() {
+                self.ahead[ahead_slot(page)] = Some(Ahead {
+                    page,
+                    guest: g,
+                    pa_page: pa & !(PAGE - 1),
+                    huge: g.huge && host_huge,
+                });
+            }
+        }
+        self.guest.table.peek_entries(addr, g.huge, |entry| {
+            if let Some(pa) = host_physical(entry) {
+                self.caches.prefetch_last_level(pa);
+            }
+        });
+    }
+
     /// Simulates one access.
     #[inline]
     pub fn access(&mut self, addr: u64) -> Result<()> {
@@ -273,32 +376,32 @@ impl Simulator {
         let page = addr >> 12;
         let (g, g_mid, pa_page, huge) = match self.last {
             Some((p, g, g_mid, pa_page, huge)) if p == page => (g, g_mid, pa_page, huge),
-            _ => {
-                let (g, g_mid) = self.guest.translate(addr, &mut self.memories)?;
-                let (pa, huge) = match &mut self.host {
-                    None => (g.out, g.huge),
-                    Some(host) => {
-                        let (h, _) = host.translate(g.out, &mut self.memories)?;
-                        (h.out, g.huge && h.huge)
-                    }
-                };
-                let pa_page = pa & !(PAGE - 1);
-                self.last = Some((page, g, g_mid, pa_page, huge));
-                (g, g_mid, pa_page, huge)
-            }
+            _ => match self.ahead[ahead_slot(page)] {
+                Some(a) if a.page == page => {
+                    self.last = Some((page, a.guest, None, a.pa_page, a.huge));
+                    (a.guest, None, a.pa_page, a.huge)
+                }
+                _ => {
+                    let (g, g_mid) = self.guest.translate(addr, &mut self.memories)?;
+                    let (pa, huge) = match &mut self.host {
+                        None => (g.out, g.huge),
+                        Some(host) => {
+                            let (h, _) = host.translate(g.out, &mut self.memories)?;
+                            (h.out, g.huge && h.huge)
+                        }
+                    };
+                    let pa_page = pa & !(PAGE - 1);
+                    self.last = Some((page, g, g_mid, pa_page, huge));
+                    (g, g_mid, pa_page, huge)
+                }
+            },
         };
         let pa = pa_page | (addr & (PAGE - 1));
         let g = Xlat {
             out: (g.out & !(PAGE - 1)) | (addr & (PAGE - 1)),
             ..g
         };
-        // One TLB entry per page of the smaller of the two sizes (a splintered 2 MiB
-        // guest page over 4 KiB host pages is cached as 4 KiB pages).
-        let key = if huge {
-            (addr >> 21) | 1 << 60
-        } else {
-            addr >> 12
-        };
+        let key = tlb_key(addr, huge);
         let hit = match (&mut self.l1_tlb, &mut self.stlb) {
             // An L1 miss fills the L1 from the STLB (or the walk).
             (Some(l1), Some(stlb)) => l1.access(key) || stlb.access(key),

@@ -156,28 +156,8 @@ impl Mapping {
     #[inline]
     pub(crate) fn translate(&mut self, addr: u64, memories: &mut [PhysMemory]) -> Result<Xlat> {
         let area = self.area_of(addr)?;
-        let state = &self.areas[area];
-        if let Some((small, large)) = state.populated {
-            let memory = &memories[self.memory];
-            let (lo, hi) = state.huge;
-            return Ok(if lo <= addr && addr < hi {
-                Xlat {
-                    out: memory.chunk_at(large + (addr - lo) / HUGE) + addr % HUGE,
-                    huge: true,
-                    area,
-                }
-            } else {
-                let index = if hi > lo && addr >= hi {
-                    (lo - state.area.start + addr - hi) / PAGE
-                } else {
-                    (addr - state.area.start) / PAGE
-                };
-                Xlat {
-                    out: memory.page_at(small + index) + addr % PAGE,
-                    huge: false,
-                    area,
-                }
-            });
+        if let Some(x) = self.translate_populated(area, addr, memories) {
+            return Ok(x);
         }
         let memory = &mut memories[self.memory];
         let pages = &mut self.pages;
@@ -209,6 +189,66 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// The translation of `addr` in the populated `area` (computed, nothing stored);
+    /// `None` if the area is allocated on first touch instead.
+    #[inline]
+    fn translate_populated(&self, area: usize, addr: u64, memories: &[PhysMemory]) -> Option<Xlat> {
+        let state = &self.areas[area];
+        let (small, large) = state.populated?;
+        let memory = &memories[self.memory];
+        let (lo, hi) = state.huge;
+        Some(if lo <= addr && addr < hi {
+            Xlat {
+                out: memory.chunk_at(large + (addr - lo) / HUGE) + addr % HUGE,
+                huge: true,
+                area,
+            }
+        } else {
+            let index = if hi > lo && addr >= hi {
+                (lo - state.area.start + addr - hi) / PAGE
+            } else {
+                (addr - state.area.start) / PAGE
+            };
+            Xlat {
+                out: memory.page_at(small + index) + addr % PAGE,
+                huge: false,
+                area,
+            }
+        })
+    }
+
+    /// What [`Mapping::translate`] would return for `addr` if that changes nothing:
+    /// `None` when the address is in no area yet or its page is still untouched. For
+    /// looking ahead (host prefetches); the simulated state is not touched.
+    #[inline]
+    pub(crate) fn peek(&self, addr: u64, memories: &[PhysMemory]) -> Option<Xlat> {
+        let inside = |a: &AreaState| a.area.start <= addr && addr < a.area.end;
+        let area = match self.areas.get(self.last) {
+            Some(a) if inside(a) => self.last,
+            _ => self.areas.iter().position(inside)?,
+        };
+        if let Some(x) = self.translate_populated(area, addr, memories) {
+            return Some(x);
+        }
+        let state = &self.areas[area];
+        let (lo, hi) = state.huge;
+        Some(if lo <= addr && addr < hi {
+            Xlat {
+                out: state.large.get((addr - lo) / HUGE)? + addr % HUGE,
+                huge: true,
+                area,
+            }
+        } else {
+            Xlat {
+                out: state.small.get((addr - state.area.start) / PAGE)? + addr % PAGE,
+                huge: false,
+                area,
+            }
+        })
+    }
+}
+
 /// A sparse map from a small integer key to a page-aligned physical address, as a
 /// two-level array of frame numbers (so memory grows with the keys touched, 4 bytes a
 /// page, and lookups never hash).
@@ -218,6 +258,16 @@ pub(crate) struct SparseMap {
 }
 
 impl SparseMap {
+    /// The address stored for `key`, if any.
+    #[inline]
+    pub(crate) fn get(&self, key: u64) -> Option<u64> {
+        let leaf = self.top.get((key >> 9) as usize)?.as_ref()?;
+        match leaf[(key & 511) as usize] {
+            0 => None,
+            stored => Some((stored as u64 - 1) * PAGE),
+        }
+    }
+
     /// The address for `key`, made by `make` on first use.
     #[inline]
     pub(crate) fn get_or_insert(

@@ -218,4 +218,14 @@ impl Table {
             Table::NestedDmtHost(t) => t.plan(addr, ctx, steps),
         }
     }
+
+    /// Calls `entry` with the physical addresses (in the table's own memory) of some
+    /// entries a walk for `addr` is likely to read, as far as they are known without
+    /// changing anything. Only a hint for host prefetches.
+    #[inline]
+    pub(crate) fn peek_entries(&self, addr: u64, huge: bool, entry: impl FnMut(u64)) {
+        if let Table::Radix(t) = self {
+            t.peek_entries(addr, huge, entry);
+        }
+    }
 }

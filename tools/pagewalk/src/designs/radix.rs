@@ -94,6 +94,25 @@ impl Radix {
         Ok(())
     }
 
+    /// Calls `entry` with the addresses of the leaf entry for `addr` and the one above
+    /// it, where both tables exist already (plain radix tables only: DMT and ASAP place
+    /// theirs elsewhere). Changes nothing; for host prefetches ahead of the walk.
+    #[inline]
+    pub(crate) fn peek_entries(&self, addr: u64, huge: bool, mut entry: impl FnMut(u64)) {
+        if !matches!(self.mode, Mode::Plain) {
+            return;
+        }
+        let index = |level: u32| (addr >> (12 + 9 * (level - 1))) & 511;
+        if !huge {
+            if let Some(pt) = self.pt.get(addr >> 21) {
+                entry(pt + index(1) * 8);
+            }
+        }
+        if let Some(pd) = self.pd.get(addr >> 30) {
+            entry(pd + index(2) * 8);
+        }
+    }
+
     /// The physical address of the table page holding `addr`'s entry at `level`.
     fn node(&mut self, level: u32, addr: u64, ctx: &mut WalkCtx) -> Result<u64> {
         let area = ctx.xlat.area;
