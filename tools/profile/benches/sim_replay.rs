@@ -85,11 +85,11 @@ fn main() {
             }
             let seconds = thread_cpu_seconds() - started;
             rates.push(simulator.accesses as f64 / seconds / 1e6);
-            let executions: u64 = simulator.loads.values().map(|l| l.executions).sum();
+            let executions: u64 = simulator.loads().map(|(_, l)| l.executions).sum();
             digest = (
                 simulator.accesses,
                 simulator.llc_load_misses,
-                executions ^ simulator.loads.len() as u64,
+                executions ^ simulator.loads().count() as u64,
             );
         }
         println!(
