@@ -151,7 +151,7 @@ const NOT_A_LOAD: u32 = u32::MAX;
 
 /// The model asks the host for the shared level's set of the line this many places
 /// ahead among the batch's private misses.
-const HOST_PREFETCH_SHARED: usize = 8;
+const HOST_PREFETCH_SHARED: usize = 32;
 
 /// The cache model with its per-load counts.
 pub struct Simulator {
