@@ -594,7 +594,7 @@ mod tests {
             state ^= state << 17;
             let core = (state >> 60) as usize % 2;
             // Mostly nearby (repeats of the last line), sometimes far.
-            let address = if state % 3 == 0 {
+            let address = if state.is_multiple_of(3) {
                 state % 65536
             } else {
                 0x1000 + (state >> 20) % 256

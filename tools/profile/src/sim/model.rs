@@ -268,7 +268,9 @@ impl Simulator {
             if let Some(next) = pending.get(k + HOST_PREFETCH_SHARED) {
                 hierarchy.prefetch_shared(next.line);
             }
-            if !hierarchy.shared_line(miss.line) && miss.site != NOT_A_LOAD && charged != miss.access
+            if !hierarchy.shared_line(miss.line)
+                && miss.site != NOT_A_LOAD
+                && charged != miss.access
             {
                 charged = miss.access;
                 sites.stats[miss.site as usize].llc_misses += 1;
@@ -331,7 +333,11 @@ mod tests {
         assert!(sim.load(0x30).is_none(), "stores are not loads");
         // Another thread has its own L1/L2 but shares the last level (here L2 is last).
         sim.batch(1, &[load(0x10, 0x1000)]);
-        assert_eq!(sim.load(0x10).unwrap().llc_misses, 1, "found in the shared level");
+        assert_eq!(
+            sim.load(0x10).unwrap().llc_misses,
+            1,
+            "found in the shared level"
+        );
     }
 
     #[test]
