@@ -1,8 +1,10 @@
 //! `cargo bench -p msh-profile --bench sim_speed`: the `sim` backend's whole-run speed
 //! (qemu + tracer plugin + cache model + report), against the tracer alone (batches
 //! counted and dropped) and valgrind's lackey (`--trace-mem=yes` into /dev/null, the
-//! engine sim used before the tracer) on the same programs. Rates are the program's
-//! data accesses (as the tracer counts them) over each run's wall time; medians of
+//! engine sim used before the tracer) on the same programs, and the program natively:
+//! no tracer beats the program's own speed, and a pointer chase that misses DRAM on
+//! every step runs at a few M accesses/s natively. Rates are the program's data
+//! accesses (as the tracer counts them) over each run's wall time; medians of
 //! `MSH_BENCH_RUNS` (default 3) runs, interleaved. `MSH_BENCH_LACKEY=0` skips lackey.
 mod common;
 
@@ -41,6 +43,18 @@ fn sim(argv: &[String]) -> f64 {
     };
     let started = Instant::now();
     profile(&What::Command(argv.to_vec()), &options).expect("the sim backend runs");
+    started.elapsed().as_secs_f64()
+}
+
+fn native(argv: &[String]) -> f64 {
+    let started = Instant::now();
+    let status = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("the program runs");
+    assert!(status.success(), "{argv:?} failed");
     started.elapsed().as_secs_f64()
 }
 
@@ -95,8 +109,10 @@ fn main() {
     );
     for (name, argv) in &workloads {
         let (mut tracer, mut whole, mut valgrind) = (Vec::new(), Vec::new(), Vec::new());
+        let mut alone = Vec::new();
         let mut accesses = 0;
         for _ in 0..runs {
+            alone.push(native(argv));
             let (count, seconds) = tracer_alone(argv);
             accesses = count;
             tracer.push(seconds);
@@ -108,6 +124,11 @@ fn main() {
         let rate = |seconds: f64| accesses as f64 / seconds / 1e6;
         let (tracer, whole) = (median(&mut tracer), median(&mut whole));
         println!("  {name}: {accesses} accesses");
+        let alone = median(&mut alone);
+        println!(
+            "    natively {:.1} M accesses/s ({alone:.2} s)",
+            rate(alone)
+        );
         println!(
             "    tracer alone {:.1} M accesses/s ({tracer:.2} s)",
             rate(tracer)

@@ -148,6 +148,8 @@ pub struct TraceSummary {
     pub accesses_delivered: u64,
     /// Batches delivered.
     pub batches: u64,
+    /// Times the program found every batch slot full and waited for the consumer.
+    pub producer_waits: u32,
     /// Guest instructions executed, fast-forward included (approximate with several
     /// threads).
     pub instructions: u64,
@@ -343,6 +345,7 @@ pub fn trace(
         accesses_seen: header.seen.load(Ordering::Relaxed),
         accesses_delivered: header.delivered.load(Ordering::Relaxed),
         batches,
+        producer_waits: header.producer_sleeps.load(Ordering::Relaxed),
         instructions,
         threads: header.threads.load(Ordering::Relaxed),
         wall,

@@ -370,9 +370,16 @@ pub struct Hierarchy {
     private_config: Vec<LevelConfig>,
     /// Per core: its private levels, nearest first.
     cores: Vec<Vec<Level>>,
+    /// Per core: the line it touched last (`NO_LINE` before any). That line is the most
+    /// recent way of the core's first level, so touching it again changes nothing and
+    /// hits there: the common case (the next field, the next element) costs a compare.
+    last_line: Vec<u64>,
     shared: Level,
     line_shift: u32,
 }
+
+/// No line number is this (addresses are shifted right by the line size's log2).
+const NO_LINE: u64 = u64::MAX;
 
 impl Hierarchy {
     /// A hierarchy with one core; more are added as [`Hierarchy::access`] meets them.
@@ -381,6 +388,7 @@ impl Hierarchy {
         let mut hierarchy = Hierarchy {
             private_config: private.to_vec(),
             cores: Vec::new(),
+            last_line: Vec::new(),
             shared: Level::new(last),
             line_shift: config.levels[0].line.trailing_zeros(),
         };
@@ -391,6 +399,20 @@ impl Hierarchy {
     fn add_core(&mut self) {
         self.cores
             .push(self.private_config.iter().map(Level::new).collect());
+        self.last_line.push(NO_LINE);
+    }
+
+    /// Gives `core` (and every lower number) its private levels if it has none yet.
+    pub fn ensure_core(&mut self, core: usize) {
+        while core >= self.cores.len() {
+            self.add_core();
+        }
+    }
+
+    /// The line holding `address`.
+    #[inline(always)]
+    pub fn line_of(&self, address: u64) -> u64 {
+        address >> self.line_shift
     }
 
     /// Cores modelled so far.
@@ -446,17 +468,58 @@ impl Hierarchy {
 
     #[inline]
     fn access_line(&mut self, core: usize, line: u64) -> usize {
-        let private = &mut self.cores[core];
-        for (index, level) in private.iter_mut().enumerate() {
-            if level.access(line) {
-                return index;
-            }
+        match self.private_line(core, line) {
+            Some(index) => index,
+            None if self.shared_line(line) => self.private_config.len(),
+            None => self.private_config.len() + 1,
         }
-        let shared_index = private.len();
-        if self.shared.access(line) {
-            shared_index
-        } else {
-            shared_index + 1
+    }
+
+    /// The private half of an access to `line` by `core` (which must exist, see
+    /// [`Hierarchy::ensure_core`]): looks it up in the core's private levels, nearest
+    /// first, installing it in each that missed. Returns the level that had it, or
+    /// `None` when all missed: the caller must then call [`Hierarchy::shared_line`]
+    /// for it before `core` or any other core touches the shared level again. Split so
+    /// a batch can run its private lookups first and its shared ones after, in the
+    /// same order, with the same result as [`Hierarchy::access`].
+    #[inline]
+    pub fn private_line(&mut self, core: usize, line: u64) -> Option<usize> {
+        let private = &mut self.cores[core];
+        if private.is_empty() {
+            return None;
+        }
+        let last = &mut self.last_line[core];
+        if *last == line {
+            return Some(0);
+        }
+        *last = line;
+        private
+            .iter_mut()
+            .enumerate()
+            .find_map(|(index, level)| level.access(line).then_some(index))
+    }
+
+    /// The shared half of an access to `line` (see [`Hierarchy::private_line`]):
+    /// returns hit, and installs the line on a miss.
+    #[inline]
+    pub fn shared_line(&mut self, line: u64) -> bool {
+        self.shared.access(line)
+    }
+
+    /// Hints the host to load the model's set for `line` in the shared level.
+    #[inline]
+    pub fn prefetch_shared(&self, line: u64) {
+        self.shared.prefetch(line);
+    }
+
+    /// Hints the host to load the model's sets for `line` in `core`'s private levels
+    /// past the first (whose tags stay in the host's L1).
+    #[inline]
+    pub fn prefetch_private(&self, core: usize, line: u64) {
+        if let Some(private) = self.cores.get(core) {
+            for level in private.iter().skip(1) {
+                level.prefetch(line);
+            }
         }
     }
 }
@@ -595,5 +658,40 @@ mod tests {
         assert_eq!(cache.access(1, 0x1000, 8), 0, "now in core 1's L1");
         assert_eq!(cache.cores(), 2);
         assert_eq!(cache.memory_level(), 3);
+    }
+
+    /// The last-line shortcut and the split into private and shared halves change
+    /// nothing: the same answers as the levels' own LRU, driven one line at a time.
+    #[test]
+    fn the_last_line_shortcut_is_exact() {
+        let config = tiny();
+        let mut cache = Hierarchy::new(&config);
+        let mut cores: Vec<Vec<Level>> = (0..2)
+            .map(|_| config.levels[..2].iter().map(Level::new).collect())
+            .collect();
+        let mut shared = Level::new(&config.levels[2]);
+        let mut state = 0x2545f4914f6cdd1du64;
+        let mut served_at = [0u64; 4];
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let core = (state >> 60) as usize % 2;
+            // Mostly nearby (repeats of the last line), sometimes far.
+            let address = if state.is_multiple_of(3) {
+                state % 65536
+            } else {
+                0x1000 + (state >> 20) % 256
+            };
+            let line = address >> 6;
+            let expected = match cores[core].iter_mut().position(|level| level.access(line)) {
+                Some(level) => level,
+                None if shared.access(line) => 2,
+                None => 3,
+            };
+            assert_eq!(cache.access(core, address, 1), expected);
+            served_at[expected] += 1;
+        }
+        assert!(served_at.iter().all(|&n| n > 100), "{served_at:?}");
     }
 }

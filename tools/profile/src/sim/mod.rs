@@ -141,7 +141,7 @@ fn simulate(
     let mut objects = ObjectCache::default();
     let mut counts: HashMap<(PathBuf, u64), SiteStats> = HashMap::new();
     let mut attributed = 0;
-    for (&ip, load) in &simulator.loads {
+    for (ip, load) in simulator.loads() {
         let (Located::Found(image, vaddr), Some(path)) = locate(&processes, &mut objects, 0, ip)
         else {
             continue;

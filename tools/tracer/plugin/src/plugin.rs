@@ -58,6 +58,16 @@ fn inline_decoding_agrees(api: &Api) -> bool {
     })
 }
 
+impl Global {
+    /// Every access is recorded and meminfo decodes inline: [`record_all`] will do.
+    fn records_all(&self) -> bool {
+        self.inline_meminfo
+            && self.config.sample_off == 0
+            && self.config.filter_start == 0
+            && self.config.filter_len == u64::MAX
+    }
+}
+
 static GLOBAL: OnceLock<Global> = OnceLock::new();
 static VCPUS: [AtomicPtr<Vcpu>; MAX_VCPUS] =
     [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_VCPUS];
@@ -74,6 +84,9 @@ struct Vcpu {
     records: *mut Access,
     count: u32,
     capacity: u32,
+    /// `capacity` while the thread holds a slot, 0 when it has none: `count < room`
+    /// is the one test the hot path needs to know it can append.
+    room: u32,
     /// Accesses still to skip before the next recorded one.
     skip: u64,
     /// Accesses still to record in the current burst.
@@ -109,6 +122,7 @@ impl Vcpu {
         self.slot = NO_SLOT;
         self.records = core::ptr::null_mut();
         self.count = 0;
+        self.room = 0;
     }
 
     /// The thread is done: publish what it has, give an empty slot back.
@@ -124,6 +138,7 @@ impl Vcpu {
             self.slot = NO_SLOT;
             self.records = core::ptr::null_mut();
             self.count = 0;
+            self.room = 0;
         }
     }
 
@@ -133,6 +148,7 @@ impl Vcpu {
                 self.slot = slot;
                 self.records = g.ring.records(slot);
                 self.count = 0;
+                self.room = self.capacity;
                 true
             }
             None => false,
@@ -140,7 +156,8 @@ impl Vcpu {
     }
 }
 
-/// The hot path: one guest load or store.
+/// One guest load or store, with the address filter and sampling applied ([`record_all`]
+/// is the hot path when neither is asked for).
 #[inline(always)]
 fn record(vcpu: c_uint, info: MemInfo, addr: u64, ip: u64) {
     let Some(g) = GLOBAL.get() else { return };
@@ -167,7 +184,7 @@ fn record(vcpu: c_uint, info: MemInfo, addr: u64, ip: u64) {
         v.on_left = g.config.sample_on;
         v.skip = g.config.sample_off;
     }
-    if v.slot == NO_SLOT && !v.acquire(g) {
+    if v.count >= v.room && !v.acquire(g) {
         return;
     }
     let (shift, is_write) = if g.inline_meminfo {
@@ -176,19 +193,81 @@ fn record(vcpu: c_uint, info: MemInfo, addr: u64, ip: u64) {
         // SAFETY: these only decode the meminfo word QEMU passed us.
         unsafe { ((g.api.mem_size_shift)(info), (g.api.mem_is_store)(info)) }
     };
-    // SAFETY: count < capacity, and the slot holds capacity records.
-    unsafe {
-        v.records.add(v.count as usize).write(Access {
-            ip,
-            addr,
-            size: (1u32 << shift.min(7)) as u8,
-            is_write,
-        })
-    };
-    v.count += 1;
-    if v.count == v.capacity {
+    v.append(ip, addr, shift, is_write);
+    if v.count == v.room {
         v.flush(g);
     }
+}
+
+impl Vcpu {
+    /// Appends one record; the caller checked `count < room`.
+    #[inline(always)]
+    fn append(&mut self, ip: u64, addr: u64, shift: c_uint, is_write: bool) {
+        debug_assert!(self.count < self.room);
+        // SAFETY: count < room = capacity while a slot is held, and the slot holds
+        // capacity records.
+        unsafe {
+            self.records.add(self.count as usize).write(Access {
+                ip,
+                addr,
+                size: (1u32 << shift.min(7)) as u8,
+                is_write,
+            })
+        };
+        self.count += 1;
+    }
+}
+
+/// The hot path when every access is recorded (no address filter, no sampling) and
+/// the meminfo word decodes inline: one check and one 24-byte store per access. It
+/// is the guest's own memory-level parallelism that pays for the length of this
+/// path: its loads' cache misses overlap only as far as the host's reorder window
+/// reaches past the callbacks in between.
+#[inline(always)]
+fn record_all(vcpu: c_uint, info: MemInfo, addr: u64, ip: u64) {
+    let Some(cell) = VCPUS.get(vcpu as usize) else {
+        return;
+    };
+    let pointer = cell.load(Ordering::Relaxed);
+    if pointer.is_null() {
+        return;
+    }
+    // SAFETY: as in `record`: this vCPU's own state, used only by its own thread.
+    let v = unsafe { &mut *pointer };
+    v.seen += 1;
+    if v.count >= v.room {
+        return take_slot_and_append(v, info, addr, ip);
+    }
+    let (shift, is_write) = decode_meminfo(info);
+    v.append(ip, addr, shift, is_write);
+    if v.count == v.room {
+        flush_full(v);
+    }
+}
+
+/// Once per batch: the thread has no slot yet (or its last one was published).
+#[cold]
+#[inline(never)]
+fn take_slot_and_append(v: &mut Vcpu, info: MemInfo, addr: u64, ip: u64) {
+    let Some(g) = GLOBAL.get() else { return };
+    if !v.acquire(g) {
+        return;
+    }
+    let (shift, is_write) = decode_meminfo(info);
+    v.append(ip, addr, shift, is_write);
+}
+
+/// Once per batch: the slot is full.
+#[cold]
+#[inline(never)]
+fn flush_full(v: &mut Vcpu) {
+    if let Some(g) = GLOBAL.get() {
+        v.flush(g);
+    }
+}
+
+unsafe extern "C" fn on_access_all(vcpu: c_uint, info: MemInfo, addr: u64, ip: *mut c_void) {
+    record_all(vcpu, info, addr, ip as u64);
 }
 
 unsafe extern "C" fn on_access(vcpu: c_uint, info: MemInfo, addr: u64, ip: *mut c_void) {
@@ -204,10 +283,15 @@ unsafe extern "C" fn on_translate(_id: PluginId, tb: *mut Tb) {
     unsafe {
         let n = (g.api.tb_n_insns)(tb);
         count_instructions(g, tb, n);
+        let callback = if g.records_all() {
+            on_access_all
+        } else {
+            on_access
+        };
         for i in 0..n {
             let insn: *mut Insn = (g.api.tb_get_insn)(tb, i);
             let ip = (g.api.insn_vaddr)(insn) as *mut c_void;
-            (g.api.register_vcpu_mem_cb)(insn, on_access, qemu::CB_NO_REGS, qemu::MEM_RW, ip);
+            (g.api.register_vcpu_mem_cb)(insn, callback, qemu::CB_NO_REGS, qemu::MEM_RW, ip);
         }
         learn_guest_base(g, tb, n);
     }
@@ -295,6 +379,7 @@ unsafe extern "C" fn on_vcpu_init(_id: PluginId, vcpu: c_uint) {
             records: core::ptr::null_mut(),
             count: 0,
             capacity: g.ring.layout().slot_capacity,
+            room: 0,
             skip: 0,
             on_left: g.config.sample_on,
             seen: 0,

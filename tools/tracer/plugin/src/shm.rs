@@ -14,7 +14,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// "MSHRING1", little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"MSHRING1");
 /// Bumped whenever the layout changes; the plugin refuses a header of another version.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes reserved for the guest's memory map (the text of `/proc/self/maps` lines).
 pub const MAPS_BYTES: usize = 1 << 20;
 /// Bytes reserved for the path a guest `execve` named.
@@ -107,7 +107,9 @@ pub struct Header {
     pub freed: AtomicU32,
     /// Producers sleeping for a free slot.
     pub producers_waiting: AtomicU32,
-    _pad1: u32,
+    /// Times a producer found every slot in use and slept (backpressure: the program
+    /// waited for the consumer).
+    pub producer_sleeps: AtomicU32,
     /// NUL-terminated path given to the first guest `execve`.
     pub exec_path: [u8; EXEC_PATH_BYTES],
 }
@@ -276,6 +278,7 @@ impl Ring {
                 return None;
             }
             header.producers_waiting.fetch_add(1, Ordering::SeqCst);
+            header.producer_sleeps.fetch_add(1, Ordering::Relaxed);
             if header.freed.load(Ordering::SeqCst) == freed {
                 futex_wait(&header.freed, freed, 50);
             }
