@@ -53,6 +53,7 @@ pub mod config;
 pub mod cparse;
 pub mod family;
 pub mod infer;
+pub mod livepatch;
 pub mod patch;
 pub mod perf_script;
 pub mod sites;

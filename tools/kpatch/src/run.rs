@@ -86,6 +86,8 @@ pub struct Report {
     pub cocci_files: Vec<PathBuf>,
     /// How spatch's rewrite compared (`--check-spatch`).
     pub spatch: Option<cocci::SpatchCheck>,
+    /// The `--livepatch` layout of header helpers, for a `--livepatch` run.
+    pub livepatch: Option<crate::livepatch::Layout>,
     /// Time of each phase, then the total.
     pub timings: Vec<(&'static str, Duration)>,
 }
@@ -324,6 +326,11 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         .clone()
         .unwrap_or_else(|| format!("{structure}_{field}_policy"));
     let version = tree.version();
+    let layout = options
+        .livepatch
+        .then(|| crate::livepatch::plan(&tree, &taken, options.threads))
+        .transpose()?;
+    lap("livepatch layout", &mut timings);
     let plan = Plan {
         family,
         structure: &structure,
@@ -334,7 +341,7 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         prefix: "bpf_policy_",
         policy_var: &policy_var,
         kernel_version: &version,
-        livepatch: options.livepatch,
+        livepatch: layout.as_ref(),
     };
     let generated = patch::generate(&plan, |path| tree.read(path))?;
     check_names_unused(&tree, &generated, options.threads)?;
@@ -395,6 +402,7 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         inference,
         cocci_files,
         spatch,
+        livepatch: layout,
         timings,
     })
 }
@@ -617,6 +625,20 @@ impl fmt::Display for Report {
             self.patched_files.len(),
             self.patched_files.join(", ")
         )?;
+        if let Some(layout) = &self.livepatch {
+            writeln!(
+                f,
+                "livepatch: {} header helpers copied into the {} .c files calling them; headers untouched",
+                layout.helpers.len(),
+                layout.callers.len()
+            )?;
+            for line in layout.uncovered.iter().take(SHOWN) {
+                writeln!(f, "  not covered: {line}")?;
+            }
+            if layout.uncovered.len() > SHOWN {
+                writeln!(f, "  not covered: ... and {} more (listed in the patch)", layout.uncovered.len() - SHOWN)?;
+            }
+        }
         if let Some(check) = &self.spatch {
             writeln!(f, "spatch: {check}")?;
         }
