@@ -236,6 +236,17 @@ fn is_definition(src: &str, name_start: usize, name_end: usize) -> bool {
     false
 }
 
+/// A matcher for helper names. A DFA: the default automaton's rare-byte
+/// prefilter keeps stopping on names sharing common bytes (`xa_`, `_lock`),
+/// and these matchers run over every header or every `.c` file.
+fn name_matcher(names: &BTreeSet<String>) -> aho_corasick::AhoCorasick {
+    aho_corasick::AhoCorasick::builder()
+        .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+        .prefilter(false)
+        .build(names)
+        .expect("names are plain strings")
+}
+
 fn line_of(src: &str, offset: usize) -> usize {
     src[..offset].matches('\n').count() + 1
 }
@@ -300,10 +311,13 @@ pub fn plan(tree: &KernelTree, sites: &[Site], threads: usize) -> Result<Layout,
         .collect();
     let mut frontier: BTreeSet<String> = helpers.keys().cloned().collect();
     while !frontier.is_empty() {
-        let matcher =
-            aho_corasick::AhoCorasick::new(&frontier).expect("names are plain strings");
+        let matcher = name_matcher(&frontier);
         let found: Vec<(String, String, Vec<Definition>)> =
             tree.scan_any(&headers, &matcher, threads, |parser, file| {
+                // Most headers name a helper without calling it: no parse.
+                if calls_in(&file.text, 0..file.text.len(), &frontier).0.is_empty() {
+                    return None;
+                }
                 let defs: Vec<Definition> = definitions(parser, &file.text)
                     .into_iter()
                     .filter(|(name, _, range, _)| {
@@ -412,7 +426,7 @@ pub fn plan(tree: &KernelTree, sites: &[Site], threads: usize) -> Result<Layout,
         .filter(|h| !h.is_macro)
         .map(|h| h.name.as_str())
         .collect();
-    let matcher = aho_corasick::AhoCorasick::new(&names).expect("names are plain strings");
+    let matcher = name_matcher(&names);
     type Found = (String, Vec<CallerEdit>, Vec<String>);
     let found: Vec<Found> = tree.scan_any(&sources, &matcher, threads, |_, file| {
         let src = &file.text;

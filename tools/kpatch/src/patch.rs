@@ -90,6 +90,8 @@ pub struct GeneratedPatch {
     pub diff: String,
     /// Names the patch introduces, to check against the tree.
     pub new_names: Vec<String>,
+    /// The prefix of the generated names.
+    pub prefix: String,
 }
 
 struct Edit {
@@ -709,6 +711,7 @@ pub fn generate(
         files,
         diff,
         new_names,
+        prefix: p.to_owned(),
     })
 }
 
