@@ -236,6 +236,21 @@ fn is_definition(src: &str, name_start: usize, name_end: usize) -> bool {
     false
 }
 
+/// Whether a header has an inline function or a function-like macro.
+fn may_define_helpers(bytes: &[u8]) -> bool {
+    if memchr::memmem::find(bytes, b"inline").is_some() {
+        return true;
+    }
+    memchr::memmem::find_iter(bytes, b"define").any(|at| {
+        let rest = bytes[at + 6..].trim_ascii_start();
+        let name = rest
+            .iter()
+            .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+            .unwrap_or(rest.len());
+        name > 0 && rest.get(name) == Some(&b'(')
+    })
+}
+
 /// A matcher for helper names. A DFA: the default automaton's rare-byte
 /// prefilter keeps stopping on names sharing common bytes (`xa_`, `_lock`),
 /// and these matchers run over every header or every `.c` file.
@@ -303,20 +318,28 @@ pub fn plan(tree: &KernelTree, sites: &[Site], threads: usize) -> Result<Layout,
     }
 
     // 2. Header helpers that call them, to a fixpoint.
-    let headers: Vec<String> = tree
+    // Only headers with an inline function or a function-like macro can
+    // define a helper: the first round finds them (a fifth of the bytes;
+    // register-definition headers are most of the rest), later rounds read
+    // only those.
+    let mut headers: Vec<String> = tree
         .files
         .iter()
         .filter(|p| p.ends_with(".h"))
         .cloned()
         .collect();
     let mut frontier: BTreeSet<String> = helpers.keys().cloned().collect();
+    let mut first_round = true;
     while !frontier.is_empty() {
         let matcher = name_matcher(&frontier);
-        let found: Vec<(String, String, Vec<Definition>)> =
-            tree.scan_any(&headers, &matcher, threads, |parser, file| {
+        type Scanned = (String, Option<(String, Vec<Definition>)>);
+        let scanned: Vec<Scanned> =
+            tree.scan_filtered(&headers, may_define_helpers, threads, |parser, file| {
                 // Most headers name a helper without calling it: no parse.
-                if calls_in(&file.text, 0..file.text.len(), &frontier).0.is_empty() {
-                    return None;
+                if !matcher.is_match(&file.text)
+                    || calls_in(&file.text, 0..file.text.len(), &frontier).0.is_empty()
+                {
+                    return Some((file.path, None));
                 }
                 let defs: Vec<Definition> = definitions(parser, &file.text)
                     .into_iter()
@@ -325,8 +348,15 @@ pub fn plan(tree: &KernelTree, sites: &[Site], threads: usize) -> Result<Layout,
                             && !calls_in(&file.text, range.clone(), &frontier).0.is_empty()
                     })
                     .collect();
-                (!defs.is_empty()).then_some((file.path, file.text, defs))
+                Some((file.path, (!defs.is_empty()).then_some((file.text, defs))))
             })?;
+        if first_round {
+            headers = scanned.iter().map(|(p, _)| p.clone()).collect();
+            first_round = false;
+        }
+        let found = scanned
+            .into_iter()
+            .filter_map(|(path, found)| found.map(|(src, defs)| (path, src, defs)));
         let mut next = BTreeSet::new();
         for (path, src, defs) in found {
             for (name, is_macro, range, name_range) in defs {

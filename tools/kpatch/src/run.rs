@@ -78,7 +78,7 @@ pub struct Report {
     /// Files with a call of the family's API on the field that were not
     /// parsed: they never name the structure, so none of their sites can be
     /// typed as its (the field has several declaring structures).
-    pub files_not_naming_structure: usize,
+    pub files_not_naming_structure: Vec<String>,
     /// The chains copied with the policy threaded through.
     pub chains: Vec<Chain>,
     /// Files the patch creates or changes.
@@ -294,7 +294,7 @@ pub fn run(options: &Options) -> Result<Report, Error> {
     }
     // Files that never name the structure cannot type a base as it: read
     // only when the field has a single declaring structure (see scan_sites).
-    let mut unparsed_sites = 0;
+    let mut unparsed_sites = Vec::new();
     if !unparsed.is_empty() {
         if declaring.len() == 1 {
             let more = tree.scan(&unparsed, &[], options.threads, |parser, file| {
@@ -304,7 +304,7 @@ pub fn run(options: &Options) -> Result<Report, Error> {
             taken.extend(more.into_iter().flatten());
             taken.sort_by(|a, b| (&a.path, a.callee.start).cmp(&(&b.path, b.callee.start)));
         } else {
-            unparsed_sites = unparsed.len();
+            unparsed_sites = unparsed;
         }
     }
     if taken.is_empty() {
@@ -366,6 +366,14 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         .collect();
     let cocci_text = cocci::semantic_patch(family, &family_apis, "bpf_policy_");
     let spatch = if options.check_spatch {
+        // spatch rewrites by field name alone: the sites of the files the
+        // scan skipped (they never name the structure) are other structures'.
+        let mut not_ours = other_structures.clone();
+        let skipped = tree.scan(&unparsed_sites, &[], options.threads, |parser, file| {
+            let found = sites::scan_file(parser, &file.path, &file.text, family, &field);
+            (!found.sites.is_empty()).then_some(found.sites)
+        })?;
+        not_ours.extend(skipped.into_iter().flatten());
         let check = cocci::check_with_spatch(
             &tree,
             &cocci_text,
@@ -374,7 +382,7 @@ pub fn run(options: &Options) -> Result<Report, Error> {
             &field,
             &policy_var,
             &taken,
-            &other_structures,
+            &not_ours,
             &unresolved,
         )?;
         lap("spatch", &mut timings);
@@ -629,12 +637,13 @@ fn check_still_parses(generated: &GeneratedPatch) -> Result<(), Error> {
         .files
         .par_iter()
         .map_init(cparse::parser, |parser, file| -> Result<(), Error> {
+            let new_tree = cparse::parse(parser, &file.new);
             let Some(old) = &file.old else {
-                return check_defines(parser, file);
+                return check_defines(&new_tree, file);
             };
             let copied: usize = file.copied.iter().map(|c| errors_cached(parser, c)).sum();
             let allowed = cparse::error_count(&cparse::parse(parser, old)) + copied;
-            let after = cparse::error_count(&cparse::parse(parser, &file.new));
+            let after = cparse::error_count(&new_tree);
             if after > allowed {
                 let mut errors = |text: &str| cparse::error_count(&cparse::parse(parser, text));
                 let culprit = file
@@ -642,15 +651,15 @@ fn check_still_parses(generated: &GeneratedPatch) -> Result<(), Error> {
                     .unwrap_or_else(|| format!("{}: the changes together (none alone)", file.path));
                 return Err(Error::BreaksParse(culprit, after - allowed));
             }
-            check_defines(parser, file)
+            check_defines(&new_tree, file)
         })
         .collect::<Result<Vec<()>, Error>>()?;
     Ok(())
 }
 
 /// Each copy in `file` parses as a definition of its new name.
-fn check_defines(parser: &mut tree_sitter::Parser, file: &patch::PatchedFile) -> Result<(), Error> {
-    let defined = cparse::defined_names(parser, &file.new);
+fn check_defines(new_tree: &tree_sitter::Tree, file: &patch::PatchedFile) -> Result<(), Error> {
+    let defined = cparse::defined_names_in(new_tree, &file.new);
     match file.defines.iter().find(|n| !defined.contains(*n)) {
         Some(missing) => Err(Error::BreaksParse(
             format!("{}: the copy `{missing}` does not parse as a definition", file.path),
@@ -713,11 +722,13 @@ impl fmt::Display for Report {
                 self.field
             )?;
         }
-        if self.files_not_naming_structure > 0 {
+        if !self.files_not_naming_structure.is_empty() {
             writeln!(
                 f,
                 "  left alone: {} files lock a `{}` but never name struct {} (not parsed)",
-                self.files_not_naming_structure, self.field, self.structure
+                self.files_not_naming_structure.len(),
+                self.field,
+                self.structure
             )?;
         }
         const SHOWN: usize = 10;
