@@ -96,8 +96,10 @@ impl Layout {
     /// `prefix`API with `&policy_var` appended, its helper calls renamed.
     pub fn copy_of(&self, helper: &Helper, prefix: &str, policy_var: &str) -> String {
         let src = &self.sources[&helper.path];
-        let mut edits: Vec<(Range<usize>, String)> =
-            vec![(helper.name_range.clone(), format!("{prefix}{}", helper.name))];
+        let mut edits: Vec<(Range<usize>, String)> = vec![(
+            helper.name_range.clone(),
+            format!("{prefix}{}", helper.name),
+        )];
         for site in &helper.sites {
             edits.push((site.callee.clone(), format!("{prefix}{}", site.api)));
             edits.push((
@@ -300,6 +302,9 @@ pub fn plan(tree: &KernelTree, sites: &[Site], threads: usize) -> Result<Layout,
                 refused.insert(name.clone());
                 continue;
             }
+            if defs.iter().filter(|(n, ..)| n == name).count() > 1 {
+                refused.insert(name.clone());
+            }
             let helper = helpers.entry(name.clone()).or_insert_with(|| Helper {
                 name: name.clone(),
                 path: path.to_owned(),
@@ -337,16 +342,27 @@ pub fn plan(tree: &KernelTree, sites: &[Site], threads: usize) -> Result<Layout,
             tree.scan_filtered(&headers, may_define_helpers, threads, |parser, file| {
                 // Most headers name a helper without calling it: no parse.
                 if !matcher.is_match(&file.text)
-                    || calls_in(&file.text, 0..file.text.len(), &frontier).0.is_empty()
+                    || calls_in(&file.text, 0..file.text.len(), &frontier)
+                        .0
+                        .is_empty()
                 {
                     return Some((file.path, None));
                 }
-                let defs: Vec<Definition> = definitions(parser, &file.text)
-                    .into_iter()
+                let all = definitions(parser, &file.text);
+                let calling: BTreeSet<&str> = all
+                    .iter()
                     .filter(|(name, _, range, _)| {
                         !frontier.contains(name)
                             && !calls_in(&file.text, range.clone(), &frontier).0.is_empty()
                     })
+                    .map(|(name, ..)| name.as_str())
+                    .collect();
+                // Every definition of those names: one defined twice in a
+                // header (`#ifdef CONFIG_X` and its `#else` stub) is refused.
+                let defs: Vec<Definition> = all
+                    .iter()
+                    .filter(|(name, ..)| calling.contains(name.as_str()))
+                    .cloned()
                     .collect();
                 Some((file.path, (!defs.is_empty()).then_some((file.text, defs))))
             })?;
@@ -398,7 +414,7 @@ pub fn plan(tree: &KernelTree, sites: &[Site], threads: usize) -> Result<Layout,
     for name in &refused {
         if let Some(h) = helpers.remove(name) {
             layout.uncovered.push(format!(
-                "{name}() ({}) is defined in several places (which one a file sees depends on its includes and configuration): its {} sites keep the stock helper",
+                "{name}() ({}) is defined in several places (which one a file sees depends on its includes and configuration): its {} sites and its callers keep the stock helper",
                 h.path,
                 h.sites.len()
             ));

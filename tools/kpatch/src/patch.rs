@@ -565,13 +565,19 @@ pub fn generate(
         "/*\n * msh kpatch --livepatch layout: kpatch-build refuses header changes, so\n * this block is what <{}> would hold:\n * static inline copies of the header-level chain elements and the policy\n * type, here and in every other .c file this patch touches; copies of\n * elements defined in a .c file stay appended to that file (where its\n * static helpers are visible), declared extern here.\n */\n{header_file}",
         header.trim_start_matches("include/")
     );
-    let layout_note = plan.livepatch.map(|l| layout_note(plan, l)).unwrap_or_default();
+    let layout_note = plan
+        .livepatch
+        .map(|l| layout_note(plan, l))
+        .unwrap_or_default();
     if let Some(layout) = plan.livepatch {
         for (path, calls) in &layout.callers {
-            changes.entry(path.clone()).or_default().extend(calls.iter().map(|c| Change {
-                what: format!("the call of {}() renamed to its copy", c.helper),
-                edits: vec![(c.range.clone(), format!("{p}{}", c.helper))],
-            }));
+            changes
+                .entry(path.clone())
+                .or_default()
+                .extend(calls.iter().map(|c| Change {
+                    what: format!("the call of {}() renamed to its copy", c.helper),
+                    edits: vec![(c.range.clone(), format!("{p}{}", c.helper))],
+                }));
         }
     }
     let mut paths: Vec<String> = changes.keys().chain(appendix.keys()).cloned().collect();
@@ -721,7 +727,8 @@ fn layout_note(plan: &Plan, layout: &Layout) -> String {
     if layout.helpers.is_empty() && layout.uncovered.is_empty() {
         return String::new();
     }
-    let mut note = String::from("\n/*\n * msh kpatch --livepatch: header helpers holding sites of ");
+    let mut note =
+        String::from("\n/*\n * msh kpatch --livepatch: header helpers holding sites of ");
     writeln!(note, "{}.{}, or calling", plan.structure, plan.field).unwrap();
     note.push_str(" * such helpers, are copied (renamed with the prefix, sites rewritten) into\n");
     note.push_str(" * each .c file that calls them, and those calls renamed; the headers stay\n");

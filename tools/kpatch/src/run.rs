@@ -11,8 +11,8 @@ use crate::{cocci, cparse, perf_script, Error};
 use aho_corasick::AhoCorasick;
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Which lock to patch.
@@ -213,7 +213,8 @@ pub fn run(options: &Options) -> Result<Report, Error> {
     lap("profile", &mut timings);
 
     // 2. Every site and declaration of the field.
-    let (findings, unparsed) = scan_sites(&tree, family, &field, structure.as_deref(), options.threads)?;
+    let (findings, unparsed) =
+        scan_sites(&tree, family, &field, structure.as_deref(), options.threads)?;
     let mut decls: Vec<FieldDecl> = findings
         .iter()
         .flat_map(|f| f.decls.iter().cloned())
@@ -445,7 +446,9 @@ fn scan_sites(
         .build(family.acquire.iter().chain(family.release))
         .expect("API names are plain strings");
     let names_structure = |bytes: &[u8]| match structure {
-        Some(s) => sites::has_word(bytes, s) || (s == "task_struct" && sites::has_word(bytes, "current")),
+        Some(s) => {
+            sites::has_word(bytes, s) || (s == "task_struct" && sites::has_word(bytes, "current"))
+        }
         None => true,
     };
     let other_declarer = AtomicBool::new(false);
@@ -468,7 +471,11 @@ fn scan_sites(
                 return site.then_some(Part::Unparsed(file.path));
             }
             let found = sites::scan_file(parser, &file.path, &file.text, family, field);
-            if found.decls.iter().any(|d| Some(d.structure.as_str()) != structure) {
+            if found
+                .decls
+                .iter()
+                .any(|d| Some(d.structure.as_str()) != structure)
+            {
                 other_declarer.store(true, Ordering::Relaxed);
             }
             (!found.sites.is_empty() || !found.decls.is_empty() || !found.aliases.is_empty())
@@ -662,7 +669,10 @@ fn check_defines(new_tree: &tree_sitter::Tree, file: &patch::PatchedFile) -> Res
     let defined = cparse::defined_names_in(new_tree, &file.new);
     match file.defines.iter().find(|n| !defined.contains(*n)) {
         Some(missing) => Err(Error::BreaksParse(
-            format!("{}: the copy `{missing}` does not parse as a definition", file.path),
+            format!(
+                "{}: the copy `{missing}` does not parse as a definition",
+                file.path
+            ),
             1,
         )),
         None => Ok(()),
@@ -767,7 +777,11 @@ impl fmt::Display for Report {
                 writeln!(f, "  not covered: {line}")?;
             }
             if layout.uncovered.len() > SHOWN {
-                writeln!(f, "  not covered: ... and {} more (listed in the patch)", layout.uncovered.len() - SHOWN)?;
+                writeln!(
+                    f,
+                    "  not covered: ... and {} more (listed in the patch)",
+                    layout.uncovered.len() - SHOWN
+                )?;
             }
         }
         if let Some(check) = &self.spatch {

@@ -176,7 +176,8 @@ pub fn has_word(bytes: &[u8], word: &str) -> bool {
 fn has_member(text: &[u8], field: &str) -> bool {
     memchr::memmem::find_iter(text, field.as_bytes()).any(|at| {
         let end = at + field.len();
-        let whole = (at == 0 || !is_ident(text[at - 1])) && text.get(end).is_none_or(|b| !is_ident(*b));
+        let whole =
+            (at == 0 || !is_ident(text[at - 1])) && text.get(end).is_none_or(|b| !is_ident(*b));
         let before = text[..at].trim_ascii_end();
         whole && (before.ends_with(b"->") || before.ends_with(b"."))
     })

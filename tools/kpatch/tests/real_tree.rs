@@ -68,8 +68,12 @@ fn spin_lock_on_file_lock_rewrites_every_site_and_nothing_else() {
         report.other_structures.len(),
         "genwqe_dev.file_lock is another lock, left alone"
     );
-    assert!(genwqe.iter().all(|(p, _)| unparsed.contains(p)
-        || report.other_structures.iter().any(|s| s.path == *p)));
+    assert!(
+        genwqe
+            .iter()
+            .all(|(p, _)| unparsed.contains(p)
+                || report.other_structures.iter().any(|s| s.path == *p))
+    );
     assert!(report.unresolved.is_empty());
     assert!(rewritten.len() >= 40, "{} sites", rewritten.len());
 }

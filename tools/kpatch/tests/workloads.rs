@@ -93,7 +93,10 @@ fn each_workload_patch_applies_and_rewrites_every_site_of_its_field_only() {
         let word = regex::Regex::new(&format!(r"\b{}\b", generated.report.structure)).unwrap();
         for path in &generated.report.files_not_naming_structure {
             let text = std::fs::read_to_string(kernel_tree().join(path)).unwrap_or_default();
-            assert!(!word.is_match(&text), "{workload}: {path} names the structure");
+            assert!(
+                !word.is_match(&text),
+                "{workload}: {path} names the structure"
+            );
         }
         let expected: BTreeSet<_> = grep.difference(&others).cloned().collect();
         assert_eq!(rewritten, expected, "{workload}: {lock}");
@@ -175,11 +178,20 @@ fn livepatch_copies_cover_every_header_site_and_every_c_caller() {
         let report = &generated.report;
         let layout = report.livepatch.as_ref().expect("a --livepatch run");
         let policy = &report.policy_var;
+        // Helpers some .c file needs (a site helper no .c file reaches, such as
+        // xa_lock_nested(), has no copy: no path from .c code goes through it).
+        let needed: BTreeSet<&str> = layout
+            .callers
+            .keys()
+            .flat_map(|path| layout.helpers_for(path))
+            .map(|h| h.name.as_str())
+            .collect();
         for site in report.sites.iter().filter(|s| !s.path.ends_with(".c")) {
-            let copied = layout
+            let holder = layout
                 .helpers
                 .iter()
-                .any(|h| h.sites.iter().any(|s| s == site));
+                .find(|h| h.sites.iter().any(|s| s == site));
+            let copied = holder.is_some();
             let listed = layout
                 .uncovered
                 .iter()
@@ -190,7 +202,7 @@ fn livepatch_copies_cover_every_header_site_and_every_c_caller() {
                 site.path,
                 site.line
             );
-            if copied {
+            if holder.is_some_and(|h| needed.contains(h.name.as_str())) {
                 let rewritten = format!("+bpf_policy_{}(", site.api);
                 assert!(
                     generated.patch.lines().any(|l| l.contains(&rewritten[1..])
@@ -205,7 +217,9 @@ fn livepatch_copies_cover_every_header_site_and_every_c_caller() {
         // Not covered: only other architectures' headers and bare names.
         for line in &layout.uncovered {
             assert!(
-                line.contains("another architecture") || line.contains("without a call"),
+                line.contains("another architecture")
+                    || line.contains("without a call")
+                    || line.contains("defined in several places"),
                 "{workload}: {line}"
             );
         }
@@ -215,9 +229,10 @@ fn livepatch_copies_cover_every_header_site_and_every_c_caller() {
             .collect();
         for helper in &layout.helpers {
             assert!(
-                generated
-                    .patch
-                    .contains(&format!("bpf_policy_{}", helper.name)),
+                !needed.contains(helper.name.as_str())
+                    || generated
+                        .patch
+                        .contains(&format!("bpf_policy_{}", helper.name)),
                 "{workload}: {} never copied",
                 helper.name
             );
