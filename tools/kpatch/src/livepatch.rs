@@ -165,14 +165,13 @@ fn definitions(parser: &mut tree_sitter::Parser, src: &str) -> Vec<Definition> {
     defs
 }
 
+/// Calls (name's range, name) and bare uses (offset, name) of helper names.
+type Uses = (Vec<(Range<usize>, String)>, Vec<(usize, String)>);
+
 /// Calls in `src[range]` (comments and strings skipped) of a name in
 /// `names`: the name followed by `(`, not a member (`->name`, `.name`).
 /// Also returns names used without a call (their address taken).
-fn calls_in<'n>(
-    src: &str,
-    range: Range<usize>,
-    names: &'n BTreeSet<String>,
-) -> (Vec<(Range<usize>, String)>, Vec<(usize, String)>) {
+fn calls_in(src: &str, range: Range<usize>, names: &BTreeSet<String>) -> Uses {
     let blanked = cparse::blank_comments(&src[range.clone()]);
     let bytes = blanked.as_bytes();
     let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
