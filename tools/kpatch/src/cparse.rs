@@ -69,7 +69,11 @@ pub fn error_count(tree: &Tree) -> usize {
 
 /// Names a file defines or declares as functions, or as function-like macros.
 pub fn defined_names(parser: &mut Parser, src: &str) -> std::collections::HashSet<String> {
-    let tree = parse(parser, src);
+    defined_names_in(&parse(parser, src), src)
+}
+
+/// [`defined_names`] of a file already parsed into `tree`.
+pub fn defined_names_in(tree: &Tree, src: &str) -> std::collections::HashSet<String> {
     let mut names: std::collections::HashSet<String> = function_like_macros(src)
         .into_iter()
         .map(|m| m.name)

@@ -12,6 +12,7 @@
 
 use crate::chain::{Chain, DefKind, Definition, LockIndex, NextCall};
 use crate::family::LockFamily;
+use crate::livepatch::Layout;
 use crate::sites::Site;
 use crate::Error;
 use std::collections::{BTreeMap, HashSet};
@@ -57,8 +58,10 @@ pub struct Plan<'a> {
     /// The tree's version, for the patch's header comment.
     pub kernel_version: &'a str,
     /// Change only `.c` files (kpatch-build refuses header changes): what
-    /// the header would hold goes into each touched `.c` file instead.
-    pub livepatch: bool,
+    /// the header would hold goes into each touched `.c` file instead, and
+    /// header helpers holding sites are copied into the `.c` files calling
+    /// them (see [`crate::livepatch`]).
+    pub livepatch: Option<&'a Layout>,
 }
 
 /// One file the patch creates or changes.
@@ -87,6 +90,8 @@ pub struct GeneratedPatch {
     pub diff: String,
     /// Names the patch introduces, to check against the tree.
     pub new_names: Vec<String>,
+    /// The prefix of the generated names.
+    pub prefix: String,
 }
 
 struct Edit {
@@ -463,30 +468,6 @@ pub fn generate(
     let p = plan.prefix;
     let header = header_path(plan.family);
     let include_line = format!("#include <{}>\n", header.trim_start_matches("include/"));
-    if plan.livepatch {
-        let in_headers: BTreeMap<&str, usize> = plan
-            .sites
-            .iter()
-            .filter(|s| !s.path.ends_with(".c"))
-            .fold(BTreeMap::new(), |mut m, s| {
-                *m.entry(s.path.as_str()).or_default() += 1;
-                m
-            });
-        if !in_headers.is_empty() {
-            let listed: Vec<String> = in_headers
-                .iter()
-                .map(|(path, n)| format!("{path}: {n}"))
-                .collect();
-            return Err(Error::Livepatch(format!(
-                "--livepatch changes only .c files, but {} sites of {}.{} are in headers ({}); every .c file calling them would need its own copy, which this mode does not generate yet",
-                in_headers.values().sum::<usize>(),
-                plan.structure,
-                plan.field,
-                listed.join(", ")
-            )));
-        }
-    }
-
     // Chain elements, callee first so each is defined before use; shared tails once.
     let mut seen = HashSet::new();
     let mut header_copies = Vec::new();
@@ -546,7 +527,12 @@ pub fn generate(
 
     // Changes to existing files: site rewrites, appended copies, includes.
     let mut changes: BTreeMap<String, Vec<Change>> = BTreeMap::new();
-    for site in plan.sites {
+    // Livepatch: header sites are rewritten in the copies of their helpers.
+    let in_place = plan
+        .sites
+        .iter()
+        .filter(|s| plan.livepatch.is_none() || s.path.ends_with(".c"));
+    for site in in_place {
         changes.entry(site.path.clone()).or_default().push(Change {
             what: format!("the rewrite of `{}`", site.call_text),
             edits: vec![
@@ -579,6 +565,21 @@ pub fn generate(
         "/*\n * msh kpatch --livepatch layout: kpatch-build refuses header changes, so\n * this block is what <{}> would hold:\n * static inline copies of the header-level chain elements and the policy\n * type, here and in every other .c file this patch touches; copies of\n * elements defined in a .c file stay appended to that file (where its\n * static helpers are visible), declared extern here.\n */\n{header_file}",
         header.trim_start_matches("include/")
     );
+    let layout_note = plan
+        .livepatch
+        .map(|l| layout_note(plan, l))
+        .unwrap_or_default();
+    if let Some(layout) = plan.livepatch {
+        for (path, calls) in &layout.callers {
+            changes
+                .entry(path.clone())
+                .or_default()
+                .extend(calls.iter().map(|c| Change {
+                    what: format!("the call of {}() renamed to its copy", c.helper),
+                    edits: vec![(c.range.clone(), format!("{p}{}", c.helper))],
+                }));
+        }
+    }
     let mut paths: Vec<String> = changes.keys().chain(appendix.keys()).cloned().collect();
     paths.sort();
     paths.dedup();
@@ -586,10 +587,27 @@ pub fn generate(
         let old = read(&path)?;
         let mut file_changes = changes.remove(&path).unwrap_or_default();
         let at = include_point(&old);
-        file_changes.push(if plan.livepatch {
+        let mut helper_copied = Vec::new();
+        let mut helper_defines = Vec::new();
+        file_changes.push(if let Some(layout) = plan.livepatch {
+            let mut block = inlined.clone();
+            if path == policy_host {
+                block.push_str(&layout_note);
+            } else if !layout.helpers.is_empty() {
+                writeln!(
+                    block,
+                    "\n/* Header helpers copied for --livepatch: see the note in {policy_host}. */"
+                )
+                .unwrap();
+            }
+            for helper in layout.helpers_for(&path) {
+                write!(block, "\n{}\n", layout.copy_of(helper, p, plan.policy_var)).unwrap();
+                helper_copied.push(layout.original(helper).to_owned());
+                helper_defines.push(format!("{p}{}", helper.name));
+            }
             Change {
                 what: "the inlined policy-aware copies".to_owned(),
-                edits: vec![(at..at, inlined.clone())],
+                edits: vec![(at..at, block)],
             }
         } else {
             Change {
@@ -637,10 +655,12 @@ pub fn generate(
         let new = apply_edits(&old, file_edits);
         let mut copied = appendix_copied.remove(&path).unwrap_or_default();
         let mut defines = appendix_defines.remove(&path).unwrap_or_default();
-        if plan.livepatch {
+        if plan.livepatch.is_some() {
             // What tree-sitter cannot read in the block, it could not read in the header.
             copied.push(inlined.clone());
+            copied.extend(helper_copied);
             defines.extend(header_defines.iter().cloned());
+            defines.extend(helper_defines);
         }
         files.push(PatchedFile {
             path,
@@ -651,7 +671,7 @@ pub fn generate(
             changes: file_changes,
         });
     }
-    if !plan.livepatch {
+    if plan.livepatch.is_none() {
         files.insert(
             0,
             PatchedFile {
@@ -666,6 +686,9 @@ pub fn generate(
     }
     for api in plan.sites.iter().map(|s| &s.api) {
         new_names.push(format!("{p}{api}"));
+    }
+    if let Some(layout) = plan.livepatch {
+        new_names.extend(layout.helpers.iter().map(|h| format!("{p}{}", h.name)));
     }
     new_names.sort();
     new_names.dedup();
@@ -694,7 +717,51 @@ pub fn generate(
         files,
         diff,
         new_names,
+        prefix: p.to_owned(),
     })
+}
+
+/// The `--livepatch` layout's account of header helpers, for the patch:
+/// which were copied, into how many `.c` files, and what is not covered.
+fn layout_note(plan: &Plan, layout: &Layout) -> String {
+    if layout.helpers.is_empty() && layout.uncovered.is_empty() {
+        return String::new();
+    }
+    let mut note =
+        String::from("\n/*\n * msh kpatch --livepatch: header helpers holding sites of ");
+    writeln!(note, "{}.{}, or calling", plan.structure, plan.field).unwrap();
+    note.push_str(" * such helpers, are copied (renamed with the prefix, sites rewritten) into\n");
+    note.push_str(" * each .c file that calls them, and those calls renamed; the headers stay\n");
+    writeln!(
+        note,
+        " * untouched. {} helpers, called from {} .c files:",
+        layout.helpers.len(),
+        layout.callers.len()
+    )
+    .unwrap();
+    for helper in &layout.helpers {
+        let files = layout
+            .callers
+            .values()
+            .filter(|calls| calls.iter().any(|c| c.helper == helper.name))
+            .count();
+        writeln!(
+            note,
+            " *   {}() ({}): {} sites, called from {files} .c files",
+            helper.name,
+            helper.path,
+            helper.sites.len()
+        )
+        .unwrap();
+    }
+    if !layout.uncovered.is_empty() {
+        note.push_str(" * Not covered (these keep the stock helper):\n");
+        for line in &layout.uncovered {
+            writeln!(note, " *   {}", line.replace("*/", "* /")).unwrap();
+        }
+    }
+    note.push_str(" */\n");
+    note
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use aho_corasick::AhoCorasick;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Which lock to patch.
@@ -74,6 +75,10 @@ pub struct Report {
     pub other_structures: Vec<Site>,
     /// Sites whose structure the file does not say, left alone.
     pub unresolved: Vec<Site>,
+    /// Files with a call of the family's API on the field that were not
+    /// parsed: they never name the structure, so none of their sites can be
+    /// typed as its (the field has several declaring structures).
+    pub files_not_naming_structure: Vec<String>,
     /// The chains copied with the policy threaded through.
     pub chains: Vec<Chain>,
     /// Files the patch creates or changes.
@@ -86,6 +91,8 @@ pub struct Report {
     pub cocci_files: Vec<PathBuf>,
     /// How spatch's rewrite compared (`--check-spatch`).
     pub spatch: Option<cocci::SpatchCheck>,
+    /// The `--livepatch` layout of header helpers, for a `--livepatch` run.
+    pub livepatch: Option<crate::livepatch::Layout>,
     /// Time of each phase, then the total.
     pub timings: Vec<(&'static str, Duration)>,
 }
@@ -206,18 +213,8 @@ pub fn run(options: &Options) -> Result<Report, Error> {
     lap("profile", &mut timings);
 
     // 2. Every site and declaration of the field.
-    let api_matcher = AhoCorasick::new(family.acquire.iter().chain(family.release))
-        .expect("API names are plain strings");
-    let findings: Vec<FileFindings> = tree.scan_filtered(
-        &tree.files,
-        |bytes| sites::may_mention(bytes, &field, &api_matcher, family.field_types),
-        options.threads,
-        |parser, file| {
-            let found = sites::scan_file(parser, &file.path, &file.text, family, &field);
-            (!found.sites.is_empty() || !found.decls.is_empty() || !found.aliases.is_empty())
-                .then_some(found)
-        },
-    )?;
+    let (findings, unparsed) =
+        scan_sites(&tree, family, &field, structure.as_deref(), options.threads)?;
     let mut decls: Vec<FieldDecl> = findings
         .iter()
         .flat_map(|f| f.decls.iter().cloned())
@@ -296,6 +293,21 @@ pub fn run(options: &Options) -> Result<Report, Error> {
             _ => unresolved.push(site),
         }
     }
+    // Files that never name the structure cannot type a base as it: read
+    // only when the field has a single declaring structure (see scan_sites).
+    let mut unparsed_sites = Vec::new();
+    if !unparsed.is_empty() {
+        if declaring.len() == 1 {
+            let more = tree.scan(&unparsed, &[], options.threads, |parser, file| {
+                let found = sites::scan_file(parser, &file.path, &file.text, family, &field);
+                (!found.sites.is_empty()).then_some(found.sites)
+            })?;
+            taken.extend(more.into_iter().flatten());
+            taken.sort_by(|a, b| (&a.path, a.callee.start).cmp(&(&b.path, b.callee.start)));
+        } else {
+            unparsed_sites = unparsed;
+        }
+    }
     if taken.is_empty() {
         return Err(Error::FieldNeverLocked(format!(
             "{structure}.{field} is never locked or unlocked with {} primitives in {tree_name}",
@@ -324,6 +336,11 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         .clone()
         .unwrap_or_else(|| format!("{structure}_{field}_policy"));
     let version = tree.version();
+    let layout = options
+        .livepatch
+        .then(|| crate::livepatch::plan(&tree, &taken, options.threads))
+        .transpose()?;
+    lap("livepatch layout", &mut timings);
     let plan = Plan {
         family,
         structure: &structure,
@@ -334,7 +351,7 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         prefix: "bpf_policy_",
         policy_var: &policy_var,
         kernel_version: &version,
-        livepatch: options.livepatch,
+        livepatch: layout.as_ref(),
     };
     let generated = patch::generate(&plan, |path| tree.read(path))?;
     check_names_unused(&tree, &generated, options.threads)?;
@@ -350,6 +367,14 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         .collect();
     let cocci_text = cocci::semantic_patch(family, &family_apis, "bpf_policy_");
     let spatch = if options.check_spatch {
+        // spatch rewrites by field name alone: the sites of the files the
+        // scan skipped (they never name the structure) are other structures'.
+        let mut not_ours = other_structures.clone();
+        let skipped = tree.scan(&unparsed_sites, &[], options.threads, |parser, file| {
+            let found = sites::scan_file(parser, &file.path, &file.text, family, &field);
+            (!found.sites.is_empty()).then_some(found.sites)
+        })?;
+        not_ours.extend(skipped.into_iter().flatten());
         let check = cocci::check_with_spatch(
             &tree,
             &cocci_text,
@@ -358,7 +383,7 @@ pub fn run(options: &Options) -> Result<Report, Error> {
             &field,
             &policy_var,
             &taken,
-            &other_structures,
+            &not_ours,
             &unresolved,
         )?;
         lap("spatch", &mut timings);
@@ -389,14 +414,82 @@ pub fn run(options: &Options) -> Result<Report, Error> {
         sites: taken,
         other_structures,
         unresolved,
+        files_not_naming_structure: unparsed_sites,
         chains,
         patched_files: generated.files.iter().map(|f| f.path.clone()).collect(),
         files_in_tree: tree.files.len(),
         inference,
         cocci_files,
         spatch,
+        livepatch: layout,
         timings,
     })
+}
+
+/// The site and declaration scan of `field`. With `structure` known, a
+/// file that never names it (nor `current`, for `task_struct`) cannot type
+/// a site as its: such files are parsed only for declarations, and only
+/// until a second declaring structure is found (a common name such as
+/// `lock` has hundreds); their paths are returned for a second pass when
+/// the field turns out to have one declaring structure (its untyped sites
+/// are then its own). Parsing is what a scan spends its time on.
+fn scan_sites(
+    tree: &KernelTree,
+    family: &'static LockFamily,
+    field: &str,
+    structure: Option<&str>,
+    threads: usize,
+) -> Result<(Vec<FileFindings>, Vec<String>), Error> {
+    // Leftmost-longest: `spin_lock` must not hide `spin_lock_irqsave`.
+    let api_matcher = AhoCorasick::builder()
+        .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+        .build(family.acquire.iter().chain(family.release))
+        .expect("API names are plain strings");
+    let names_structure = |bytes: &[u8]| match structure {
+        Some(s) => {
+            sites::has_word(bytes, s) || (s == "task_struct" && sites::has_word(bytes, "current"))
+        }
+        None => true,
+    };
+    let other_declarer = AtomicBool::new(false);
+    enum Part {
+        Found(FileFindings),
+        Unparsed(String),
+    }
+    let parts = tree.scan_filtered(
+        &tree.files,
+        |bytes| sites::may_mention(bytes, field, &api_matcher, family.field_types),
+        threads,
+        |parser, file| {
+            let bytes = file.text.as_bytes();
+            let named = names_structure(bytes);
+            let site = sites::may_have_site(bytes, field, &api_matcher);
+            let wanted = (site && named)
+                || (sites::may_declare(bytes, field, family.field_types)
+                    && (named || !other_declarer.load(Ordering::Relaxed)));
+            if !wanted {
+                return site.then_some(Part::Unparsed(file.path));
+            }
+            let found = sites::scan_file(parser, &file.path, &file.text, family, field);
+            if found
+                .decls
+                .iter()
+                .any(|d| Some(d.structure.as_str()) != structure)
+            {
+                other_declarer.store(true, Ordering::Relaxed);
+            }
+            (!found.sites.is_empty() || !found.decls.is_empty() || !found.aliases.is_empty())
+                .then_some(Part::Found(found))
+        },
+    )?;
+    let (mut findings, mut unparsed) = (Vec::new(), Vec::new());
+    for part in parts {
+        match part {
+            Part::Found(f) => findings.push(f),
+            Part::Unparsed(p) => unparsed.push(p),
+        }
+    }
+    Ok((findings, unparsed))
 }
 
 /// The structures in which `alias` (`d_lock` = `d_lockref.lock`) names a
@@ -483,8 +576,29 @@ fn check_names_unused(
         )));
     }
     let matcher = AhoCorasick::new(&generated.new_names).expect("names are plain strings");
+    // The names share a few stems (the prefix, the policy type, the policy
+    // variable): memmem on those is far faster than the automaton on every
+    // file, which then runs only where a stem occurs.
+    let mut stems: Vec<&str> = generated
+        .new_names
+        .iter()
+        .map(|n| {
+            if n.starts_with(generated.prefix.as_str()) {
+                generated.prefix.as_str()
+            } else {
+                n.as_str()
+            }
+        })
+        .collect();
+    stems.sort();
+    stems.dedup();
+    let finders: Vec<memchr::memmem::Finder> = stems
+        .iter()
+        .map(|s| memchr::memmem::Finder::new(s.as_bytes()))
+        .collect();
     let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    let clashes = tree.scan_any(&tree.files, &matcher, threads, |_, file| {
+    let keep = |bytes: &[u8]| finders.iter().any(|f| f.find(bytes).is_some());
+    let clashes = tree.scan_filtered(&tree.files, keep, threads, |_, file| {
         let bytes = file.text.as_bytes();
         matcher.find_iter(bytes).find_map(|m| {
             let before_ok = m.start() == 0 || !is_ident(bytes[m.start() - 1]);
@@ -510,33 +624,59 @@ fn check_names_unused(
 /// (tree-sitter cannot read some attribute macros, so copying such code
 /// copies the error). Each copy must parse as a definition of its new name.
 fn check_still_parses(generated: &GeneratedPatch) -> Result<(), Error> {
-    let mut parser = cparse::parser();
-    let mut errors = |text: &str| cparse::error_count(&cparse::parse(&mut parser, text));
-    for file in &generated.files {
-        let Some(old) = &file.old else { continue };
-        let copied: usize = file.copied.iter().map(|c| errors(c)).sum();
-        let allowed = errors(old) + copied;
-        let after = errors(&file.new);
-        if after > allowed {
-            let culprit = file
-                .culprit(&mut errors, copied)
-                .unwrap_or_else(|| format!("{}: the changes together (none alone)", file.path));
-            return Err(Error::BreaksParse(culprit, after - allowed));
+    // Every livepatch file carries the same block: each distinct text is
+    // parsed once. Files are checked on the scan threads' budget, in parallel.
+    let cache: std::sync::Mutex<std::collections::HashMap<u64, usize>> = Default::default();
+    let errors_cached = |parser: &mut tree_sitter::Parser, text: &str| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut hasher);
+        let key = hasher.finish();
+        if let Some(n) = cache.lock().expect("no panics while held").get(&key) {
+            return *n;
         }
-    }
-    for file in &generated.files {
-        let defined = cparse::defined_names(&mut parser, &file.new);
-        if let Some(missing) = file.defines.iter().find(|n| !defined.contains(*n)) {
-            return Err(Error::BreaksParse(
-                format!(
-                    "{}: the copy `{missing}` does not parse as a definition",
-                    file.path
-                ),
-                1,
-            ));
-        }
-    }
+        let n = cparse::error_count(&cparse::parse(parser, text));
+        cache.lock().expect("no panics while held").insert(key, n);
+        n
+    };
+    use rayon::prelude::*;
+    generated
+        .files
+        .par_iter()
+        .map_init(cparse::parser, |parser, file| -> Result<(), Error> {
+            let new_tree = cparse::parse(parser, &file.new);
+            let Some(old) = &file.old else {
+                return check_defines(&new_tree, file);
+            };
+            let copied: usize = file.copied.iter().map(|c| errors_cached(parser, c)).sum();
+            let allowed = cparse::error_count(&cparse::parse(parser, old)) + copied;
+            let after = cparse::error_count(&new_tree);
+            if after > allowed {
+                let mut errors = |text: &str| cparse::error_count(&cparse::parse(parser, text));
+                let culprit = file
+                    .culprit(&mut errors, copied)
+                    .unwrap_or_else(|| format!("{}: the changes together (none alone)", file.path));
+                return Err(Error::BreaksParse(culprit, after - allowed));
+            }
+            check_defines(&new_tree, file)
+        })
+        .collect::<Result<Vec<()>, Error>>()?;
     Ok(())
+}
+
+/// Each copy in `file` parses as a definition of its new name.
+fn check_defines(new_tree: &tree_sitter::Tree, file: &patch::PatchedFile) -> Result<(), Error> {
+    let defined = cparse::defined_names_in(new_tree, &file.new);
+    match file.defines.iter().find(|n| !defined.contains(*n)) {
+        Some(missing) => Err(Error::BreaksParse(
+            format!(
+                "{}: the copy `{missing}` does not parse as a definition",
+                file.path
+            ),
+            1,
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The largest `perf script` text read (a minute of `perf record -g -a` on a big
@@ -592,6 +732,15 @@ impl fmt::Display for Report {
                 self.field
             )?;
         }
+        if !self.files_not_naming_structure.is_empty() {
+            writeln!(
+                f,
+                "  left alone: {} files lock a `{}` but never name struct {} (not parsed)",
+                self.files_not_naming_structure.len(),
+                self.field,
+                self.structure
+            )?;
+        }
         const SHOWN: usize = 10;
         for site in self.unresolved.iter().take(SHOWN) {
             writeln!(
@@ -617,6 +766,24 @@ impl fmt::Display for Report {
             self.patched_files.len(),
             self.patched_files.join(", ")
         )?;
+        if let Some(layout) = &self.livepatch {
+            writeln!(
+                f,
+                "livepatch: {} header helpers copied into the {} .c files calling them; headers untouched",
+                layout.helpers.len(),
+                layout.callers.len()
+            )?;
+            for line in layout.uncovered.iter().take(SHOWN) {
+                writeln!(f, "  not covered: {line}")?;
+            }
+            if layout.uncovered.len() > SHOWN {
+                writeln!(
+                    f,
+                    "  not covered: ... and {} more (listed in the patch)",
+                    layout.uncovered.len() - SHOWN
+                )?;
+            }
+        }
         if let Some(check) = &self.spatch {
             writeln!(f, "spatch: {check}")?;
         }

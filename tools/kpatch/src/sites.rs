@@ -79,8 +79,6 @@ pub struct FileFindings {
     pub decls: Vec<FieldDecl>,
     /// `#define`s that make the field a name for a nested member.
     pub aliases: Vec<FieldAlias>,
-    /// Parse errors in the original file, to compare after patching.
-    pub parse_errors: usize,
 }
 
 /// Finds the sites and declarations of `field` for `family` in one file.
@@ -92,10 +90,7 @@ pub fn scan_file(
     field: &str,
 ) -> FileFindings {
     let tree = cparse::parse(parser, src);
-    let mut findings = FileFindings {
-        parse_errors: cparse::error_count(&tree),
-        ..Default::default()
-    };
+    let mut findings = FileFindings::default();
     let root = tree.root_node();
     let macros = cparse::function_like_macros(src);
     let in_macro = |offset: usize| macros.iter().any(|m| m.range.contains(&offset));
@@ -165,41 +160,99 @@ pub fn field_aliases(src: &str, field: &str, path: &str) -> Vec<FieldAlias> {
     aliases
 }
 
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// Whether `word` occurs in `bytes` as a whole identifier.
+pub fn has_word(bytes: &[u8], word: &str) -> bool {
+    memchr::memmem::find_iter(bytes, word.as_bytes()).any(|at| {
+        let end = at + word.len();
+        (at == 0 || !is_ident(bytes[at - 1])) && bytes.get(end).is_none_or(|b| !is_ident(*b))
+    })
+}
+
+/// Whether `text` holds `field` as a whole word right after `->` or `.`.
+fn has_member(text: &[u8], field: &str) -> bool {
+    memchr::memmem::find_iter(text, field.as_bytes()).any(|at| {
+        let end = at + field.len();
+        let whole =
+            (at == 0 || !is_ident(text[at - 1])) && text.get(end).is_none_or(|b| !is_ident(*b));
+        let before = text[..at].trim_ascii_end();
+        whole && (before.ends_with(b"->") || before.ends_with(b"."))
+    })
+}
+
+/// Whether a file can hold a site of `field`: a call of one of `apis`
+/// whose first argument names `field` as a member (`spin_lock(&z->lock)`,
+/// `spin_lock(&(xa)->xa_lock)`). Textual and cheap: parsing is the slow part
+/// of a scan, and a common name such as `lock` is a member in thousands of
+/// files that never pass it to the family's API.
+pub fn may_have_site(bytes: &[u8], field: &str, apis: &aho_corasick::AhoCorasick) -> bool {
+    if memchr::memmem::find(bytes, field.as_bytes()).is_none() {
+        return false;
+    }
+    apis.find_iter(bytes).any(|m| {
+        if (m.start() > 0 && is_ident(bytes[m.start() - 1]))
+            || bytes.get(m.end()).is_some_and(|b| is_ident(*b))
+        {
+            return false;
+        }
+        let rest = bytes[m.end()..].trim_ascii_start();
+        if rest.first() != Some(&b'(') {
+            return false;
+        }
+        // The first argument: up to a `,` or the `)` at depth one.
+        let mut depth = 0usize;
+        let end = rest
+            .iter()
+            .position(|&b| {
+                match b {
+                    b'(' => depth += 1,
+                    b')' => {
+                        depth -= 1;
+                        return depth == 0;
+                    }
+                    b',' if depth == 1 => return true,
+                    b';' | b'{' | b'}' => return true,
+                    _ => {}
+                }
+                false
+            })
+            .unwrap_or(rest.len());
+        has_member(&rest[..end], field)
+    })
+}
+
+/// Whether a file can declare `field` with one of `types` (the field as a
+/// word in a statement that names the type: `spinlock_t lock;`,
+/// `spinlock_t a, lock ____cacheline_aligned;`) or make it a name for a
+/// nested member (`#define d_lock d_lockref.lock`).
+pub fn may_declare(bytes: &[u8], field: &str, types: &[&str]) -> bool {
+    if !has_word(bytes, field) {
+        return false;
+    }
+    let declares = types.iter().any(|ty| {
+        memchr::memmem::find_iter(bytes, ty.as_bytes()).any(|at| {
+            let rest = &bytes[at + ty.len()..];
+            let end = memchr::memchr3(b';', b'{', b'(', rest).unwrap_or(rest.len());
+            has_word(&rest[..end], field)
+        })
+    });
+    declares
+        || memchr::memmem::find(bytes, b"define").is_some()
+            && !field_aliases(&String::from_utf8_lossy(bytes), field, "").is_empty()
+}
+
 /// Whether a file can hold a site, a declaration or an alias of `field`:
-/// the field as a whole word after `->` or `.` with one of `apis` in the
-/// file, or next to one of `types`, or after `#define`. Parsing is the slow
-/// part of a scan; a common name such as `lock` is in most files as a
-/// substring, far fewer pass this.
+/// [`may_have_site`] or [`may_declare`].
 pub fn may_mention(
     bytes: &[u8],
     field: &str,
     apis: &aho_corasick::AhoCorasick,
     types: &[&str],
 ) -> bool {
-    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    let finder = memchr::memmem::Finder::new(field.as_bytes());
-    let (mut member, mut word) = (false, false);
-    for at in finder.find_iter(bytes) {
-        let end = at + field.len();
-        if (at > 0 && is_ident(bytes[at - 1])) || bytes.get(end).is_some_and(|b| is_ident(*b)) {
-            continue;
-        }
-        word = true;
-        let before = bytes[..at].trim_ascii_end();
-        if before.ends_with(b"->") || before.ends_with(b".") {
-            member = true;
-            break;
-        }
-    }
-    if !word {
-        return false;
-    }
-    (member && apis.is_match(bytes))
-        || types
-            .iter()
-            .any(|t| memchr::memmem::find(bytes, t.as_bytes()).is_some())
-        || memchr::memmem::find(bytes, b"define").is_some()
-            && !field_aliases(&String::from_utf8_lossy(bytes), field, "").is_empty()
+    may_have_site(bytes, field, apis) || may_declare(bytes, field, types)
 }
 
 /// Declarations of `field` with one of `family`'s lock types, in one file.
