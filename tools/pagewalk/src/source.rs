@@ -223,9 +223,49 @@ impl AccessSource for Synthetic {
 pub struct TraceFile {
     reader: msh_tracer::file::Reader,
     total: u64,
-    /// The current file batch's accesses not yet handed out, and how many were.
-    pending: Vec<Access>,
+    pending: Pending,
+}
+
+/// One tracer batch being handed out in pieces of at most `max` accesses.
+#[derive(Default)]
+struct Pending {
+    accesses: Vec<Access>,
     taken: usize,
+}
+
+impl Pending {
+    /// Fills `batch` up to `max` accesses, asking `next` for the following tracer batch
+    /// whenever this one is used up; `next` returning None ends the stream.
+    fn fill(
+        &mut self,
+        batch: &mut Vec<Access>,
+        max: usize,
+        mut next: impl FnMut(&mut Vec<Access>) -> Result<bool>,
+    ) -> Result<()> {
+        let mut room = max;
+        while room > 0 {
+            if self.taken == self.accesses.len() {
+                self.accesses.clear();
+                self.taken = 0;
+                if !next(&mut self.accesses)? {
+                    break;
+                }
+            }
+            let n = room.min(self.accesses.len() - self.taken);
+            batch.extend_from_slice(&self.accesses[self.taken..self.taken + n]);
+            self.taken += n;
+            room -= n;
+        }
+        Ok(())
+    }
+}
+
+/// The simulator's view of one traced access.
+fn access(a: &msh_tracer::Access) -> Access {
+    Access {
+        addr: a.addr,
+        is_write: a.is_write,
+    }
 }
 
 /// Opens `path`; a file that is not a trace, of another version, truncated or corrupt
@@ -236,8 +276,7 @@ pub fn trace_file(path: &Path) -> Result<Box<dyn AccessSource>> {
     Ok(Box::new(TraceFile {
         reader,
         total,
-        pending: Vec::new(),
-        taken: 0,
+        pending: Pending::default(),
     }))
 }
 
@@ -251,25 +290,14 @@ impl AccessSource for TraceFile {
     }
 
     fn fill(&mut self, batch: &mut Vec<Access>, max: usize) -> Result<()> {
-        let mut room = max;
-        while room > 0 {
-            if self.taken == self.pending.len() {
-                let Some(next) = self.reader.next_batch()? else {
-                    break;
-                };
-                self.pending.clear();
-                self.pending.extend(next.accesses.iter().map(|a| Access {
-                    addr: a.addr,
-                    is_write: a.is_write,
-                }));
-                self.taken = 0;
-            }
-            let n = room.min(self.pending.len() - self.taken);
-            batch.extend_from_slice(&self.pending[self.taken..self.taken + n]);
-            self.taken += n;
-            room -= n;
-        }
-        Ok(())
+        let reader = &mut self.reader;
+        self.pending.fill(batch, max, |into| {
+            let Some(next) = reader.next_batch()? else {
+                return Ok(false);
+            };
+            into.extend(next.accesses.iter().map(access));
+            Ok(true)
+        })
     }
 }
 
@@ -282,8 +310,7 @@ const TRACED_BATCHES_IN_FLIGHT: usize = 64;
 pub struct TracedCommand {
     batches: Option<std::sync::mpsc::Receiver<Vec<Access>>>,
     tracer: Option<std::thread::JoinHandle<Result<msh_tracer::TraceSummary>>>,
-    pending: Vec<Access>,
-    taken: usize,
+    pending: Pending,
     command: String,
 }
 
@@ -308,14 +335,7 @@ pub fn traced_command(
         .name("msh-tracer".into())
         .spawn(move || {
             msh_tracer::trace(&argv, &options, |batch| {
-                let accesses = batch
-                    .accesses
-                    .iter()
-                    .map(|a| Access {
-                        addr: a.addr,
-                        is_write: a.is_write,
-                    })
-                    .collect();
+                let accesses = batch.accesses.iter().map(access).collect();
                 // The simulators stopped (an error): stop tracing too.
                 match send.send(accesses) {
                     Ok(()) => std::ops::ControlFlow::Continue(()),
@@ -327,8 +347,7 @@ pub fn traced_command(
     Ok(Box::new(TracedCommand {
         batches: Some(receive),
         tracer: Some(tracer),
-        pending: Vec::new(),
-        taken: 0,
+        pending: Pending::default(),
         command: command[0].clone(),
     }))
 }
@@ -366,20 +385,17 @@ impl AccessSource for TracedCommand {
     }
 
     fn fill(&mut self, batch: &mut Vec<Access>, max: usize) -> Result<()> {
-        let mut room = max;
-        while room > 0 {
-            if self.taken == self.pending.len() {
-                let next = self.batches.as_ref().and_then(|b| b.recv().ok());
-                let Some(next) = next else {
-                    return self.finish();
-                };
-                self.pending = next;
-                self.taken = 0;
+        let batches = &self.batches;
+        let mut ended = false;
+        self.pending.fill(batch, max, |into| {
+            match batches.as_ref().and_then(|b| b.recv().ok()) {
+                Some(next) => *into = next,
+                None => ended = true,
             }
-            let n = room.min(self.pending.len() - self.taken);
-            batch.extend_from_slice(&self.pending[self.taken..self.taken + n]);
-            self.taken += n;
-            room -= n;
+            Ok(!ended)
+        })?;
+        if ended {
+            self.finish()?;
         }
         Ok(())
     }

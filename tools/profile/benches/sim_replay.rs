@@ -43,17 +43,7 @@ fn main() {
     let workloads: [(&str, Vec<String>); 2] = [
         (
             "multiloop",
-            [
-                multiloop.to_str().unwrap(),
-                "64",
-                "4000000",
-                "16",
-                "2",
-                "10000000",
-                "4000000",
-            ]
-            .map(String::from)
-            .to_vec(),
+            common::multiloop_command(&multiloop),
         ),
         (
             "ptrchase 16 MiB, 3 M steps, 2 workers",

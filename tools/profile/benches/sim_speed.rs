@@ -84,17 +84,7 @@ fn main() {
         ),
         (
             "multiloop",
-            [
-                multiloop.to_str().unwrap(),
-                "64",
-                "4000000",
-                "16",
-                "2",
-                "10000000",
-                "4000000",
-            ]
-            .map(String::from)
-            .to_vec(),
+            common::multiloop_command(&multiloop),
         ),
     ];
     let runs: usize = std::env::var("MSH_BENCH_RUNS")

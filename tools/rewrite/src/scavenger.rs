@@ -425,24 +425,7 @@ pub fn pass_counter(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iced_x86::{Decoder, DecoderOptions};
-
-    fn function(bytes: &[u8]) -> Function {
-        let mut d = Decoder::with_ip(64, bytes, 0x1000, DecoderOptions::NONE);
-        let mut insns = Vec::new();
-        while d.can_decode() {
-            insns.push(d.decode());
-        }
-        Function {
-            start: 0x1000,
-            end: 0x1000 + bytes.len() as u64,
-            name: None,
-            insns,
-            unpatchable: None,
-            jump_tables_local: false,
-            vector_width: 16,
-        }
-    }
+    use crate::code::test_function as function;
 
     #[test]
     fn entry_loop_header_and_straight_line_are_wanted() {

@@ -454,6 +454,50 @@ fn call_ctx_fn(a: &mut CodeAssembler, offset: usize) -> Result<(), IcedError> {
     Ok(())
 }
 
+/// Whose control words the CPU holds when [`swap_control_words`] starts.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    /// The scavenger's, on its way out (`scav_out!`).
+    Scavenger,
+    /// The primary's, as the scavenger resumes (`scav_in!`).
+    Primary,
+}
+
+/// The control-word half of the per-thread swap, as `scav_out!`/`scav_in!` in
+/// msh-core: the current MXCSR and x87 control word are kept (the scavenger's in its
+/// save area at `%rsp`, the primary's in the ThreadCtx at `%rsi`), and the other side's
+/// are loaded only when the two differ (the whole MXCSR, sticky flags included).
+/// Clobbers `%edx`.
+fn swap_control_words(a: &mut CodeAssembler, current: Side) -> Result<(), IcedError> {
+    let scavenger = (
+        dword_ptr(rsp + off::SAVE_MXCSR as i32),
+        word_ptr(rsp + off::SAVE_FPUCW as i32),
+    );
+    let primary = (
+        dword_ptr(rsi + off::PRIMARY_MXCSR as i32),
+        word_ptr(rsi + off::PRIMARY_FPUCW as i32),
+    );
+    let (keep, give) = match current {
+        Side::Scavenger => (scavenger, primary),
+        Side::Primary => (primary, scavenger),
+    };
+    a.stmxcsr(keep.0)?;
+    a.fnstcw(keep.1)?;
+    let mut differ = a.create_label();
+    let mut same = a.create_label();
+    a.mov(edx, scavenger.0)?;
+    a.cmp(primary.0, edx)?;
+    a.jne(differ)?;
+    a.movzx(edx, scavenger.1)?;
+    a.cmp(primary.1, dx)?;
+    a.je(same)?;
+    a.set_label(&mut differ)?;
+    a.ldmxcsr(give.0)?;
+    a.fldcw(give.1)?;
+    a.set_label(&mut same)?;
+    Ok(())
+}
+
 /// A budget check's cold path: everything live saved, then the scavenger's yield of
 /// `msh_core::arch::yield_now` (one unit of quota; at zero, the `errno`/control-word
 /// swap and the switch back to the primary), then the counter re-armed. Outside msh
@@ -509,20 +553,7 @@ fn emit_budget_yield(
     a.mov(dword_ptr(rsp + off::SAVE_ERRNO as i32), edx)?;
     a.mov(edx, dword_ptr(rsi + off::PRIMARY_ERRNO as i32))?;
     a.mov(dword_ptr(rax), edx)?;
-    a.stmxcsr(dword_ptr(rsp + off::SAVE_MXCSR as i32))?;
-    a.fnstcw(word_ptr(rsp + off::SAVE_FPUCW as i32))?;
-    let mut differ = a.create_label();
-    let mut same = a.create_label();
-    a.mov(edx, dword_ptr(rsp + off::SAVE_MXCSR as i32))?;
-    a.cmp(dword_ptr(rsi + off::PRIMARY_MXCSR as i32), edx)?;
-    a.jne(differ)?;
-    a.movzx(edx, word_ptr(rsp + off::SAVE_FPUCW as i32))?;
-    a.cmp(word_ptr(rsi + off::PRIMARY_FPUCW as i32), dx)?;
-    a.je(same)?;
-    a.set_label(&mut differ)?;
-    a.ldmxcsr(dword_ptr(rsi + off::PRIMARY_MXCSR as i32))?;
-    a.fldcw(word_ptr(rsi + off::PRIMARY_FPUCW as i32))?;
-    a.set_label(&mut same)?;
+    swap_control_words(a, Side::Scavenger)?;
     // We resume here at `resume`; the primary's next yield runs the next in the ring.
     a.mov(qword_ptr(rcx + off::CORO_SP as i32), rsp)?;
     a.lea(rdx, qword_ptr(resume))?;
@@ -541,20 +572,7 @@ fn emit_budget_yield(
     a.mov(dword_ptr(rsi + off::PRIMARY_ERRNO as i32), edx)?;
     a.mov(edx, dword_ptr(rsp + off::SAVE_ERRNO as i32))?;
     a.mov(dword_ptr(rax), edx)?;
-    a.stmxcsr(dword_ptr(rsi + off::PRIMARY_MXCSR as i32))?;
-    a.fnstcw(word_ptr(rsi + off::PRIMARY_FPUCW as i32))?;
-    let mut differ = a.create_label();
-    let mut same = a.create_label();
-    a.mov(edx, dword_ptr(rsp + off::SAVE_MXCSR as i32))?;
-    a.cmp(dword_ptr(rsi + off::PRIMARY_MXCSR as i32), edx)?;
-    a.jne(differ)?;
-    a.movzx(edx, word_ptr(rsp + off::SAVE_FPUCW as i32))?;
-    a.cmp(word_ptr(rsi + off::PRIMARY_FPUCW as i32), dx)?;
-    a.je(same)?;
-    a.set_label(&mut differ)?;
-    a.ldmxcsr(dword_ptr(rsp + off::SAVE_MXCSR as i32))?;
-    a.fldcw(word_ptr(rsp + off::SAVE_FPUCW as i32))?;
-    a.set_label(&mut same)?;
+    swap_control_words(a, Side::Primary)?;
     a.add(rsp, off::SCAV_SAVE_AREA as i32)?;
     // A new quota, and now and then a sample run.
     a.mov(rax, qword_ptr(rsi + off::QUOTA_REFILL as i32))?;

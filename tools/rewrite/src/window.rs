@@ -131,24 +131,7 @@ fn extend_forward(f: &Function, first: usize, site: usize, rules: &Rules) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iced_x86::{Decoder, DecoderOptions};
-
-    fn function(bytes: &[u8]) -> Function {
-        let mut d = Decoder::with_ip(64, bytes, 0x1000, DecoderOptions::NONE);
-        let mut insns = Vec::new();
-        while d.can_decode() {
-            insns.push(d.decode());
-        }
-        Function {
-            start: 0x1000,
-            end: 0x1000 + bytes.len() as u64,
-            name: None,
-            insns,
-            unpatchable: None,
-            jump_tables_local: false,
-            vector_width: 16,
-        }
-    }
+    use crate::code::test_function as function;
 
     // 0x1000 mov (%rdi),%rax (3) ; 0x1003 add $1,%rax (4) ; 0x1007 ret
     const CODE: &[u8] = &[0x48, 0x8b, 0x07, 0x48, 0x83, 0xc0, 0x01, 0xc3];

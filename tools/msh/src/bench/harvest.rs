@@ -450,9 +450,19 @@ impl Variant {
                 (Some((program, pool)), Some(pipeline))
             }
         };
-        Ok(Variant {
-            label: mode.name(),
-            counter: None,
+        Ok(Variant::new(mode.name(), None, rewritten, pipeline))
+    }
+
+    /// A variant with no runs measured yet.
+    fn new(
+        label: &'static str,
+        counter: Option<PathBuf>,
+        rewritten: Option<(PathBuf, PathBuf)>,
+        pipeline: Option<Pipeline>,
+    ) -> Variant {
+        Variant {
+            label,
+            counter,
             rewritten,
             pipeline,
             msh_ns: Vec::new(),
@@ -460,7 +470,7 @@ impl Variant {
             fraction: Vec::new(),
             units: Vec::new(),
             budgets: Vec::new(),
-        })
+        }
     }
 
     /// `--scavenger rewritten`: the rewritten ptrchase under `msh run` twice, with the
@@ -488,16 +498,13 @@ impl Variant {
             &rewritten_pool,
             format!("{}\n", build.join("compute_noyield.msh.so").display()),
         )?;
-        let variant = |label, pool: PathBuf, counter: &str, pipeline| Variant {
-            label,
-            counter: Some(build.join(counter)),
-            rewritten: Some((program.clone(), pool)),
-            pipeline,
-            msh_ns: Vec::new(),
-            slowdown: Vec::new(),
-            fraction: Vec::new(),
-            units: Vec::new(),
-            budgets: Vec::new(),
+        let variant = |label, pool: PathBuf, counter: &str, pipeline| {
+            Variant::new(
+                label,
+                Some(build.join(counter)),
+                Some((program.clone(), pool)),
+                pipeline,
+            )
         };
         let rewrite = ScavengerRewrite {
             yield_every_ns: every_ns,

@@ -14,3 +14,12 @@ pub fn build(dir: &Path, name: &str) -> PathBuf {
     assert!(status.is_ok_and(|s| s.success()), "cc failed");
     output
 }
+
+/// The multiloop fixture as the sim benches run it: 4 M random probes of a 64 MiB
+/// table, two scans of 16 MiB, 10 M compute steps, 4 M lookups in a 16 KiB table.
+pub fn multiloop_command(multiloop: &Path) -> Vec<String> {
+    let program = multiloop.to_str().expect("a UTF-8 path");
+    [program, "64", "4000000", "16", "2", "10000000", "4000000"]
+        .map(String::from)
+        .to_vec()
+}

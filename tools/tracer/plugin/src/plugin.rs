@@ -156,21 +156,21 @@ impl Vcpu {
     }
 }
 
+/// The state of the vCPU whose thread runs this callback, once it has one.
+#[inline(always)]
+fn this_vcpu(vcpu: c_uint) -> Option<&'static mut Vcpu> {
+    let pointer = VCPUS.get(vcpu as usize)?.load(Ordering::Relaxed);
+    // SAFETY: the state belongs to this vCPU's thread, the only one running callbacks
+    // for it; it is freed only by the same thread (exit) or the exit callback.
+    unsafe { pointer.as_mut() }
+}
+
 /// One guest load or store, with the address filter and sampling applied ([`record_all`]
 /// is the hot path when neither is asked for).
 #[inline(always)]
 fn record(vcpu: c_uint, info: MemInfo, addr: u64, ip: u64) {
     let Some(g) = GLOBAL.get() else { return };
-    let Some(cell) = VCPUS.get(vcpu as usize) else {
-        return;
-    };
-    let pointer = cell.load(Ordering::Relaxed);
-    if pointer.is_null() {
-        return;
-    }
-    // SAFETY: the state belongs to this vCPU's thread, the only one running this
-    // callback for it; it is freed only by the same thread (exit) or the exit callback.
-    let v = unsafe { &mut *pointer };
+    let Some(v) = this_vcpu(vcpu) else { return };
     v.seen += 1;
     if addr.wrapping_sub(g.config.filter_start) >= g.config.filter_len {
         return;
@@ -225,15 +225,7 @@ impl Vcpu {
 /// reaches past the callbacks in between.
 #[inline(always)]
 fn record_all(vcpu: c_uint, info: MemInfo, addr: u64, ip: u64) {
-    let Some(cell) = VCPUS.get(vcpu as usize) else {
-        return;
-    };
-    let pointer = cell.load(Ordering::Relaxed);
-    if pointer.is_null() {
-        return;
-    }
-    // SAFETY: as in `record`: this vCPU's own state, used only by its own thread.
-    let v = unsafe { &mut *pointer };
+    let Some(v) = this_vcpu(vcpu) else { return };
     v.seen += 1;
     if v.count >= v.room {
         return take_slot_and_append(v, info, addr, ip);
