@@ -41,10 +41,7 @@ fn main() {
     let ptrchase = build(&dir, "ptrchase");
     let multiloop = build(&dir, "multiloop");
     let workloads: [(&str, Vec<String>); 2] = [
-        (
-            "multiloop",
-            common::multiloop_command(&multiloop),
-        ),
+        ("multiloop", common::multiloop_command(&multiloop)),
         (
             "ptrchase 16 MiB, 3 M steps, 2 workers",
             [ptrchase.to_str().unwrap(), "16", "3000000", "2"]

@@ -82,10 +82,7 @@ fn main() {
                 .map(String::from)
                 .to_vec(),
         ),
-        (
-            "multiloop",
-            common::multiloop_command(&multiloop),
-        ),
+        ("multiloop", common::multiloop_command(&multiloop)),
     ];
     let runs: usize = std::env::var("MSH_BENCH_RUNS")
         .ok()

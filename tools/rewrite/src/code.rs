@@ -360,8 +360,7 @@ fn scan_data_for_code_pointers(image: &Image, leaders: &mut HashSet<u64>) {
 /// A function of `bytes` decoded at 0x1000, for the unit tests of the passes.
 #[cfg(test)]
 pub(crate) fn test_function(bytes: &[u8]) -> Function {
-    let mut decoder =
-        iced_x86::Decoder::with_ip(64, bytes, 0x1000, iced_x86::DecoderOptions::NONE);
+    let mut decoder = iced_x86::Decoder::with_ip(64, bytes, 0x1000, iced_x86::DecoderOptions::NONE);
     let mut insns = Vec::new();
     while decoder.can_decode() {
         insns.push(decoder.decode());

@@ -17,6 +17,7 @@ pub fn build(dir: &Path, name: &str) -> PathBuf {
 
 /// The multiloop fixture as the sim benches run it: 4 M random probes of a 64 MiB
 /// table, two scans of 16 MiB, 10 M compute steps, 4 M lookups in a 16 KiB table.
+#[allow(dead_code)] // the sim benches use it; `overhead` includes this module too
 pub fn multiloop_command(multiloop: &Path) -> Vec<String> {
     let program = multiloop.to_str().expect("a UTF-8 path");
     [program, "64", "4000000", "16", "2", "10000000", "4000000"]
